@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# torch is installed first, pinned, so that pip never pulls a multi-GB CUDA build on a CPU box.
+PY       ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+TORCH    ?= torch==2.13.0
+export DS_BUILD_OPS := 0
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast test-vllm lint bench clean-venv
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/tcopd demo
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check tcopd tests benchmarks
+	$(BIN)/ruff format --check tcopd tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,182 @@
+"""Teacher specifications: who the teachers are and with which λ (SPEC §1).
+
+Three ways to name teachers, combinable:
+
+- ``--expert PATH`` (name ``expert``) and ``--anti-expert PATH`` (name ``anti_expert``), their
+  λ from ``--lambdas`` in that order (``--lambdas 1.5,-0.5``);
+- ``--teacher NAME=PATH:LAMBDA`` (repeatable); ``--teacher NAME=PATH`` takes its λ from
+  ``--lambdas`` too, after the expert / anti-expert;
+- a per-domain λ table (multi-task): ``{domain: {teacher_name: λ}}``; a teacher missing from a
+  row has λ = 0 for that domain, a domain missing from the table uses the teachers' own λ.
+
+A teacher whose λ is 0 everywhere is never loaded or scored (it cannot change the reward).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tcopd.errors import ConfigError
+
+RESERVED_NAMES = ("student", "reference", "old", "rollout")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """One teacher: a unique name, a model path or Hub id, and its coefficient λ."""
+
+    name: str
+    path: str
+    lam: float
+
+
+def parse_lambda(text: str, what: str = "λ") -> float:
+    """One λ from text; rejects non-numbers, NaN and inf with a message naming the value."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ConfigError(f"{what} {text.strip()!r} is not a number (example: --lambdas 1.5,-0.5)")
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} {text.strip()!r} must be a finite number")
+    return value
+
+
+def parse_lambdas(text: str) -> list[float]:
+    """``"1.5,-0.5"`` → ``[1.5, -0.5]``."""
+    parts = [p for p in text.split(",")]
+    if not text.strip() or any(not p.strip() for p in parts):
+        raise ConfigError(f"--lambdas {text!r} must be a comma-separated list of numbers, e.g. 1.5,-0.5")
+    return [parse_lambda(p, "λ") for p in parts]
+
+
+def parse_teacher_arg(text: str) -> tuple[str, str, float | None]:
+    """``NAME=PATH:LAMBDA`` or ``NAME=PATH`` → (name, path, λ or None).
+
+    The λ is what follows the *last* colon, unless that contains a path separator (so a path
+    with a colon still works when λ is omitted).
+    """
+    if "=" not in text:
+        raise ConfigError(f"--teacher {text!r} must look like NAME=PATH:LAMBDA (e.g. math=/models/math:1.5)")
+    name, rest = text.split("=", 1)
+    name, rest = name.strip(), rest.strip()
+    lam: float | None = None
+    if ":" in rest:
+        head, tail = rest.rsplit(":", 1)
+        if "/" not in tail and "\\" not in tail:  # what follows the last colon is a λ, not a path
+            lam = parse_lambda(tail, f"λ of teacher {name!r}")
+            rest = head
+    if not name or not rest:
+        raise ConfigError(f"--teacher {text!r} must look like NAME=PATH:LAMBDA (empty name or path)")
+    return name, rest, lam
+
+
+def build_teacher_specs(
+    expert: str | None = None,
+    anti_expert: str | None = None,
+    lambdas: Sequence[float] | str | None = None,
+    teachers: Sequence[str] = (),
+) -> list[TeacherSpec]:
+    """Combine the short flags and ``--teacher`` arguments into validated specs.
+
+    λ defaults: ``--expert`` alone without ``--lambdas`` is OPD (λ = 1). Every other teacher
+    needs its λ, from ``--lambdas`` or from ``:LAMBDA``.
+    """
+    if isinstance(lambdas, str):
+        lambdas = parse_lambdas(lambdas)
+    pending: list[tuple[str, str, float | None]] = []
+    if expert:
+        pending.append(("expert", expert, None))
+    if anti_expert:
+        pending.append(("anti_expert", anti_expert, None))
+    pending.extend(parse_teacher_arg(t) for t in teachers)
+    if not pending:
+        raise ConfigError("no teacher given: pass --expert PATH (and --anti-expert PATH) or --teacher NAME=PATH:LAMBDA")
+    needing = [p for p in pending if p[2] is None]
+    if lambdas is None:
+        if len(needing) == 1 and needing[0][0] == "expert" and len(pending) == 1:
+            lambdas = [1.0]
+        elif needing:
+            names = ", ".join(p[0] for p in needing)
+            raise ConfigError(f"no λ for teacher(s) {names}: pass --lambdas with {len(needing)} value(s)")
+        else:
+            lambdas = []
+    lambdas = list(lambdas)
+    if len(lambdas) != len(needing):
+        names = ", ".join(p[0] for p in needing) or "none"
+        raise ConfigError(
+            f"--lambdas has {len(lambdas)} value(s) ({','.join(f'{v:g}' for v in lambdas)}) "
+            f"but {len(needing)} teacher(s) take their λ from it ({names})"
+        )
+    it = iter(lambdas)
+    specs = [TeacherSpec(n, p, lam if lam is not None else next(it)) for n, p, lam in pending]
+    validate_specs(specs)
+    return specs
+
+
+def validate_specs(specs: Sequence[TeacherSpec]) -> None:
+    """Unique, well-formed, non-reserved names; finite λ; at least one λ ≠ 0."""
+    seen: set[str] = set()
+    for s in specs:
+        if not _NAME_RE.match(s.name):
+            raise ConfigError(f"teacher name {s.name!r} must start with a letter and use letters, digits, _ . -")
+        if s.name in RESERVED_NAMES:
+            raise ConfigError(f"teacher name {s.name!r} is reserved ({', '.join(RESERVED_NAMES)}): choose another")
+        if s.name in seen:
+            raise ConfigError(f"duplicate teacher name {s.name!r}: each teacher needs its own name")
+        seen.add(s.name)
+        if not math.isfinite(s.lam):
+            raise ConfigError(f"λ of teacher {s.name!r} must be finite, got {s.lam}")
+    if specs and all(s.lam == 0 for s in specs):
+        raise ConfigError("all λ are zero: at least one teacher needs a non-zero λ (else there is no reward)")
+
+
+def validate_lambda_table(
+    table: Mapping[str, Mapping[str, float]], specs: Sequence[TeacherSpec]
+) -> dict[str, dict[str, float]]:
+    """Check a per-domain table ``{domain: {teacher: λ}}`` against the teachers; fill zeros."""
+    names = [s.name for s in specs]
+    out: dict[str, dict[str, float]] = {}
+    for domain, row in table.items():
+        if not isinstance(row, Mapping):
+            raise ConfigError(f"lambda_table[{domain!r}] must map teacher names to λ, got {row!r}")
+        for teacher, lam in row.items():
+            if teacher not in names:
+                raise ConfigError(
+                    f"lambda_table[{domain!r}] names teacher {teacher!r}, which is not configured "
+                    f"(teachers: {', '.join(names)})"
+                )
+            if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+                raise ConfigError(f"lambda_table[{domain!r}][{teacher!r}] must be a finite number, got {lam!r}")
+        full = {n: float(row.get(n, 0.0)) for n in names}
+        if all(v == 0 for v in full.values()):
+            raise ConfigError(f"lambda_table[{domain!r}]: all λ are zero for this domain")
+        out[str(domain)] = full
+    return out
+
+
+def active_teachers(
+    specs: Sequence[TeacherSpec], table: Mapping[str, Mapping[str, float]] | None = None
+) -> list[TeacherSpec]:
+    """Teachers with a non-zero λ somewhere (default λ or any domain row): the ones to load."""
+    table = table or {}
+    return [s for s in specs if s.lam != 0 or any(row.get(s.name, 0.0) != 0 for row in table.values())]
+
+
+def lambda_matrix(
+    specs: Sequence[TeacherSpec],
+    domains: Sequence[str | None],
+    table: Mapping[str, Mapping[str, float]] | None = None,
+) -> torch.Tensor:
+    """``lam_BK``: the λ row of each response's domain (table row, else the specs' λ)."""
+    table = table or {}
+    default = [s.lam for s in specs]
+    rows = [
+        [table[d][s.name] for s in specs] if d is not None and d in table else default for d in domains
+    ]
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(domains), len(specs))

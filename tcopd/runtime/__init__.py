@@ -1,0 +1,1 @@
+"""tcopd.runtime"""
