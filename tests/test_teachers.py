@@ -1,0 +1,90 @@
+"""Teacher specification parsing and validation (core/teachers.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tcopd.core.teachers import (
+    TeacherSpec,
+    active_teachers,
+    build_teacher_specs,
+    lambda_matrix,
+    parse_lambdas,
+    parse_teacher_arg,
+    validate_lambda_table,
+)
+from tcopd.errors import ConfigError
+
+
+def test_short_flags_pair_with_lambdas():
+    specs = build_teacher_specs(expert="/m/math", anti_expert="/m/code", lambdas="1.5,-0.5")
+    assert specs == [TeacherSpec("expert", "/m/math", 1.5), TeacherSpec("anti_expert", "/m/code", -0.5)]
+
+
+def test_expert_alone_defaults_to_opd():
+    assert build_teacher_specs(expert="/m/math") == [TeacherSpec("expert", "/m/math", 1.0)]
+    assert build_teacher_specs(expert="/m/math", lambdas="1.5")[0].lam == 1.5
+
+
+def test_general_teacher_form_and_mixing():
+    specs = build_teacher_specs(teachers=["math=/m/a:1.5", "code=/m/b:-0.5", "phys=/m/c"], lambdas="0.25")
+    assert [(s.name, s.path, s.lam) for s in specs] == [
+        ("math", "/m/a", 1.5),
+        ("code", "/m/b", -0.5),
+        ("phys", "/m/c", 0.25),
+    ]
+    assert parse_teacher_arg("hub=Keven16/Qwen3-4B-Non-Thinking-RL-Math-Step500:1.5") == (
+        "hub",
+        "Keven16/Qwen3-4B-Non-Thinking-RL-Math-Step500",
+        1.5,
+    )
+    # a path with a colon in a directory name, no λ
+    assert parse_teacher_arg("x=/data/a:b/model") == ("x", "/data/a:b/model", None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(expert="/a", anti_expert="/b", lambdas="1.5"), "--lambdas has 1 value"),
+        (dict(expert="/a", lambdas="1.5,-0.5"), "--lambdas has 2 value"),
+        (dict(expert="/a", anti_expert="/b", lambdas="1.5,abc"), "'abc' is not a number"),
+        (dict(expert="/a", anti_expert="/b", lambdas="0,0"), "all λ are zero"),
+        (dict(teachers=["m=/a:1", "m=/b:2"]), "duplicate teacher name 'm'"),
+        (dict(teachers=["m=/a:nope"]), "'nope' is not a number"),
+        (dict(teachers=["student=/a:1"]), "reserved"),
+        (dict(expert="/a", anti_expert="/b"), "no λ for teacher(s) expert, anti_expert"),
+        (dict(), "no teacher given"),
+        (dict(expert="/a", lambdas="1.5,,2"), "comma-separated"),
+        (dict(expert="/a", lambdas="nan"), "finite"),
+    ],
+)
+def test_bad_specs_name_the_offending_value(kwargs, needle):
+    with pytest.raises(ConfigError) as e:
+        build_teacher_specs(**kwargs)
+    assert needle in str(e.value)
+
+
+def test_lambda_table_validation_and_matrix():
+    specs = build_teacher_specs(teachers=["math=/a:1.5", "code=/b:-0.5"])
+    table = validate_lambda_table({"math": {"math": 1.5, "code": -0.5}, "code": {"code": 1.5}}, specs)
+    assert table["code"] == {"math": 0.0, "code": 1.5}
+    lam = lambda_matrix(specs, ["code", "math", None, "other"], table)
+    assert lam.tolist() == [[0.0, 1.5], [1.5, -0.5], [1.5, -0.5], [1.5, -0.5]]
+    with pytest.raises(ConfigError, match="'bio', which is not configured"):
+        validate_lambda_table({"math": {"bio": 1.0}}, specs)
+    with pytest.raises(ConfigError, match="all λ are zero for this domain"):
+        validate_lambda_table({"math": {"math": 0}}, specs)
+    with pytest.raises(ConfigError, match="finite number"):
+        validate_lambda_table({"math": {"math": "x"}}, specs)
+
+
+def test_active_teachers_drop_zero_lambda_unless_a_domain_uses_them():
+    specs = build_teacher_specs(teachers=["math=/a:1.5", "code=/b:0"])
+    assert [s.name for s in active_teachers(specs)] == ["math"]
+    assert [s.name for s in active_teachers(specs, {"code": {"math": 0.0, "code": 1.0}})] == ["math", "code"]
+
+
+def test_parse_lambdas():
+    assert parse_lambdas("1.5, -0.5") == [1.5, -0.5]
+    assert torch.tensor(parse_lambdas("1e-1")).item() == pytest.approx(0.1)
