@@ -260,7 +260,7 @@ class Grader:
         if len(golds) != len(responses):
             raise ValueError(f"{len(golds)} golds but {len(responses)} responses")
         base = object()  # keys private to this call
-        for i, (g, r) in enumerate(zip(golds, responses)):
+        for i, (g, r) in enumerate(zip(golds, responses, strict=True)):
             self.submit((base, i), g, r)
         out: list[bool | None] = [None] * len(golds)
         for key, verdict in self.as_completed():
