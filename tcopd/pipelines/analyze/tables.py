@@ -52,7 +52,10 @@ class Table:
 
     def records(self) -> list[dict[str, Any]]:
         """``[{row_header: label, column: value, ...}, ...]``, the JSON/CSV row shape."""
-        return [{self.row_header: r.label, **dict(zip(self.columns, r.values))} for r in self.rows]
+        return [
+            {self.row_header: r.label, **dict(zip(self.columns, r.values, strict=True))}
+            for r in self.rows
+        ]
 
 
 def format_value(value: Any, fmt: str) -> str:
@@ -75,7 +78,7 @@ def to_text(table: Table) -> str:
 
     def line(cells: Sequence[str]) -> str:
         first = cells[0].ljust(widths[0])
-        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:]))
+        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
         return "  ".join([first, *rest]).rstrip()
 
     out = [table.title, line(header), "  ".join("-" * w for w in widths)]
@@ -151,7 +154,9 @@ def unique_names(paths: Sequence[Path], names: Sequence[str] | None, kind: str) 
         # e.g. runs/a/eval/samples.jsonl and runs/b/eval/samples.jsonl → "a/eval", "b/eval"
         out = [f"{d.parent.name}/{d.name}" for d in run_dirs]
         if kind == "file":
-            out = [o if out.count(o) == 1 else f"{o}/{p.stem}" for o, p in zip(out, paths)]
+            out = [
+                o if out.count(o) == 1 else f"{o}/{p.stem}" for o, p in zip(out, paths, strict=True)
+            ]
     seen: dict[str, int] = {}
     final = []
     for o in out:

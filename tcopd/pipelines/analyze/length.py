@@ -1,0 +1,112 @@
+"""``tcopd analyze length``: response-length statistics per samples file (the paper's Table 3).
+
+Algorithm choices:
+- Token counts are each row's ``num_tokens`` (the sampler's own count), or, with a tokenizer,
+  the length of ``tokenizer(response, add_special_tokens=False)``.
+- Median and p90 use linear interpolation between order statistics (numpy's default
+  ``percentile``, Hyndman & Fan type 7): ``q``-quantile of sorted ``x_0..x_{n-1}`` is
+  ``x_i + f·(x_{i+1} − x_i)`` with ``i + f = q·(n − 1)``.
+- "correct" / "incorrect" means use the graded rows only (``correct`` true / false); ungraded
+  rows (null) count in every other statistic.
+- Truncated: ``finish_reason == "length"``. No box: no complete ``\\boxed{...}`` in the response.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tcopd.config import field
+from tcopd.pipelines.analyze.sources import (
+    Progress,
+    Sample,
+    has_boxed,
+    load_samples,
+    tokenizer_counter,
+)
+from tcopd.pipelines.analyze.tables import Row, Table, unique_names
+
+
+@dataclass(frozen=True)
+class LengthConfig:
+    samples: list[str] = field(help="samples.jsonl files (from `tcopd eval` or training rollouts).")
+    names: list[str] = field(
+        [], help="Column names, one per file (default: each file's directory name)."
+    )
+    tokenizer: str | None = field(
+        None, help="Re-count tokens with this tokenizer instead of num_tokens."
+    )
+
+
+@dataclass(frozen=True)
+class LengthResult:
+    table: Table
+
+
+def mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def quantile(xs: Sequence[float], q: float) -> float | None:
+    """Type-7 quantile (linear interpolation, numpy's default); ``None`` for no data."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    pos = q * (len(s) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (pos - lo) * (s[hi] - s[lo])
+
+
+ROWS: tuple[tuple[str, str], ...] = (
+    ("samples", "d"),
+    ("mean tokens", ".1f"),
+    ("median tokens", ".1f"),
+    ("p90 tokens", ".1f"),
+    ("max tokens", "d"),
+    ("mean tokens (correct)", ".1f"),
+    ("mean tokens (incorrect)", ".1f"),
+    ("ungraded", "d"),
+    ("truncated fraction", ".3f"),
+    ("no-box fraction", ".3f"),
+)
+
+
+def length_stats(samples: Sequence[Sample]) -> dict[str, float | int | None]:
+    """The statistics of :data:`ROWS` for one file's samples."""
+    tokens = [s.num_tokens for s in samples]
+    n = len(samples)
+    return {
+        "samples": n,
+        "mean tokens": mean(tokens),
+        "median tokens": quantile(tokens, 0.5),
+        "p90 tokens": quantile(tokens, 0.9),
+        "max tokens": max(tokens),
+        "mean tokens (correct)": mean([s.num_tokens for s in samples if s.correct is True]),
+        "mean tokens (incorrect)": mean([s.num_tokens for s in samples if s.correct is False]),
+        "ungraded": sum(s.correct is None for s in samples),
+        "truncated fraction": sum(s.finish_reason == "length" for s in samples) / n,
+        "no-box fraction": sum(not has_boxed(s.response) for s in samples) / n,
+    }
+
+
+def run(config: LengthConfig, progress: Progress | None = None) -> LengthResult:
+    paths = [Path(p) for p in config.samples]
+    names = unique_names(paths, config.names, kind="file")
+    count = tokenizer_counter(config.tokenizer) if config.tokenizer else None
+    columns = []
+    for i, p in enumerate(paths):
+        columns.append(
+            length_stats(load_samples(p, need=("finish_reason", "correct"), count_tokens=count))
+        )
+        if progress:
+            progress(i + 1, len(paths))
+    rows = tuple(Row(label, tuple(c[label] for c in columns), fmt) for label, fmt in ROWS)
+    source = f"tokenizer {config.tokenizer}" if config.tokenizer else "num_tokens"
+    notes = (
+        f"tokens: {source}; median/p90: linear interpolation (numpy default); "
+        "correct/incorrect means over graded samples only",
+    )
+    return LengthResult(Table("Response length (tokens)", tuple(names), rows, notes=notes))
