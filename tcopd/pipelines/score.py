@@ -1,0 +1,308 @@
+"""``tcopd score``: log-probs of given rollouts under the student, the reference and the teachers,
+plus the per-token teacher-contrastive reward and advantage (SPEC §1).
+
+Algorithm choices:
+
+- Only teachers with λ ≠ 0 (for some domain) are loaded and scored (:func:`active_teachers`);
+  ``teacher_normalization`` decides K in the 1/K of the reward (SPEC §1).
+- The old policy is the student given (``A = r − β·(lp_student − lp_ref)``); the reference
+  defaults to the student, in which case it is scored once and the numbers reused.
+- Every model's tokenizer must equal the student's (:func:`check_same_tokenizer`); text rows
+  (``prompt``/``response``) are tokenised with the student's tokenizer, no special tokens added.
+- All inputs are validated (ids, lengths, vocabulary) before any model is loaded, so a bad row
+  fails in seconds, naming the file and row.
+- ``placement="shard"`` under torchrun: each rank scores its share of the rows (``rows[rank::W]``)
+  while each teacher lives on one rank only; rank 0 gathers the rows and writes the output.
+- The output (same format as the input, by suffix) and ``<output>.config.yaml`` (the resolved
+  settings, reusable with ``--config``) are written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+
+from tcopd.config import field, write_resolved
+from tcopd.core.objective import NORMALIZATIONS, advantage, contrastive_reward, teacher_weights
+from tcopd.core.teachers import (
+    TeacherSpec,
+    active_teachers,
+    build_teacher_specs,
+    lambda_matrix,
+    validate_lambda_table,
+)
+from tcopd.errors import ConfigError, DataError
+from tcopd.runtime import distributed, models
+from tcopd.runtime.io import read_rows, write_rows
+from tcopd.runtime.scorer import Scorer
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    student: str | None = field(None, help="Student model (also the old policy): local HF directory or Hub id.")
+    reference: str | None = field(None, help="Reference model π_ref (default: the student).")
+    expert: str | None = field(None, help="Expert teacher, named 'expert'; λ from lambdas.")
+    anti_expert: str | None = field(None, help="Anti-expert teacher, named 'anti_expert'; λ from lambdas.")
+    lambdas: str | list[float] | None = field(None, help="Comma-separated λ for expert, anti_expert (and λ-less teachers), e.g. '1.5,-0.5'.")
+    teachers: list[str] = field([], help="More teachers as NAME=PATH:LAMBDA.")
+    lambda_table: dict[str, Any] = field({}, help="Per-domain λ {domain: {teacher: λ}} for rows with a 'domain'.")
+    teacher_normalization: Literal["active", "all", "none"] = field(
+        "active", help="K in the reward's 1/K: teachers with λ≠0 (active), all configured (all), or 1 (none)."
+    )
+    beta: float = field(1.0, help="β of the KL-to-reference term of the advantage.")
+    temperature: float = field(1.0, help="Sampling temperature τ: logits are divided by τ before the softmax.")
+    input: str | None = field(None, help="Rollouts: .jsonl or .parquet rows {id, prompt_ids, response_ids} (or prompt/response text).")
+    output: str | None = field(None, help="Scores file (.jsonl or .parquet): the input rows plus logprobs, reward, advantage.")
+    chunk_size: int = field(512, help="Tokens per output-projection chunk (peak extra memory ∝ chunk × vocabulary).")
+    token_budget: int = field(16384, help="Tokens (prompt + response, with padding) per micro-batch forward.")
+    device: str = field("auto", help="cpu, cuda, cuda:N or auto (CUDA if available).")
+    dtype: str = field("float32", help="Model weights dtype: float32, bfloat16 or float16 (log-sum-exp is float32).")
+    placement: Literal["local", "offload", "shard"] = field(
+        "local", help="Teachers on the device (local), in CPU memory moved in one at a time (offload), or one rank each (shard)."
+    )
+    packing: Literal["auto", "on", "off"] = field(
+        "auto", help="Padding-free packing: auto (with flash-attention), on, off (right padding)."
+    )
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    output: Path | None
+    config_path: Path | None
+    rows: int
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    padding_fraction: float
+    peak_mem_gb: dict[str, float]
+    reward_mean: float
+    advantage_mean: float
+    logratio_mean: dict[str, float]
+    teachers: list[TeacherSpec]
+    model_names: list[str]
+
+
+@dataclass
+class _Row:
+    number: int
+    data: dict[str, Any]
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+
+def _teachers(config: ScoreConfig) -> tuple[list[TeacherSpec], list[TeacherSpec], dict]:
+    specs = build_teacher_specs(config.expert, config.anti_expert, config.lambdas, config.teachers)
+    table = validate_lambda_table(config.lambda_table, specs) if config.lambda_table else {}
+    return specs, active_teachers(specs, table), table
+
+
+def _check_config(config: ScoreConfig) -> None:
+    for key in ("student", "input", "output"):
+        if not getattr(config, key):
+            raise ConfigError(f"missing --{key.replace('_', '-')}: tcopd score needs --student, --input and --output")
+    if config.teacher_normalization not in NORMALIZATIONS:
+        raise ConfigError(f"teacher_normalization must be one of {', '.join(NORMALIZATIONS)}")
+    if config.temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {config.temperature}")
+    if config.chunk_size < 1 or config.token_budget < 1:
+        raise ConfigError("chunk_size and token_budget must be positive integers")
+
+
+def _id_list(value: Any, where: str, key: str) -> list[int]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        raise DataError(f"{where}: {key!r} must be a list of integer token ids")
+    return list(value)
+
+
+def _read_rows(path: str, tokenizer: Any, vocab: int, max_len: int | None) -> list[_Row]:
+    out: list[_Row] = []
+    for number, row in read_rows(path):
+        where = f"{path}:{number}"
+        if "response_ids" in row or "prompt_ids" in row:
+            if "prompt_ids" not in row or "response_ids" not in row:
+                raise DataError(f"{where}: a row needs both 'prompt_ids' and 'response_ids'")
+            p = _id_list(row["prompt_ids"], where, "prompt_ids")
+            r = _id_list(row["response_ids"], where, "response_ids")
+        elif isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
+            p = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+            r = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+        else:
+            raise DataError(
+                f"{where}: a row needs 'prompt_ids' and 'response_ids' (token ids) or 'prompt' and 'response' (text)"
+            )
+        if not r:
+            raise DataError(f"{where}: empty response: there is nothing to score (drop the row)")
+        if not p:
+            raise DataError(f"{where}: empty prompt: the first response token needs at least one prompt token")
+        bad = next((t for t in p + r if t < 0 or t >= vocab), None)
+        if bad is not None:
+            raise DataError(f"{where}: token id {bad} is outside the vocabulary (size {vocab}): wrong tokenizer?")
+        if max_len is not None and len(p) + len(r) > max_len:
+            raise DataError(
+                f"{where}: prompt + response is {len(p) + len(r)} tokens, longer than the model's maximum "
+                f"positions ({max_len}); truncate or drop the row"
+            )
+        out.append(_Row(number, row, p, r))
+    if not out:
+        raise DataError(f"{path}: no rows to score")
+    return out
+
+
+def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
+    """Score every row of ``config.input``; write ``config.output`` and its resolved config."""
+    _check_config(config)
+    specs, active, table = _teachers(config)
+    reference = config.reference or config.student
+    named_paths = {"student": config.student, "reference": reference} | {s.name: s.path for s in active}
+
+    # 1. Cheap checks first: every model directory is a causal-LM config, every tokenizer matches.
+    configs = {name: models.load_config(path) for name, path in named_paths.items()}
+    student_tok = models.load_tokenizer(config.student)
+    checked = {config.student}
+    for name, path in named_paths.items():
+        if path not in checked:
+            models.check_same_tokenizer(student_tok, models.load_tokenizer(path), name)
+            checked.add(path)
+    vocab = min(int(c.vocab_size) for c in configs.values() if getattr(c, "vocab_size", None))
+    limits = [m for m in (models.max_positions(c) for c in configs.values()) if m]
+    rows = _read_rows(config.input, student_tok, vocab, min(limits) if limits else None)
+
+    # 2. Where things run.
+    if config.placement == "shard":
+        info = distributed.init_distributed(config.device)
+    else:
+        info = distributed.DistInfo(device=distributed.pick_device(config.device))
+    owner = distributed.round_robin_owners([s.name for s in active], info.world_size) if config.placement == "shard" else {}
+    mine = rows[info.rank :: info.world_size]
+
+    # 3. Load (each rank: student, reference, and the teachers it hosts) and score.
+    attn = models.default_attn_implementation(info.device)
+    load_device = "cpu" if config.placement == "offload" else info.device
+    loaded: dict[str, torch.nn.Module] = {}
+    for name, path in named_paths.items():
+        if name == "reference" and path == config.student:
+            continue  # the student's numbers are reused
+        if owner.get(name, info.rank) != info.rank:
+            continue
+        loaded[name] = models.load_causal_lm(path, config.dtype, load_device, attn)
+    scorer = Scorer(
+        loaded,
+        placement=config.placement,
+        device=info.device,
+        token_budget=config.token_budget,
+        chunk_size=config.chunk_size,
+        temperature=config.temperature,
+        teacher_owner=owner or None,
+        packing=config.packing,
+    )
+    t0 = time.perf_counter()
+    result = scorer.score([r.prompt_ids for r in mine], [r.response_ids for r in mine], progress=progress)
+    logprobs = dict(result.logprobs)
+    if "reference" not in logprobs:
+        logprobs["reference"] = logprobs["student"]
+
+    # 4. Reward and advantage (SPEC §1), then the output rows.
+    out_rows, reward_BT, adv_BT, mask_BT, ratios = _rewards(config, specs, active, table, mine, logprobs)
+    tokens = int(mask_BT.sum().item())
+    local = {
+        "rows": out_rows,
+        "tokens": tokens,
+        "reward_sum": float((reward_BT * mask_BT).sum()),
+        "adv_sum": float((adv_BT * mask_BT).sum()),
+        "ratio_sums": {k: float(v) for k, v in ratios.items()},
+        "stats": result.stats,
+    }
+    parts = [local]
+    if info.distributed:
+        parts = [None] * info.world_size
+        dist.all_gather_object(parts, local)
+    seconds = time.perf_counter() - t0
+    summary = _summarise(config, parts, seconds, specs, active, named_paths, info)
+    if info.is_main:
+        all_rows = sorted((r for p in parts for r in p["rows"]), key=lambda r: r[0])
+        out = write_rows(config.output, [r for _, r in all_rows])
+        resolved = dataclasses.replace(
+            config,
+            reference=reference,
+            expert=None,
+            anti_expert=None,
+            lambdas=None,
+            teachers=[f"{s.name}={s.path}:{s.lam!r}" for s in specs],
+            device=str(info.device) if config.placement != "shard" else config.device,
+        )
+        cfg = write_resolved(resolved, f"{config.output}.config.yaml")
+        summary = dataclasses.replace(summary, output=out, config_path=cfg)
+    distributed.barrier()
+    return summary
+
+
+def _pad(seqs: list[torch.Tensor]) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True) if seqs else torch.zeros(0, 0)
+
+
+def _rewards(
+    config: ScoreConfig,
+    specs: list[TeacherSpec],
+    active: list[TeacherSpec],
+    table: dict,
+    rows: list[_Row],
+    logprobs: dict[str, list[torch.Tensor]],
+) -> tuple[list[tuple[int, dict]], torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    lengths = torch.tensor([len(r.response_ids) for r in rows])
+    T = int(lengths.max()) if len(rows) else 0
+    mask_BT = (torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)).float()
+    old_BT = _pad(logprobs["student"])
+    ref_BT = _pad(logprobs["reference"])
+    teacher_KBT = torch.stack([_pad(logprobs[s.name]) for s in active])
+    # λ of every configured teacher (λ = 0 ones too, for 'all' normalisation), then the active columns.
+    lam_BK = lambda_matrix(specs, [r.data.get("domain") for r in rows], table)
+    w_BK = teacher_weights(lam_BK, config.teacher_normalization)
+    cols = [i for i, s in enumerate(specs) if s in active]
+    reward_BT = contrastive_reward(teacher_KBT, ref_BT, w_BK[:, cols]) * mask_BT
+    adv_BT = advantage(reward_BT, old_BT, ref_BT, mask_BT, beta=config.beta)
+    ratios = {s.name: ((teacher_KBT[k] - ref_BT) * mask_BT).sum() for k, s in enumerate(active)}
+    names = ["student", "reference"] + [s.name for s in active]
+    out = []
+    for b, row in enumerate(rows):
+        n = len(row.response_ids)
+        data = dict(row.data)
+        data["logprobs"] = {name: logprobs[name][b].tolist() for name in names}
+        data["reward"] = reward_BT[b, :n].tolist()
+        data["advantage"] = adv_BT[b, :n].tolist()
+        out.append((row.number, data))
+    return out, reward_BT, adv_BT, mask_BT, ratios
+
+
+def _summarise(config, parts, seconds, specs, active, named_paths, info) -> ScoreSummary:
+    tokens = sum(p["tokens"] for p in parts)
+    model_tokens = sum(p["stats"]["model_tokens"] for p in parts)
+    processed = [p["stats"] for p in parts]
+    peak: dict[str, float] = {}
+    for rank, st in enumerate(processed):
+        for dev, gb in st["peak_mem_gb"].items():
+            peak[f"rank{rank}:{dev}" if info.distributed else dev] = gb
+    pad = sum(s["padding_fraction"] * s["model_tokens"] for s in processed) / max(model_tokens, 1)
+    return ScoreSummary(
+        output=None,
+        config_path=None,
+        rows=sum(len(p["rows"]) for p in parts),
+        tokens=tokens,
+        seconds=seconds,
+        tokens_per_s=model_tokens / seconds if seconds > 0 else 0.0,
+        padding_fraction=pad,
+        peak_mem_gb=peak,
+        reward_mean=sum(p["reward_sum"] for p in parts) / max(tokens, 1),
+        advantage_mean=sum(p["adv_sum"] for p in parts) / max(tokens, 1),
+        logratio_mean={s.name: sum(p["ratio_sums"][s.name] for p in parts) / max(tokens, 1) for s in active},
+        teachers=list(specs),
+        model_names=list(named_paths),
+    )

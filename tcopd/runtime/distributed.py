@@ -1,0 +1,130 @@
+"""Device choice and ``torch.distributed`` set-up: the one module that initialises process groups.
+
+Launch with ``torchrun`` (or anything that sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
+``MASTER_PORT`` and ``LOCAL_RANK``). Without those variables everything runs as a single process
+and no process group is created. Backend: ``nccl`` when the device is CUDA, ``gloo`` otherwise
+(so the distributed paths are testable on CPU).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from tcopd.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: its rank, the world size, its device and the backend."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(device: str | torch.device | None = None, local_rank: int = 0) -> torch.device:
+    """``None``/``"auto"``: ``cuda:<local_rank>`` if CUDA is available, else CPU.
+
+    ``"cuda"`` means this process's GPU (``cuda:<local_rank>``); ``"cuda:N"`` and ``"cpu"`` are
+    taken as given. Asking for CUDA on a machine without it is a ConfigError.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device in (None, "", "auto"):
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device!r}: CUDA is not available here; use --device cpu")
+        index = local_rank if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return torch.device(f"cuda:{index}")
+    if dev.type != "cpu":
+        raise ConfigError(f"--device {device!r} is not supported: use cpu, cuda or cuda:N")
+    return dev
+
+
+def env_world() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from the launcher's environment variables (0, 1, 0 if unset)."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as e:
+        raise ConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({e})")
+    return rank, world, local
+
+
+def init_distributed(device: str | torch.device | None = None, timeout_s: float = 1800.0) -> DistInfo:
+    """Initialise the default process group from the environment (idempotent) and pick the device.
+
+    Single-process (``WORLD_SIZE`` unset or 1): no process group, just the device.
+    """
+    rank, world, local = env_world()
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        dev = pick_device(device, local)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        return DistInfo(rank, world, local, dev, dist.get_backend())
+    dev = pick_device(device, local)
+    if world <= 1:
+        return DistInfo(0, 1, 0, dev, None)
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise ConfigError("WORLD_SIZE > 1 but MASTER_ADDR / MASTER_PORT are not set: launch with torchrun")
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group(
+        backend=backend,
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        device_id=dev if dev.type == "cuda" else None,
+    )
+    return DistInfo(rank, world, local, dev, backend)
+
+
+def current() -> DistInfo:
+    """The process group's view without initialising anything (rank 0 of 1 when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        _, _, local = env_world()
+        dev = pick_device(None, local)
+        return DistInfo(rank, world, local, dev, dist.get_backend())
+    return DistInfo()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Destroy the default process group if this process created one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def round_robin_owners(names: list[str], world_size: int) -> dict[str, int]:
+    """``{name: rank}``: the i-th name (in the given order) is hosted by rank ``i mod world_size``."""
+    return {name: i % world_size for i, name in enumerate(names)}
