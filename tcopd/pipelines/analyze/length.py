@@ -8,7 +8,8 @@ Algorithm choices:
   ``x_i + f·(x_{i+1} − x_i)`` with ``i + f = q·(n − 1)``.
 - "correct" / "incorrect" means use the graded rows only (``correct`` true / false); ungraded
   rows (null) count in every other statistic.
-- Truncated: ``finish_reason == "length"``. No box: no complete ``\\boxed{...}`` in the response.
+- Truncated: ``finish_reason == "length"``. No box: the grader's ``extract_boxed`` finds no
+  answer (no ``\\boxed{...}``, or the last one never closes).
 """
 
 from __future__ import annotations

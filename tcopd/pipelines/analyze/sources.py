@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcopd.errors import ConfigError, DataError, ModelError
+from tcopd.errors import ConfigError, DataError
+from tcopd.runtime.grading import extract_boxed
 from tcopd.runtime.io import iter_jsonl
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -90,10 +90,8 @@ def load_samples(
 
 def tokenizer_counter(path: str) -> Callable[[str], int]:
     """``text -> number of tokens`` with the tokenizer at ``path`` (no special tokens added)."""
-    try:
-        from tcopd.runtime.models import load_tokenizer  # the project's one tokenizer loader
-    except ImportError:  # a checkout without runtime/models.py yet
-        load_tokenizer = _auto_tokenizer
+    from tcopd.runtime.models import load_tokenizer  # imports torch: only when asked for
+
     tok = load_tokenizer(path)
 
     def count(text: str) -> int:
@@ -102,32 +100,13 @@ def tokenizer_counter(path: str) -> Callable[[str], int]:
     return count
 
 
-def _auto_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ModelError(
-            f"cannot load a tokenizer from {path!r} ({str(e).splitlines()[0]}); pass a model directory or Hub id"
-        ) from e
-
-
-_BOXED = re.compile(r"\\boxed\s*\{")
-
-
 def has_boxed(text: str) -> bool:
-    """Whether ``text`` holds a complete ``\\boxed{...}`` (an opening with its balanced closing brace).
+    """Whether the grader can read a boxed answer: the last ``\\boxed{...}`` is closed.
 
-    A ``\\boxed{`` cut off by truncation does not count: the grader could not read an answer from it.
+    Same rule as grading (``extract_boxed``): a ``\\boxed{`` cut off by truncation is no answer,
+    even when an earlier box was closed.
     """
-    for m in _BOXED.finditer(text):
-        depth = 1
-        for ch in text[m.end() :]:
-            depth += (ch == "{") - (ch == "}")
-            if depth == 0:
-                return True
-    return False
+    return extract_boxed(text) is not None
 
 
 # ---------------------------------------------------------------------------------------------

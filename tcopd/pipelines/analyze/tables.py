@@ -151,12 +151,15 @@ def unique_names(paths: Sequence[Path], names: Sequence[str] | None, kind: str) 
     run_dirs = [(p.resolve().parent if kind == "file" else p.resolve()) for p in paths]
     out = [d.name or str(d) for d in run_dirs]
     if len(set(out)) != len(out):
-        # e.g. runs/a/eval/samples.jsonl and runs/b/eval/samples.jsonl → "a/eval", "b/eval"
-        out = [f"{d.parent.name}/{d.name}" for d in run_dirs]
-        if kind == "file":
-            out = [
-                o if out.count(o) == 1 else f"{o}/{p.stem}" for o, p in zip(out, paths, strict=True)
-            ]
+        # runs/a/eval/samples.jsonl, runs/b/eval/samples.jsonl → "a/eval", "b/eval";
+        # two files of one directory x → "x/<file stem>"
+        one_dir = len(set(run_dirs)) != len(run_dirs)
+        out = [
+            o
+            if out.count(o) == 1
+            else (f"{d.name}/{p.stem}" if one_dir else f"{d.parent.name}/{d.name}")
+            for o, d, p in zip(out, run_dirs, paths, strict=True)
+        ]
     seen: dict[str, int] = {}
     final = []
     for o in out:
