@@ -64,5 +64,5 @@ def test_summary_hand_worked():
 
 def test_standard_error_edge_cases():
     assert standard_error([0.7]) == 0.0
-    assert standard_error([0.2, 0.2, 0.2]) == 0.0
+    assert standard_error([0.2, 0.2, 0.2]) == pytest.approx(0.0, abs=1e-15)
     assert mean_at_n([(2, 1)]) == 0.5
