@@ -53,9 +53,8 @@ TokenizerOpt = Annotated[
 ]
 
 
-def show(table: Table, fmt: str | None, output: Path | None) -> None:
+def show(table: Table, fmt: str, output: Path | None) -> None:
     """Print ``table`` (rich for ``table``, raw text for csv/json) or write it to ``output``."""
-    fmt = resolve_format(fmt, output)
     if output is not None:
         write_table(table, output, fmt)
         err_console.print(f"wrote {output}", highlight=False)
@@ -96,6 +95,7 @@ def length(
     output: OutputOpt = None,
 ) -> None:
     """Response length per samples file: mean/median/p90/max, by correctness, truncated, no \\boxed{} (Table 3)."""
+    fmt = resolve_format(format, output)  # a bad --format fails before any work
     cfg = load_config(
         length_pipeline.LengthConfig,
         None,
@@ -104,7 +104,7 @@ def length(
     result = _with_progress(
         "counting tokens", tokenizer is not None, lambda cb: length_pipeline.run(cfg, cb)
     )
-    show(result.table, format, output)
+    show(result.table, fmt, output)
 
 
 @analyze_app.command("phrases")
@@ -126,6 +126,7 @@ def phrases(
     output: OutputOpt = None,
 ) -> None:
     """Per-1,000-token rates of phrases per samples file (case-insensitive, whole words)."""
+    fmt = resolve_format(format, output)
     overrides = {
         "samples": samples,
         "names": name,
@@ -137,7 +138,7 @@ def phrases(
     result = _with_progress(
         "counting tokens", tokenizer is not None, lambda cb: phrases_pipeline.run(cfg, cb)
     )
-    show(result.table, format, output)
+    show(result.table, fmt, output)
 
 
 @analyze_app.command("curves")
@@ -167,6 +168,7 @@ def curves(
     output: OutputOpt = None,
 ) -> None:
     """Training curves of several runs on one plot (Figure 2), with the first step each reaches a target."""
+    fmt = resolve_format(format, output)
     overrides = {
         "runs": runs,
         "names": name,
@@ -176,7 +178,7 @@ def curves(
         "target": target,
     }
     result = curves_pipeline.run(load_config(curves_pipeline.CurvesConfig, None, overrides))
-    show(result.table, format, output)
+    show(result.table, fmt, output)
     err_console.print(f"wrote {result.png} and {result.svg}", highlight=False)
 
 
@@ -185,7 +187,8 @@ def cost(
     runs: RunsArg, name: NameOpt = None, format: FormatOpt = None, output: OutputOpt = None
 ) -> None:
     """Training cost per run: teachers, wall and device hours, phase shares, peak memory (Table 2)."""
+    fmt = resolve_format(format, output)
     result = cost_pipeline.run(
         load_config(cost_pipeline.CostConfig, None, {"runs": runs, "names": name})
     )
-    show(result.table, format, output)
+    show(result.table, fmt, output)
