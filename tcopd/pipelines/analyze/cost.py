@@ -45,7 +45,7 @@ class CostResult:
 
 def _lam_text(lam: Any) -> str:
     if isinstance(lam, Mapping):  # a per-domain λ row (multi-task Λ matrix)
-        return ", ".join(f"{d}={v:g}" for d, v in lam.items())
+        return ", ".join(f"{d}={_lam_text(v)}" for d, v in lam.items())
     return f"{lam:g}" if is_number(lam) else str(lam)
 
 
