@@ -165,7 +165,7 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
     named_paths = {"student": config.student, "reference": reference} | {s.name: s.path for s in active}
 
     # 1. Cheap checks first: every model directory is a causal-LM config, every tokenizer matches.
-    configs = {name: models.load_config(path) for name, path in named_paths.items()}
+    configs = {name: models.load_causal_lm_config(path) for name, path in named_paths.items()}
     student_tok = models.load_tokenizer(config.student)
     checked = {config.student}
     for name, path in named_paths.items():

@@ -80,6 +80,25 @@ def load_config(path: str | Path) -> Any:
         raise ModelError(f"cannot read the model config of {str(path)!r} ({_first_line(e)})")
 
 
+def load_causal_lm_config(path: str | Path) -> Any:
+    """The config of a causal LM; ModelError if the directory holds another kind of model."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = load_config(path)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not _custom_causal(config):
+        raise ModelError(
+            f"{str(path)!r} is not a causal language model ({type(config).__name__}); "
+            "pass a decoder-only LM such as Qwen3"
+        )
+    return config
+
+
+def _custom_causal(config: Any) -> bool:
+    # remote-code models declare their class in auto_map
+    return "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+
+
 def load_causal_lm(
     path: str | Path,
     dtype: str | torch.dtype = "float32",
@@ -89,7 +108,7 @@ def load_causal_lm(
     """A causal LM in eval mode on ``device``; ModelError if missing or not a causal LM."""
     from transformers import AutoModelForCausalLM
 
-    config = load_config(path)
+    config = load_causal_lm_config(path)
     src = _source(path, "model path")
     torch_dtype = resolve_dtype(dtype)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
