@@ -60,6 +60,3 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print("[bold red]error:[/bold red] interrupted", highlight=False)
         sys.exit(130)
 
-
-if __name__ == "__main__":
-    main()

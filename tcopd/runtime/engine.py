@@ -1,0 +1,170 @@
+"""The DeepSpeed training engine: the only module that imports ``deepspeed``.
+
+Choices, and why:
+
+- The optimizer is a client ``torch.optim.AdamW``: a config-named optimizer becomes FusedAdam /
+  DeepSpeedCPUAdam and compiles C++ on first use (tens of seconds), which we keep out of the
+  hot path (SPEC §7).
+- ``managed_gradient_accumulation: false``: micro-batches are cut by a *token budget*, so their
+  number varies from mini-batch to mini-batch. The trainer calls :meth:`backward` once per
+  micro-batch with a loss already normalised by the mini-batch's totals, then :meth:`step` once
+  per mini-batch — every ``step`` is an optimizer update.
+- Data-parallel ranks must run the same number of forward/backward passes (ZeRO reduces and, at
+  stage 3, gathers parameters collectively), so the trainer equalises micro-batch counts with
+  :meth:`max_over_ranks`. DeepSpeed averages gradients over ranks; the trainer multiplies its
+  loss by the world size so that the global normaliser is the one in the objective.
+- Under ZeRO-3 the output projection's weight is partitioned outside its own module's forward,
+  so log-probs are computed by *calling* the head module chunk by chunk (see the trainer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_deepspeed() -> None:
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def _ensure_process_group() -> None:
+    """DeepSpeed needs a process group even in one process: make a world of one on a free port.
+
+    (Without launcher variables DeepSpeed would try MPI discovery, which needs mpi4py.)
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    import socket
+
+    import deepspeed
+
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def deepspeed_config(
+    zero_stage: int,
+    bf16: bool,
+    grad_clip: float,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+) -> dict[str, Any]:
+    """The DeepSpeed JSON config the trainer uses (written into the run directory)."""
+    zero: dict[str, Any] = {"stage": zero_stage}
+    if zero_stage >= 1:
+        zero.update({"overlap_comm": False, "contiguous_gradients": True})
+    if offload_optimizer and zero_stage >= 1:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if offload_params and zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": grad_clip if grad_clip > 0 else 0.0,
+        "bf16": {"enabled": bool(bf16)},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class TrainEngine:
+    """A DeepSpeed engine around an HF causal LM with a client AdamW optimizer."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        lr: float,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        zero_stage: int = 2,
+        bf16: bool = False,
+        grad_clip: float = 1.0,
+        offload_optimizer: bool = False,
+        offload_params: bool = False,
+    ):
+        _quiet_deepspeed()
+        import deepspeed
+
+        _ensure_process_group()
+        self.config = deepspeed_config(zero_stage, bf16, grad_clip, offload_optimizer, offload_params)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.config
+        )
+        self.zero_stage = zero_stage
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The underlying HF model (parameters partitioned under ZeRO-3)."""
+        return self.engine.module
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate gradients of one micro-batch (loss already normalised by the mini-batch)."""
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        """One optimizer update; returns the gradient norm before clipping (nan if unknown)."""
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def train(self) -> None:
+        self.engine.train()
+
+    def eval(self) -> None:
+        self.engine.eval()
+
+    @contextlib.contextmanager
+    def gathered_params(self) -> Iterator[None]:
+        """Make full parameters visible outside forward (ZeRO-3); a no-op below stage 3."""
+        if self.zero_stage < 3:
+            yield
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+            yield
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full (gathered) weights on CPU, for the rollout engine and HF checkpoints."""
+        with self.gathered_params():
+            return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+
+    def save(self, directory: str | Path, client_state: dict[str, Any]) -> None:
+        """Optimizer/scheduler/model state for exact resumption (collective: every rank calls it)."""
+        self.engine.save_checkpoint(str(directory), tag="deepspeed", client_state=client_state, save_latest=False)
+
+    def load(self, directory: str | Path) -> dict[str, Any]:
+        """Load what :meth:`save` wrote; returns the client state."""
+        path, client_state = self.engine.load_checkpoint(
+            str(directory), tag="deepspeed", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
+        return client_state or {}
+
+    def max_over_ranks(self, value: int) -> int:
+        """The maximum of an integer over data-parallel ranks (identity in one process)."""
+        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            return value
+        t = torch.tensor([value], dtype=torch.long, device=self.engine.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())

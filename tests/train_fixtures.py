@@ -1,0 +1,70 @@
+"""A tiny training world for the train tests: student, two teachers, prepared prompts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from helpers_tiny import make_tiny_qwen3, make_tokenizer
+
+
+@dataclass
+class TinyWorld:
+    student: Path
+    expert: Path
+    anti_expert: Path
+    data: Path
+    tokenizer: Path
+
+
+def write_prepared(path: Path, n: int = 8, domains: tuple[str, ...] = ("math",)) -> Path:
+    """``n`` arithmetic prompts in the prepared (verl + domain) row format, as JSONL."""
+    rows = []
+    for i in range(n):
+        a, b = i % 7, (3 * i + 1) % 5
+        rows.append(
+            {
+                "data_source": "tiny",
+                "prompt": [{"role": "user", "content": f"what is {a} + {b} ?"}],
+                "ability": "math",
+                "reward_model": {"style": "rule", "ground_truth": str(a + b)},
+                "extra_info": {"split": "train", "index": i},
+                "domain": domains[i % len(domains)],
+            }
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make_world(root: Path, n_prompts: int = 8, domains: tuple[str, ...] = ("math",)) -> TinyWorld:
+    tok = make_tokenizer(root)
+    return TinyWorld(
+        student=make_tiny_qwen3(root / "student", tok, seed=0),
+        expert=make_tiny_qwen3(root / "expert", tok, seed=1),
+        anti_expert=make_tiny_qwen3(root / "anti", tok, seed=2),
+        data=write_prepared(root / "data.jsonl", n_prompts, domains),
+        tokenizer=tok,
+    )
+
+
+def tiny_args(world: TinyWorld, out: Path, *extra: str) -> list[str]:
+    """CLI arguments of a seconds-long tiny run (fp32, CPU, plain template)."""
+    return [
+        "train",
+        "--student", str(world.student),
+        "--expert", str(world.expert),
+        "--anti-expert", str(world.anti_expert),
+        "--lambdas", "1.5,-0.5",
+        "--data", str(world.data),
+        "--out", str(out),
+        "--template", "plain",
+        "--steps", "2",
+        "--batch-size", "2",
+        "--samples-per-prompt", "2",
+        "--max-response-tokens", "6",
+        "--lr", "1e-3",
+        "--save-every", "1",
+        "--device", "cpu",
+        *extra,
+    ]
