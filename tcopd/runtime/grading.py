@@ -19,6 +19,7 @@ This is the only module that imports ``math_verify``.
 from __future__ import annotations
 
 import collections
+import logging
 import multiprocessing
 import multiprocessing.connection
 import re
@@ -109,6 +110,8 @@ def fast_verdict(gold: str, pred: str | None) -> bool | None:
 
 def _worker_main(conn: multiprocessing.connection.Connection, verify_fn: VerifyFn | None) -> None:
     """Worker loop: receive ``(task_id, gold, pred)``, reply ``(task_id, verdict, error)``."""
+    # math-verify warns on every call that its own timeout is off: the parent enforces the limit.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
     fn = verify_fn or verify_answer
     while True:
         try:

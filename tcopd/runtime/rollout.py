@@ -332,9 +332,10 @@ class HFEngine:
         # generation_config must not leak in (see module docstring), so it is swapped out below.
         gen_config = GenerationConfig(
             do_sample=not sampling.greedy,
-            temperature=1.0 if sampling.greedy else float(sampling.temperature),
-            top_k=0 if sampling.greedy else int(sampling.top_k),
-            top_p=1.0 if sampling.greedy else float(sampling.top_p),
+            # (greedy ignores these three; transformers warns about them when set with do_sample=False)
+            temperature=None if sampling.greedy else float(sampling.temperature),
+            top_k=None if sampling.greedy else int(sampling.top_k),
+            top_p=None if sampling.greedy else float(sampling.top_p),
             min_p=None,
             typical_p=1.0,
             epsilon_cutoff=0.0,
