@@ -42,12 +42,20 @@ def test_matches_float64_across_chunks(problem, chunk):
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(temperature=0.7), dict(softcap=3.0), dict(scale=0.5), dict(temperature=1.3, softcap=2.0, scale=2.0)]
+    "kw",
+    [
+        dict(temperature=0.7),
+        dict(softcap=3.0),
+        dict(scale=0.5),
+        dict(temperature=1.3, softcap=2.0, scale=2.0),
+    ],
 )
 def test_transforms_and_bias(problem, kw):
     hidden, weight, targets, bias = problem
     ref, ent = naive64(hidden, weight, targets, bias=bias, **kw)
-    got, got_ent = token_logprobs(hidden, weight, targets, chunk_size=8, bias_V=bias, return_entropy=True, **kw)
+    got, got_ent = token_logprobs(
+        hidden, weight, targets, chunk_size=8, bias_V=bias, return_entropy=True, **kw
+    )
     assert (got.double() - ref).abs().max() <= 1e-5
     assert (got_ent.double() - ent).abs().max() <= 1e-5
 
@@ -67,7 +75,9 @@ def test_gradients_match_naive(problem, checkpoint):
     ref, _ = naive64(h1, w1, targets, bias=b1, softcap=4.0)
     (ref * coef.double()).sum().backward()
     h2, w2, b2 = (t.clone().requires_grad_() for t in (hidden, weight, bias))
-    got = token_logprobs(h2, w2, targets, chunk_size=6, bias_V=b2, softcap=4.0, checkpoint=checkpoint)
+    got = token_logprobs(
+        h2, w2, targets, chunk_size=6, bias_V=b2, softcap=4.0, checkpoint=checkpoint
+    )
     assert got.requires_grad
     (got * coef).sum().backward()
     for a, b in ((h1, h2), (w1, w2), (b1, b2)):
@@ -108,7 +118,10 @@ def test_plan_padded_hand_worked():
 def test_plans_cover_each_index_once_within_budget(budget):
     g = torch.Generator().manual_seed(budget)
     lengths = torch.randint(1, 30, (41,), generator=g).tolist()
-    for plan, packed in ((plan_padded(lengths, budget), False), (plan_packed(lengths, budget), True)):
+    for plan, packed in (
+        (plan_padded(lengths, budget), False),
+        (plan_packed(lengths, budget), True),
+    ):
         flat = sorted(i for b in plan for i in b)
         assert flat == list(range(len(lengths)))
         for b in plan:

@@ -8,11 +8,10 @@ import json
 import pytest
 import torch
 import yaml
+from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
 from tcopd.cli.main import main
 from tcopd.runtime import models as rm
-
-from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,12 @@ def test_score_end_to_end(world, tmp_path, capsys):
         r = row.get("response_ids") or tok(row["response"], add_special_tokens=False)["input_ids"]
         assert set(row["logprobs"]) == {"student", "reference", "expert", "anti_expert"}
         lp = {}
-        for name, key in (("student", "student"), ("reference", "ref"), ("expert", "expert"), ("anti_expert", "anti")):
+        for name, key in (
+            ("student", "student"),
+            ("reference", "ref"),
+            ("expert", "expert"),
+            ("anti_expert", "anti"),
+        ):
             want = ref64(world[key], p, r)
             got = torch.tensor(row["logprobs"][name], dtype=torch.float64)
             assert (got - want).abs().max() <= 1e-5, name
@@ -89,10 +93,17 @@ def test_score_end_to_end(world, tmp_path, capsys):
         assert (torch.tensor(row["reward"], dtype=torch.float64) - reward).abs().max() <= 1e-5
         assert (torch.tensor(row["advantage"], dtype=torch.float64) - adv).abs().max() <= 1e-5
     cfg = yaml.safe_load((tmp_path / "scores.jsonl.config.yaml").read_text())
-    assert cfg["teachers"][0] == f"expert={world['expert']}:1.5" and cfg["reference"] == str(world["ref"])
+    assert cfg["teachers"][0] == f"expert={world['expert']}:1.5" and cfg["reference"] == str(
+        world["ref"]
+    )
     # the resolved config reproduces the run (same numbers) when fed back with --config
     out2 = tmp_path / "again.parquet"
-    assert run_cli(["score", "--config", str(tmp_path / "scores.jsonl.config.yaml"), "--output", str(out2)]) == 0
+    assert (
+        run_cli(
+            ["score", "--config", str(tmp_path / "scores.jsonl.config.yaml"), "--output", str(out2)]
+        )
+        == 0
+    )
     import pyarrow.parquet as pq
 
     again = pq.read_table(out2).to_pylist()
@@ -107,7 +118,7 @@ def test_reference_defaults_to_student_and_opd(world, tmp_path):
     lp = row["logprobs"]
     assert lp["reference"] == lp["student"]
     # K = 1, λ = 1 (OPD): A = lp_expert − lp_old
-    want = [e - s for e, s in zip(lp["expert"], lp["student"])]
+    want = [e - s for e, s in zip(lp["expert"], lp["student"], strict=True)]
     assert row["advantage"] == pytest.approx(want, abs=1e-6)
 
 
@@ -118,16 +129,25 @@ def _bad_input(tmp_path, rows=None, text=None):
 
 
 BAD = {
-    "missing_model": (lambda w, t: ["--student", str(t / "nope"), "--expert", str(w["expert"])], "does not exist"),
+    "missing_model": (
+        lambda w, t: ["--student", str(t / "nope"), "--expert", str(w["expert"])],
+        "does not exist",
+    ),
     "not_causal_lm": (None, "not a causal language model"),
     "tokenizer_mismatch": (None, "tokenizer of 'expert' differs"),
-    "empty_response": (lambda w, t: ["--input", _bad_input(t, [{"prompt_ids": [1], "response_ids": []}])], "empty response"),
+    "empty_response": (
+        lambda w, t: ["--input", _bad_input(t, [{"prompt_ids": [1], "response_ids": []}])],
+        "empty response",
+    ),
     "token_id_too_big": (
         lambda w, t: ["--input", _bad_input(t, [{"prompt_ids": [1], "response_ids": [3, 100]}])],
         "token id 100 is outside the vocabulary",
     ),
     "malformed_jsonl": (
-        lambda w, t: ["--input", _bad_input(t, text='{"prompt_ids": [1], "response_ids": [2]}\n{oops\n')],
+        lambda w, t: [
+            "--input",
+            _bad_input(t, text='{"prompt_ids": [1], "response_ids": [2]}\n{oops\n'),
+        ],
         "bad.jsonl:2: malformed JSON",
     ),
     "too_long": (None, "longer than the model's maximum positions (8)"),
@@ -149,7 +169,9 @@ def test_bad_input_one_error_line(world, tmp_path, capsys, case):
     if case == "not_causal_lm":
         from transformers import ViTConfig
 
-        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "vit")
+        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(
+            tmp_path / "vit"
+        )
         args["--expert"] = str(tmp_path / "vit")
     elif case == "tokenizer_mismatch":
         tok = make_tokenizer(tmp_path, vocab_size=120)
@@ -158,7 +180,7 @@ def test_bad_input_one_error_line(world, tmp_path, capsys, case):
         args["--student"] = str(world["short"])
     else:
         extra = make(world, tmp_path)
-        for k, v in zip(extra[::2], extra[1::2]):
+        for k, v in zip(extra[::2], extra[1::2], strict=True):
             args[k] = v
     code = run_cli(["score"] + [x for kv in args.items() for x in kv])
     err = capsys.readouterr().err

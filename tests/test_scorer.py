@@ -6,13 +6,12 @@ import copy
 
 import pytest
 import torch
+from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
 from tcopd.errors import ConfigError, DataError, ModelError
 from tcopd.runtime import models as rm
 from tcopd.runtime import scorer as rs
 from tcopd.runtime.scorer import Scorer, model_response_logprobs
-
-from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
 TOL = 1e-5
 
@@ -43,7 +42,7 @@ def reference64(model, P, R, temperature=1.0, transform=None):
     m64 = copy.deepcopy(model).double().eval()
     out = []
     with torch.no_grad():
-        for p, r in zip(P, R):
+        for p, r in zip(P, R, strict=True):
             logits = m64(torch.tensor([p + r])).logits[0, len(p) - 1 : -1]
             if transform is not None:
                 logits = transform(logits)
@@ -53,7 +52,7 @@ def reference64(model, P, R, temperature=1.0, transform=None):
 
 
 def max_err(got, ref):
-    return max((g.double() - r).abs().max().item() for g, r in zip(got, ref))
+    return max((g.double() - r).abs().max().item() for g, r in zip(got, ref, strict=True))
 
 
 @pytest.mark.parametrize("kind", ["tied", "untied"])
@@ -153,18 +152,22 @@ def test_grad_in_train_mode_matches_plain_path(world, batch):
         mask[b, : len(r)] = 1
     (logp * mask).sum().backward()
     total = 0.0
-    for p, r in zip(P, R):
-        lsm = torch.log_softmax(m2(input_ids=torch.tensor([p + r])).logits[0, len(p) - 1 : -1].float(), -1)
+    for p, r in zip(P, R, strict=True):
+        lsm = torch.log_softmax(
+            m2(input_ids=torch.tensor([p + r])).logits[0, len(p) - 1 : -1].float(), -1
+        )
         total = total + lsm.gather(-1, torch.tensor(r)[:, None]).sum()
     total.backward()
-    for (name, a), b in zip(m1.named_parameters(), m2.parameters()):
+    for (name, a), b in zip(m1.named_parameters(), m2.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_offload_placement_same_numbers(world, batch):
     P, R = batch
     local = Scorer({"m": rm.load_causal_lm(world["tied"])}, token_budget=30).score(P, R)
-    off = Scorer({"m": rm.load_causal_lm(world["tied"])}, placement="offload", token_budget=30).score(P, R)
+    off = Scorer(
+        {"m": rm.load_causal_lm(world["tied"])}, placement="offload", token_budget=30
+    ).score(P, R)
     assert max_err(off.logprobs["m"], local.logprobs["m"]) == 0.0
 
 
@@ -235,9 +238,9 @@ def test_load_errors(world, tmp_path):
         rm.load_causal_lm(world["tok"])
     from transformers import ViTConfig
 
-    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
-        tmp_path / "vit"
-    )
+    ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    ).save_pretrained(tmp_path / "vit")
     with pytest.raises(ModelError, match="not a causal language model"):
         rm.load_causal_lm(tmp_path / "vit")
     assert rm.resolve_dtype("bf16") is torch.bfloat16
@@ -253,4 +256,6 @@ def test_bf16_model_scores_in_float32(world, batch):
     m16 = rm.load_causal_lm(world["tied"], dtype="bfloat16")
     res = Scorer({"m": m16}, chunk_size=4).score(P, R)
     assert all(t.dtype == torch.float32 for t in res.logprobs["m"])
-    assert max_err(res.logprobs["m"], reference64(m32, P, R)) < 0.1  # bf16 weights: close, not exact
+    assert (
+        max_err(res.logprobs["m"], reference64(m32, P, R)) < 0.1
+    )  # bf16 weights: close, not exact

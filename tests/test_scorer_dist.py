@@ -8,12 +8,11 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
 from tcopd.runtime import models as rm
 from tcopd.runtime.distributed import round_robin_owners
 from tcopd.runtime.scorer import Scorer
-
-from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
 TEACHERS = ["t0", "t1", "t2"]
 
@@ -27,14 +26,24 @@ def _free_port() -> int:
 def _sequences(rank: int):
     g = torch.Generator().manual_seed(100 + rank)
     n = 3 + rank  # ranks hold different numbers of sequences
-    P = [torch.randint(0, 100, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
-    R = [torch.randint(0, 100, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    P = [
+        torch.randint(0, 100, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(n)
+    ]
+    R = [
+        torch.randint(0, 100, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(n)
+    ]
     return P, R
 
 
 def _worker(rank: int, world: int, port: int, paths: dict, out_dir: str) -> None:
     os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
     from tcopd.runtime import distributed
@@ -44,10 +53,15 @@ def _worker(rank: int, world: int, port: int, paths: dict, out_dir: str) -> None
     owner = round_robin_owners(TEACHERS, world)
     models = {"student": rm.load_causal_lm(paths["student"])}
     models |= {n: rm.load_causal_lm(paths[n]) for n in TEACHERS if owner[n] == rank}
-    scorer = Scorer(models, placement="shard", device="cpu", token_budget=16, chunk_size=4, teacher_owner=owner)
+    scorer = Scorer(
+        models, placement="shard", device="cpu", token_budget=16, chunk_size=4, teacher_owner=owner
+    )
     P, R = _sequences(rank)
     res = scorer.score(P, R)
-    torch.save({"logprobs": res.logprobs, "hosted": sorted(scorer.models)}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save(
+        {"logprobs": res.logprobs, "hosted": sorted(scorer.models)},
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
     distributed.shutdown()
 
 
@@ -69,6 +83,6 @@ def test_shard_two_processes_equal_single_process(tmp_path):
         assert set(got["logprobs"]) == {"student", *TEACHERS}
         for name in want:
             assert len(got["logprobs"][name]) == len(R)
-            for g, w, r in zip(got["logprobs"][name], want[name], R):
+            for g, w, r in zip(got["logprobs"][name], want[name], R, strict=True):
                 assert g.shape == (len(r),)
                 torch.testing.assert_close(g, w, atol=1e-5, rtol=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -40,17 +40,17 @@ def score(
     anti_expert: AntiExpertOpt = None,
     lambdas: LambdasOpt = None,
     teacher: TeacherOpt = None,
-    input: Annotated[Optional[Path], _opt("--input", "input")] = None,
-    output: Annotated[Optional[Path], _opt("--output", "output")] = None,
+    input: Annotated[Path | None, _opt("--input", "input")] = None,
+    output: Annotated[Path | None, _opt("--output", "output")] = None,
     teacher_normalization: NormalizationOpt = None,
-    beta: Annotated[Optional[float], _opt("--beta", "beta")] = None,
-    temperature: Annotated[Optional[float], _opt("--temperature", "temperature")] = None,
-    chunk_size: Annotated[Optional[int], _opt("--chunk-size", "chunk_size")] = None,
-    token_budget: Annotated[Optional[int], _opt("--token-budget", "token_budget")] = None,
+    beta: Annotated[float | None, _opt("--beta", "beta")] = None,
+    temperature: Annotated[float | None, _opt("--temperature", "temperature")] = None,
+    chunk_size: Annotated[int | None, _opt("--chunk-size", "chunk_size")] = None,
+    token_budget: Annotated[int | None, _opt("--token-budget", "token_budget")] = None,
     device: DeviceOpt = None,
-    dtype: Annotated[Optional[str], _opt("--dtype", "dtype")] = None,
-    placement: Annotated[Optional[str], _opt("--placement", "placement")] = None,
-    packing: Annotated[Optional[str], _opt("--packing", "packing")] = None,
+    dtype: Annotated[str | None, _opt("--dtype", "dtype")] = None,
+    placement: Annotated[str | None, _opt("--placement", "placement")] = None,
+    packing: Annotated[str | None, _opt("--packing", "packing")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Score rollouts under the student, the reference and every teacher; add reward and advantage."""

@@ -18,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def plan_padded(lengths: Sequence[int], token_budget: int, max_batch: int | None = None) -> list[list[int]]:
+def plan_padded(
+    lengths: Sequence[int], token_budget: int, max_batch: int | None = None
+) -> list[list[int]]:
     """Groups of indices whose padded size ``len(group) · max(lengths[group])`` fits the budget.
 
     Longest first (so an out-of-memory failure shows up on the first micro-batch, not the last);
@@ -62,14 +64,18 @@ def plan_packed(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
     return rows
 
 
-def padded_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]], packed: bool = False) -> int:
+def padded_tokens(
+    lengths: Sequence[int], batches: Sequence[Sequence[int]], packed: bool = False
+) -> int:
     """Tokens a plan actually pushes through the model (real + padding)."""
     if packed:
         return sum(lengths[i] for b in batches for i in b)
     return sum(len(b) * max((lengths[i] for i in b), default=0) for b in batches)
 
 
-def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]], packed: bool = False) -> float:
+def padding_fraction(
+    lengths: Sequence[int], batches: Sequence[Sequence[int]], packed: bool = False
+) -> float:
     """``1 − real / processed`` tokens of a plan (0.0 for packing or equal lengths)."""
     total = padded_tokens(lengths, batches, packed)
     if total == 0:

@@ -83,7 +83,9 @@ def token_logprobs(
     if softcap is not None and softcap <= 0:
         raise ValueError(f"softcap must be > 0, got {softcap}")
     grad = torch.is_grad_enabled() and (
-        hidden_NH.requires_grad or weight_VH.requires_grad or (bias_V is not None and bias_V.requires_grad)
+        hidden_NH.requires_grad
+        or weight_VH.requires_grad
+        or (bias_V is not None and bias_V.requires_grad)
     )
     use_ckpt = grad if checkpoint is None else (checkpoint and grad)
     targets_N = targets_N.to(device=hidden_NH.device, dtype=torch.long)

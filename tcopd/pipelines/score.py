@@ -48,26 +48,52 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    student: str | None = field(None, help="Student model (also the old policy): local HF directory or Hub id.")
+    student: str | None = field(
+        None, help="Student model (also the old policy): local HF directory or Hub id."
+    )
     reference: str | None = field(None, help="Reference model π_ref (default: the student).")
     expert: str | None = field(None, help="Expert teacher, named 'expert'; λ from lambdas.")
-    anti_expert: str | None = field(None, help="Anti-expert teacher, named 'anti_expert'; λ from lambdas.")
-    lambdas: str | list[float] | None = field(None, help="Comma-separated λ for expert, anti_expert (and λ-less teachers), e.g. '1.5,-0.5'.")
+    anti_expert: str | None = field(
+        None, help="Anti-expert teacher, named 'anti_expert'; λ from lambdas."
+    )
+    lambdas: str | list[float] | None = field(
+        None,
+        help="Comma-separated λ for expert, anti_expert (and λ-less teachers), e.g. '1.5,-0.5'.",
+    )
     teachers: list[str] = field([], help="More teachers as NAME=PATH:LAMBDA.")
-    lambda_table: dict[str, Any] = field({}, help="Per-domain λ {domain: {teacher: λ}} for rows with a 'domain'.")
+    lambda_table: dict[str, Any] = field(
+        {}, help="Per-domain λ {domain: {teacher: λ}} for rows with a 'domain'."
+    )
     teacher_normalization: Literal["active", "all", "none"] = field(
-        "active", help="K in the reward's 1/K: teachers with λ≠0 (active), all configured (all), or 1 (none)."
+        "active",
+        help="K in the reward's 1/K: teachers with λ≠0 (active), all configured (all), or 1 (none).",
     )
     beta: float = field(1.0, help="β of the KL-to-reference term of the advantage.")
-    temperature: float = field(1.0, help="Sampling temperature τ: logits are divided by τ before the softmax.")
-    input: str | None = field(None, help="Rollouts: .jsonl or .parquet rows {id, prompt_ids, response_ids} (or prompt/response text).")
-    output: str | None = field(None, help="Scores file (.jsonl or .parquet): the input rows plus logprobs, reward, advantage.")
-    chunk_size: int = field(512, help="Tokens per output-projection chunk (peak extra memory ∝ chunk × vocabulary).")
-    token_budget: int = field(16384, help="Tokens (prompt + response, with padding) per micro-batch forward.")
+    temperature: float = field(
+        1.0, help="Sampling temperature τ: logits are divided by τ before the softmax."
+    )
+    input: str | None = field(
+        None,
+        help="Rollouts: .jsonl or .parquet rows {id, prompt_ids, response_ids} (or prompt/response text).",
+    )
+    output: str | None = field(
+        None,
+        help="Scores file (.jsonl or .parquet): the input rows plus logprobs, reward, advantage.",
+    )
+    chunk_size: int = field(
+        512, help="Tokens per output-projection chunk (peak extra memory ∝ chunk × vocabulary)."
+    )
+    token_budget: int = field(
+        16384, help="Tokens (prompt + response, with padding) per micro-batch forward."
+    )
     device: str = field("auto", help="cpu, cuda, cuda:N or auto (CUDA if available).")
-    dtype: str = field("float32", help="Model weights dtype: float32, bfloat16 or float16 (log-sum-exp is float32).")
+    dtype: str = field(
+        "float32",
+        help="Model weights dtype: float32, bfloat16 or float16 (log-sum-exp is float32).",
+    )
     placement: Literal["local", "offload", "shard"] = field(
-        "local", help="Teachers on the device (local), in CPU memory moved in one at a time (offload), or one rank each (shard)."
+        "local",
+        help="Teachers on the device (local), in CPU memory moved in one at a time (offload), or one rank each (shard).",
     )
     packing: Literal["auto", "on", "off"] = field(
         "auto", help="Padding-free packing: auto (with flash-attention), on, off (right padding)."
@@ -108,7 +134,9 @@ def _teachers(config: ScoreConfig) -> tuple[list[TeacherSpec], list[TeacherSpec]
 def _check_config(config: ScoreConfig) -> None:
     for key in ("student", "input", "output"):
         if not getattr(config, key):
-            raise ConfigError(f"missing --{key.replace('_', '-')}: tcopd score needs --student, --input and --output")
+            raise ConfigError(
+                f"missing --{key.replace('_', '-')}: tcopd score needs --student, --input and --output"
+            )
     if config.teacher_normalization not in NORMALIZATIONS:
         raise ConfigError(f"teacher_normalization must be one of {', '.join(NORMALIZATIONS)}")
     if config.temperature <= 0:
@@ -118,7 +146,9 @@ def _check_config(config: ScoreConfig) -> None:
 
 
 def _id_list(value: Any, where: str, key: str) -> list[int]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in value
+    ):
         raise DataError(f"{where}: {key!r} must be a list of integer token ids")
     return list(value)
 
@@ -142,10 +172,14 @@ def _read_rows(path: str, tokenizer: Any, vocab: int, max_len: int | None) -> li
         if not r:
             raise DataError(f"{where}: empty response: there is nothing to score (drop the row)")
         if not p:
-            raise DataError(f"{where}: empty prompt: the first response token needs at least one prompt token")
+            raise DataError(
+                f"{where}: empty prompt: the first response token needs at least one prompt token"
+            )
         bad = next((t for t in p + r if t < 0 or t >= vocab), None)
         if bad is not None:
-            raise DataError(f"{where}: token id {bad} is outside the vocabulary (size {vocab}): wrong tokenizer?")
+            raise DataError(
+                f"{where}: token id {bad} is outside the vocabulary (size {vocab}): wrong tokenizer?"
+            )
         if max_len is not None and len(p) + len(r) > max_len:
             raise DataError(
                 f"{where}: prompt + response is {len(p) + len(r)} tokens, longer than the model's maximum "
@@ -162,7 +196,9 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
     _check_config(config)
     specs, active, table = _teachers(config)
     reference = config.reference or config.student
-    named_paths = {"student": config.student, "reference": reference} | {s.name: s.path for s in active}
+    named_paths = {"student": config.student, "reference": reference} | {
+        s.name: s.path for s in active
+    }
 
     # 1. Cheap checks first: every model directory is a causal-LM config, every tokenizer matches.
     configs = {name: models.load_causal_lm_config(path) for name, path in named_paths.items()}
@@ -181,7 +217,11 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
         info = distributed.init_distributed(config.device)
     else:
         info = distributed.DistInfo(device=distributed.pick_device(config.device))
-    owner = distributed.round_robin_owners([s.name for s in active], info.world_size) if config.placement == "shard" else {}
+    owner = (
+        distributed.round_robin_owners([s.name for s in active], info.world_size)
+        if config.placement == "shard"
+        else {}
+    )
     mine = rows[info.rank :: info.world_size]
 
     # 3. Load (each rank: student, reference, and the teachers it hosts) and score.
@@ -205,13 +245,17 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
         packing=config.packing,
     )
     t0 = time.perf_counter()
-    result = scorer.score([r.prompt_ids for r in mine], [r.response_ids for r in mine], progress=progress)
+    result = scorer.score(
+        [r.prompt_ids for r in mine], [r.response_ids for r in mine], progress=progress
+    )
     logprobs = dict(result.logprobs)
     if "reference" not in logprobs:
         logprobs["reference"] = logprobs["student"]
 
     # 4. Reward and advantage (SPEC §1), then the output rows.
-    out_rows, reward_BT, adv_BT, mask_BT, ratios = _rewards(config, specs, active, table, mine, logprobs)
+    out_rows, reward_BT, adv_BT, mask_BT, ratios = _rewards(
+        config, specs, active, table, mine, logprobs
+    )
     tokens = int(mask_BT.sum().item())
     local = {
         "rows": out_rows,
@@ -256,7 +300,9 @@ def _rewards(
     table: dict,
     rows: list[_Row],
     logprobs: dict[str, list[torch.Tensor]],
-) -> tuple[list[tuple[int, dict]], torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+) -> tuple[
+    list[tuple[int, dict]], torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]
+]:
     lengths = torch.tensor([len(r.response_ids) for r in rows])
     T = int(lengths.max()) if len(rows) else 0
     mask_BT = (torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)).float()
@@ -302,7 +348,9 @@ def _summarise(config, parts, seconds, specs, active, named_paths, info) -> Scor
         peak_mem_gb=peak,
         reward_mean=sum(p["reward_sum"] for p in parts) / max(tokens, 1),
         advantage_mean=sum(p["adv_sum"] for p in parts) / max(tokens, 1),
-        logratio_mean={s.name: sum(p["ratio_sums"][s.name] for p in parts) / max(tokens, 1) for s in active},
+        logratio_mean={
+            s.name: sum(p["ratio_sums"][s.name] for p in parts) / max(tokens, 1) for s in active
+        },
         teachers=list(specs),
         model_names=list(named_paths),
     )

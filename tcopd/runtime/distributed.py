@@ -46,17 +46,21 @@ def pick_device(device: str | torch.device | None = None, local_rank: int = 0) -
     if isinstance(device, torch.device):
         device = str(device)
     if device in (None, "", "auto"):
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        )
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N")
+        raise ConfigError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {device!r}: CUDA is not available here; use --device cpu")
         index = local_rank if dev.index is None else dev.index
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise ConfigError(
+                f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
         return torch.device(f"cuda:{index}")
     if dev.type != "cpu":
         raise ConfigError(f"--device {device!r} is not supported: use cpu, cuda or cuda:N")
@@ -70,11 +74,13 @@ def env_world() -> tuple[int, int, int]:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError as e:
-        raise ConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({e})")
+        raise ConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({e})") from e
     return rank, world, local
 
 
-def init_distributed(device: str | torch.device | None = None, timeout_s: float = 1800.0) -> DistInfo:
+def init_distributed(
+    device: str | torch.device | None = None, timeout_s: float = 1800.0
+) -> DistInfo:
     """Initialise the default process group from the environment (idempotent) and pick the device.
 
     Single-process (``WORLD_SIZE`` unset or 1): no process group, just the device.
@@ -90,7 +96,9 @@ def init_distributed(device: str | torch.device | None = None, timeout_s: float 
     if world <= 1:
         return DistInfo(0, 1, 0, dev, None)
     if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-        raise ConfigError("WORLD_SIZE > 1 but MASTER_ADDR / MASTER_PORT are not set: launch with torchrun")
+        raise ConfigError(
+            "WORLD_SIZE > 1 but MASTER_ADDR / MASTER_PORT are not set: launch with torchrun"
+        )
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

@@ -49,12 +49,16 @@ def _source(path: str | Path, what: str) -> str:
     p = Path(path).expanduser()
     if p.exists():
         if not p.is_dir():
-            raise ModelError(f"{what} {str(path)!r} is a file, not a model directory: pass the directory")
+            raise ModelError(
+                f"{what} {str(path)!r} is a file, not a model directory: pass the directory"
+            )
         return str(p)
     text = str(path)
     if _HUB_ID.match(text) and not text.startswith((".", "~")):
         return text  # not local: try it as a Hub id
-    raise ModelError(f"{what} {text!r} does not exist: pass a local HF model directory or a Hub id (owner/name)")
+    raise ModelError(
+        f"{what} {text!r} does not exist: pass a local HF model directory or a Hub id (owner/name)"
+    )
 
 
 def load_tokenizer(path: str | Path) -> Any:
@@ -65,7 +69,9 @@ def load_tokenizer(path: str | Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(src)
     except Exception as e:  # transformers raises OSError, ValueError, ... for unusable inputs
-        raise ModelError(f"cannot load a tokenizer from {str(path)!r} ({_first_line(e)}); it needs tokenizer files")
+        raise ModelError(
+            f"cannot load a tokenizer from {str(path)!r} ({_first_line(e)}); it needs tokenizer files"
+        ) from e
 
 
 def load_config(path: str | Path) -> Any:
@@ -77,7 +83,7 @@ def load_config(path: str | Path) -> Any:
     try:
         return AutoConfig.from_pretrained(src)
     except Exception as e:
-        raise ModelError(f"cannot read the model config of {str(path)!r} ({_first_line(e)})")
+        raise ModelError(f"cannot read the model config of {str(path)!r} ({_first_line(e)})") from e
 
 
 def load_causal_lm_config(path: str | Path) -> Any:
@@ -122,10 +128,10 @@ def load_causal_lm(
             kind = type(config).__name__
             raise ModelError(
                 f"{str(path)!r} is not a causal language model ({kind}); pass a decoder-only LM such as Qwen3"
-            )
-        raise ModelError(f"cannot load the model {str(path)!r} ({_first_line(e)})")
+            ) from e
+        raise ModelError(f"cannot load the model {str(path)!r} ({_first_line(e)})") from None
     except Exception as e:
-        raise ModelError(f"cannot load the model {str(path)!r} ({_first_line(e)})")
+        raise ModelError(f"cannot load the model {str(path)!r} ({_first_line(e)})") from e
     model.eval()
     return model.to(device)
 
@@ -155,10 +161,11 @@ def default_attn_implementation(device: torch.device) -> str | None:
 
 def _specials(tok: Any) -> dict[str, Any]:
     out = {
-        key: getattr(tok, key, None)
-        for key in ("bos_token", "eos_token", "pad_token", "unk_token")
+        key: getattr(tok, key, None) for key in ("bos_token", "eos_token", "pad_token", "unk_token")
     }
-    out["additional_special_tokens"] = sorted(map(str, getattr(tok, "all_special_tokens", []) or []))
+    out["additional_special_tokens"] = sorted(
+        map(str, getattr(tok, "all_special_tokens", []) or [])
+    )
     return out
 
 
@@ -184,7 +191,10 @@ def check_same_tokenizer(student_tok: Any, other_tok: Any, name: str) -> None:
     ia = student_tok(PROBE_TEXT, add_special_tokens=False)["input_ids"]
     ib = other_tok(PROBE_TEXT, add_special_tokens=False)["input_ids"]
     if ia != ib:
-        pos = next((i for i, (x, y) in enumerate(zip(ia, ib)) if x != y), min(len(ia), len(ib)))
+        pos = next(
+            (i for i, (x, y) in enumerate(zip(ia, ib, strict=False)) if x != y),
+            min(len(ia), len(ib)),
+        )
         xa = ia[pos] if pos < len(ia) else "end"
         xb = ib[pos] if pos < len(ib) else "end"
         raise ModelError(

@@ -125,12 +125,14 @@ def model_response_logprobs(
     responses = [_as_list(r) for r in response_ids]
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    for b, (p, r) in enumerate(zip(prompts, responses)):
+    for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
         if not p or not r:
-            raise DataError(f"sequence {b}: the prompt and the response each need at least one token")
+            raise DataError(
+                f"sequence {b}: the prompt and the response each need at least one token"
+            )
     device = _model_device(model)
     B = len(prompts)
-    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
     T = max(len(r) for r in responses)
     # flat position (in the model's (rows × L) output) of the hidden state that predicts each response token
     pred_pos: list[int] = []
@@ -140,7 +142,7 @@ def model_response_logprobs(
         ids = torch.zeros(1, L, dtype=torch.long)
         pos = torch.zeros(1, L, dtype=torch.long)
         offset = 0
-        for b, (p, r) in enumerate(zip(prompts, responses)):
+        for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
             n = len(p) + len(r)
             ids[0, offset : offset + n] = torch.tensor(p + r)
             pos[0, offset : offset + n] = torch.arange(n)
@@ -152,7 +154,7 @@ def model_response_logprobs(
         L = max(lengths)
         ids = torch.zeros(B, L, dtype=torch.long)
         mask = torch.zeros(B, L, dtype=torch.long)
-        for b, (p, r) in enumerate(zip(prompts, responses)):
+        for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
             n = len(p) + len(r)
             ids[b, :n] = torch.tensor(p + r)
             mask[b, :n] = 1
@@ -163,7 +165,9 @@ def model_response_logprobs(
     inputs = {k: _to_device(v, device) for k, v in inputs.items()}
     pred_idx = _to_device(torch.tensor(pred_pos, dtype=torch.long), device)
     out_idx = _to_device(torch.tensor(out_pos, dtype=torch.long), device)
-    targets_N = _to_device(torch.tensor([t for r in responses for t in r], dtype=torch.long), device)
+    targets_N = _to_device(
+        torch.tensor([t for r in responses for t in r], dtype=torch.long), device
+    )
 
     found = output_head(model)
     if found is not None:
@@ -235,9 +239,13 @@ class Scorer:
         group: Any = None,
     ):
         if placement not in PLACEMENTS:
-            raise ConfigError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+            raise ConfigError(
+                f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}"
+            )
         if token_budget < 1 or chunk_size < 1:
-            raise ConfigError(f"token_budget and chunk_size must be >= 1, got {token_budget} and {chunk_size}")
+            raise ConfigError(
+                f"token_budget and chunk_size must be >= 1, got {token_budget} and {chunk_size}"
+            )
         if packing not in ("auto", "on", "off"):
             raise ConfigError(f"packing must be auto, on or off, got {packing!r}")
         self.placement = placement
@@ -254,11 +262,17 @@ class Scorer:
             self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
             for name, r in self.owner.items():
                 if not 0 <= r < self.world:
-                    raise ConfigError(f"teacher_owner[{name!r}] = {r} is not a rank of this {self.world}-process group")
+                    raise ConfigError(
+                        f"teacher_owner[{name!r}] = {r} is not a rank of this {self.world}-process group"
+                    )
                 if r == self.rank and name not in models:
-                    raise ConfigError(f"rank {self.rank} must host {name!r} (teacher_owner) but was not given it")
+                    raise ConfigError(
+                        f"rank {self.rank} must host {name!r} (teacher_owner) but was not given it"
+                    )
             # Names owned elsewhere are not hosted here, even if passed in.
-            self.models = {n: m for n, m in models.items() if self.owner.get(n, self.rank) == self.rank}
+            self.models = {
+                n: m for n, m in models.items() if self.owner.get(n, self.rank) == self.rank
+            }
         else:
             if self.owner:
                 raise ConfigError("teacher_owner is only meaningful with placement 'shard'")
@@ -293,7 +307,9 @@ class Scorer:
         names = list(self.names if names is None else names)
         unknown = [n for n in names if n not in self.names]
         if unknown:
-            raise ConfigError(f"no model named {unknown[0]!r} in this scorer (have: {', '.join(self.names)})")
+            raise ConfigError(
+                f"no model named {unknown[0]!r} in this scorer (have: {', '.join(self.names)})"
+            )
         self._check_ids(prompts, responses)
         local = [n for n in names if n not in self.owner]
         sharded = [n for n in names if n in self.owner]
@@ -330,12 +346,16 @@ class Scorer:
 
     # -- internals -------------------------------------------------------------------------
     def _check_ids(self, prompts: list[list[int]], responses: list[list[int]]) -> None:
-        vocab = min((m.get_input_embeddings().weight.shape[0] for m in self.models.values()), default=None)
-        for i, (p, r) in enumerate(zip(prompts, responses)):
+        vocab = min(
+            (m.get_input_embeddings().weight.shape[0] for m in self.models.values()), default=None
+        )
+        for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
             if not r:
                 raise DataError(f"sequence {i}: empty response (nothing to score)")
             if not p:
-                raise DataError(f"sequence {i}: empty prompt (the first response token needs a context)")
+                raise DataError(
+                    f"sequence {i}: empty prompt (the first response token needs a context)"
+                )
             top = max(max(p), max(r))
             if vocab is not None and top >= vocab:
                 raise DataError(f"sequence {i}: token id {top} >= vocabulary size {vocab}")
@@ -357,11 +377,15 @@ class Scorer:
                     torch.cuda.empty_cache()
 
     def _run(
-        self, model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]], tick: _Ticker
+        self,
+        model: torch.nn.Module,
+        prompts: list[list[int]],
+        responses: list[list[int]],
+        tick: _Ticker,
     ) -> list[torch.Tensor]:
         """All sequences through one model, micro-batch by micro-batch; halves the budget on OOM."""
         packed = self.packing == "on" or (self.packing == "auto" and uses_varlen_attention(model))
-        lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+        lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
         plan = plan_packed if packed else plan_padded
         queue = deque(plan(lengths, self.token_budget))
         pending: list[tuple[list[int], torch.Tensor]] = []
@@ -397,19 +421,29 @@ class Scorer:
                 out[i] = logp_BT[row, : len(responses[i])].clone()
         return out
 
-    def _shrink(self, idx: list[int], lengths: list[int], queue: deque, plan: Callable, packed: bool) -> None:
+    def _shrink(
+        self, idx: list[int], lengths: list[int], queue: deque, plan: Callable, packed: bool
+    ) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         used = padded_tokens(lengths, [idx], packed)
         if len(idx) > 1:
             self.token_budget = max(1, min(self.token_budget, used) // 2)
-            log.warning("out of memory on a micro-batch of %d tokens: token budget halved to %d", used, self.token_budget)
+            log.warning(
+                "out of memory on a micro-batch of %d tokens: token budget halved to %d",
+                used,
+                self.token_budget,
+            )
             sub = plan([lengths[i] for i in idx], self.token_budget)  # indexes into idx
             queue.extendleft(reversed([[idx[j] for j in group] for group in sub]))
             return
         if self.chunk_size > 16:
             self.chunk_size //= 2
-            log.warning("out of memory on one sequence of %d tokens: chunk size halved to %d", used, self.chunk_size)
+            log.warning(
+                "out of memory on one sequence of %d tokens: chunk size halved to %d",
+                used,
+                self.chunk_size,
+            )
             queue.appendleft(idx)
             return
         raise ModelError(
