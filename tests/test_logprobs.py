@@ -133,3 +133,17 @@ def test_plans_cover_each_index_once_within_budget(budget):
 def test_plan_packed_first_fit():
     assert plan_packed([4, 3, 2, 1], token_budget=5) == [[0, 3], [1, 2]]
     assert plan_padded([4, 4, 4], token_budget=100, max_batch=2) == [[0, 1], [2]]
+
+
+def test_callable_projection_equals_weight_path():
+    """The module-call path (used under ZeRO-3) gives the same log-probs and gradients."""
+    g = torch.Generator().manual_seed(11)
+    h = torch.randn(37, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    head = torch.nn.Linear(16, 50, bias=False).double()
+    y = torch.randint(0, 50, (37,), generator=g)
+    a = token_logprobs(h, head.weight, y, chunk_size=8)
+    (ga,) = torch.autograd.grad(a.sum(), h)
+    b = token_logprobs(h, head, y, chunk_size=8)
+    (gb,) = torch.autograd.grad(b.sum(), h)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=1e-12)

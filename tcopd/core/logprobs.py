@@ -17,13 +17,15 @@ The logit transform, applied in this order, covers the HF architectures we know 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 
 def _chunk_logprobs(
     hidden_CH: torch.Tensor,
-    weight_VH: torch.Tensor,
+    weight_VH: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     targets_C: torch.Tensor,
     bias_V: torch.Tensor | None,
     scale: float,
@@ -34,7 +36,10 @@ def _chunk_logprobs(
     """``log p(y)`` (and the entropy of p) for one chunk; logits live only inside this call."""
     # The projection runs in the model's dtype (bf16 on GPU, as the HF forward does); everything
     # after it runs in float32 so that the log-sum-exp over 152k entries does not lose precision.
-    logits_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V).float()
+    if callable(weight_VH):  # a projection module (ZeRO-3: its weight exists only inside its forward)
+        logits_CV = weight_VH(hidden_CH).float()
+    else:
+        logits_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V).float()
     if scale != 1.0:
         logits_CV = logits_CV * scale
     if softcap is not None:
@@ -53,7 +58,7 @@ def _chunk_logprobs(
 
 def token_logprobs(
     hidden_NH: torch.Tensor,
-    weight_VH: torch.Tensor,
+    weight_VH: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     targets_N: torch.Tensor,
     chunk_size: int = 512,
     temperature: float = 1.0,
@@ -71,6 +76,9 @@ def token_logprobs(
     ``hidden_NH``, ``weight_VH`` and ``bias_V``. ``checkpoint`` (default: whenever autograd
     records) recomputes each chunk in backward so no chunk's logits are kept. With
     ``return_entropy`` also returns ``entropy_N`` (nats) of the same distributions.
+    ``weight_VH`` may instead be a callable projection ``hidden_CH → logits_CV`` (e.g. the
+    ``lm_head`` module itself, called per chunk: under ZeRO-3 its weight is gathered only inside
+    the module's own forward); the bias is then the module's business.
     """
     if hidden_NH.dim() != 2 or targets_N.dim() != 1 or hidden_NH.shape[0] != targets_N.shape[0]:
         raise ValueError(
@@ -84,6 +92,7 @@ def token_logprobs(
         raise ValueError(f"softcap must be > 0, got {softcap}")
     grad = torch.is_grad_enabled() and (
         hidden_NH.requires_grad
+        or callable(weight_VH)
         or weight_VH.requires_grad
         or (bias_V is not None and bias_V.requires_grad)
     )

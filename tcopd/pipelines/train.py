@@ -52,6 +52,7 @@ class TrainResult:
     steps_done: int
     last_metrics: dict[str, Any]
     final_model: Path | None
+    weights_digest: str = ""  # sha256 of this rank's full weights (replicas must agree)
 
 
 # ------------------------------------------------------------------------------------ set-up
@@ -206,6 +207,11 @@ class _Trainer:
         self.eval_set = _prompts(cfg, cfg.eval_data, self.tokenizer) if cfg.eval_data else None
         from tcopd.runtime.engine import TrainEngine
 
+        # Under ZeRO-3 the training module's parameters are partitioned and every forward is a
+        # collective, so ranks could not generate or score independently: the HF engine then
+        # samples from (and π_old is scored on) a full copy that is synced after every step.
+        self.separate_rollout = cfg.engine == "hf" and cfg.zero_stage == 3
+        self.rollout_model = copy.deepcopy(student).requires_grad_(False) if self.separate_rollout else None
         self._event(phase="starting DeepSpeed")
         torch.manual_seed(cfg.seed)
         self.engine = TrainEngine(
@@ -227,7 +233,8 @@ class _Trainer:
         from tcopd.runtime.rollout import make_engine
 
         if self.cfg.engine == "hf":
-            return make_engine("hf", self.engine.module, self.tokenizer, device=self.device, token_budget=self.cfg.rollout_token_budget)
+            model = self.rollout_model if self.separate_rollout else self.engine.module
+            return make_engine("hf", model, self.tokenizer, device=self.device, token_budget=self.cfg.rollout_token_budget)
         return make_engine(
             "vllm",
             self.cfg.student,
@@ -280,7 +287,8 @@ class _Trainer:
 
         self._event(phase="scoring", step=step)
         t0 = time.perf_counter()
-        old_lp, entropy = old_policy_logprobs(self.engine.module, prompts, responses, cfg.score_token_budget, cfg.chunk_size)
+        policy = self.rollout_model if self.separate_rollout else self.engine.module
+        old_lp, entropy = old_policy_logprobs(policy, prompts, responses, cfg.score_token_budget, cfg.chunk_size)
         scored = self.scorer.score(prompts, responses)
         t_scoring = time.perf_counter() - t0
         T = max(len(r) for r in responses)
@@ -323,7 +331,7 @@ class _Trainer:
         )
         t_update = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if cfg.engine == "vllm":
+        if cfg.engine == "vllm" or self.separate_rollout:
             self.rollout.update_weights(self.engine.full_state_dict())
         t_sync = time.perf_counter() - t0
 
@@ -436,7 +444,7 @@ class _Trainer:
             raise ConfigError(f"--resume: the run was saved with {state['world_size']} process(es), now {self.dist.world_size}")
         self.engine.load(path)
         ckpt.set_rng_state(state["rng"])
-        if self.cfg.engine == "vllm":
+        if self.cfg.engine == "vllm" or self.separate_rollout:
             self.rollout.update_weights(self.engine.full_state_dict())
         return int(state["step"])
 
@@ -491,7 +499,18 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
             appender.close()
         trainer.grader.close()
     final = ckpt.latest_checkpoint(run_dir)
-    return TrainResult(run_dir, cfg.steps, row, final / "model" if final else None)
+    digest = _digest(trainer.engine.full_state_dict())
+    return TrainResult(run_dir, cfg.steps, row, final / "model" if final else None, digest)
+
+
+def _digest(state_dict: dict[str, torch.Tensor]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        h.update(k.encode())
+        h.update(state_dict[k].float().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _tensorboard(run_dir: Path) -> Any:

@@ -54,6 +54,7 @@ class OutputHead:
     bias: torch.Tensor | None
     scale: float
     softcap: float | None
+    module: torch.nn.Module | None = None
 
 
 def _number(config: Any, key: str) -> float | None:
@@ -80,7 +81,7 @@ def output_head(model: torch.nn.Module) -> tuple[torch.nn.Module, OutputHead] | 
     if (s := _number(config, "logits_scaling")) is not None and s != 0:
         scale /= s
     softcap = _number(config, "final_logit_softcapping")
-    return base, OutputHead(head.weight, head.bias, scale, softcap if softcap else None)
+    return base, OutputHead(head.weight, head.bias, scale, softcap if softcap else None, head)
 
 
 def _as_list(ids: Ids) -> list[int]:
@@ -174,14 +175,16 @@ def model_response_logprobs(
         base, head = found
         hidden = base(**inputs, use_cache=False).last_hidden_state
         hidden_NH = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pred_idx)
+        # A ZeRO-3-partitioned head keeps only a shard outside its forward: call the module.
+        partitioned = hasattr(head.weight, "ds_id")
         result = token_logprobs(
             hidden_NH,
-            head.weight,
+            head.module if partitioned else head.weight,
             targets_N,
             chunk_size=chunk_size,
             temperature=temperature,
             softcap=head.softcap,
-            bias_V=head.bias,
+            bias_V=None if partitioned else head.bias,
             scale=head.scale,
             return_entropy=return_entropy,
         )
