@@ -440,6 +440,7 @@ def make_engine(kind: str, model: Any, tokenizer: Any = None, **kwargs: Any) -> 
             "tensor_parallel_size",
             "max_model_len",
             "enable_sleep_mode",
+            "enforce_eager",
         }
         return VLLMEngine(model, tokenizer, **{k: v for k, v in kwargs.items() if k in allowed})
     raise ConfigError(f"unknown rollout engine {kind!r}; use 'hf' or 'vllm'")

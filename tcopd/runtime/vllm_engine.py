@@ -1,0 +1,245 @@
+"""vLLM rollout engine (the GPU path). The only module that imports vllm.
+
+Same interface as :class:`~tcopd.runtime.rollout.HFEngine`: ``generate(prompt_ids, sampling)
+-> list[Completion]`` ordered by ``(prompt_index, sample_index)``, with the sampled token ids and,
+when asked, the sampler's log-probs; plus ``update_weights`` and ``sleep``/``wake``.
+
+Choices:
+
+- The engine is vLLM's offline ``LLM`` with ``generation_config="vllm"``, so a checkpoint's
+  ``generation_config.json`` cannot change the sampling knobs we pass; every knob of
+  :class:`~tcopd.runtime.rollout.SamplingParams` is mapped explicitly (``top_k=0`` disables it).
+- Seeds: each prompt's request gets ``seed = batch_seed(seed, prompt_index, 0)``; vLLM gives its
+  n child samples ``seed + i``. The same seed gives the same samples on the same engine.
+- Log-probs: ``logprobs=0`` (the sampled token only) with ``logprobs_mode="processed_logprobs"``:
+  the log-prob under the distribution that was sampled (after temperature and top-k/top-p), the
+  same definition as the HF engine's.
+- New weights in place, without a restart (SPEC §7): ``collective_rpc("reload_weights", ...)``.
+  A tied model's ``lm_head.weight`` is always sent explicitly (copied from the embedding when the
+  checkpoint omits it): vLLM's in-place reload otherwise leaves the output head as it was.
+  With the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) a state dict goes
+  straight in as ``weights_iterator``; with the default multi-process engine tensors cannot be
+  sent to the worker ("cannot pickle memoryview objects"), so the state dict is written as a
+  safetensors checkpoint and passed as ``weights_path``. Writing into ``model.load_weights``
+  from a worker extension does not work on the CPU backend (it pre-packs linear weights);
+  ``reload_weights`` handles that. The time of the last update is kept in ``last_update_s``.
+- ``sleep(level)`` / ``wake()`` free and restore accelerator memory between rollouts; they need
+  ``enable_sleep_mode=True`` (default on CUDA; vLLM's CPU build has no sleep mode).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tcopd.errors import ConfigError, ModelError, TcopdError
+from tcopd.runtime.rollout import Completion, SamplingParams, batch_seed
+
+INSTALL_HINT = (
+    "vLLM is not installed: pip install '.[vllm]' (on a CPU machine: scripts/setup_vllm_cpu.sh)"
+)
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as e:
+        raise TcopdError(f"{INSTALL_HINT} ({e})") from None
+    return vllm
+
+
+def in_process() -> bool:
+    """True when vLLM runs its engine core in this process (state dicts can be passed directly)."""
+    return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0"
+
+
+class VLLMEngine:
+    """Offline vLLM engine with the rollout interface (see module docstring)."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        tokenizer: str | Path | None = None,
+        *,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.85,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        enable_sleep_mode: bool | None = None,
+        enforce_eager: bool = False,
+        seed: int = 0,
+    ):
+        if not isinstance(model, (str, Path)):
+            raise ModelError(
+                "the vLLM engine loads models from a path or Hub id, not an in-memory model"
+            )
+        if not 0.0 < gpu_memory_utilization <= 1.0:
+            raise ConfigError(
+                f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}"
+            )
+        if tensor_parallel_size < 1:
+            raise ConfigError(
+                f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}"
+            )
+        from tcopd.runtime import models
+
+        hf_config = models.load_config(model)  # ModelError for a non-model path, before vLLM starts
+        self.tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+        vllm = _import_vllm()
+        if enable_sleep_mode is None:
+            enable_sleep_mode = torch.cuda.is_available()
+        dtype = {
+            "float32": "float32",
+            "fp32": "float32",
+            "bf16": "bfloat16",
+            "fp16": "float16",
+        }.get(dtype, dtype)
+        self.model_path = str(model)
+        self.sleep_enabled = bool(enable_sleep_mode)
+        self.asleep = False
+        self.last_update_s: float | None = None
+        kwargs: dict[str, Any] = dict(
+            model=str(model),
+            tokenizer=str(tokenizer or model),
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            seed=seed,
+            generation_config="vllm",
+            logprobs_mode="processed_logprobs",
+            enable_sleep_mode=self.sleep_enabled,
+            enforce_eager=enforce_eager,
+        )
+        if max_model_len is not None:
+            kwargs["max_model_len"] = max_model_len
+        self.llm = vllm.LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_context = int(self.llm.llm_engine.model_config.max_model_len)
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def _params(self, sampling: SamplingParams, prompt_index: int) -> Any:
+        vllm = _import_vllm()
+        return vllm.SamplingParams(
+            n=sampling.n,
+            temperature=float(sampling.temperature),
+            top_p=float(sampling.top_p),
+            top_k=int(sampling.top_k),
+            min_p=0.0,
+            repetition_penalty=1.0,
+            presence_penalty=0.0,
+            frequency_penalty=0.0,
+            max_tokens=int(sampling.max_new_tokens),
+            seed=batch_seed(sampling.seed, prompt_index, 0) % (2**31),
+            stop=list(sampling.stop) or None,
+            logprobs=0 if sampling.logprobs else None,
+            skip_special_tokens=True,
+        )
+
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingParams
+    ) -> list[Completion]:
+        """``sampling.n`` completions per prompt, ordered by ``(prompt_index, sample_index)``."""
+        if self.asleep:
+            raise TcopdError("the vLLM engine is asleep: call wake() before generate()")
+        prompts = [{"prompt_token_ids": list(map(int, p))} for p in prompt_ids]
+        params = [self._params(sampling, i) for i in range(len(prompts))]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        out: list[Completion] = []
+        for p, req in enumerate(outputs):
+            for s, o in enumerate(sorted(req.outputs, key=lambda o: o.index)):
+                ids = list(o.token_ids)
+                lps = None
+                if sampling.logprobs:
+                    lps = [
+                        float(step[tok].logprob) for step, tok in zip(o.logprobs, ids, strict=True)
+                    ]
+                reason = "length" if o.finish_reason == "length" else "stop"
+                out.append(Completion(p, s, list(prompt_ids[p]), ids, o.text, reason, lps))
+        out.sort(key=lambda c: (c.prompt_index, c.sample_index))
+        return out
+
+    # -- weights -------------------------------------------------------------------------------
+
+    def update_weights(self, weights: Mapping[str, torch.Tensor] | str | Path) -> float:
+        """Load new policy weights in place: a state dict (HF names) or an HF checkpoint dir.
+
+        Returns the seconds the update took (also kept in ``last_update_s``).
+        """
+        t0 = time.perf_counter()
+        if isinstance(weights, (str, Path)):
+            weights = load_checkpoint_dir(weights)
+        weights = self._with_tied_head(weights)
+        if in_process():
+            items = [(k, v.detach()) for k, v in weights.items()]
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
+        else:
+            with tempfile.TemporaryDirectory(prefix="tcopd-weights-") as tmp:
+                save_state_dict(weights, tmp)
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
+        self.last_update_s = time.perf_counter() - t0
+        return self.last_update_s
+
+    def _with_tied_head(self, weights: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """Add ``lm_head.weight`` for a tied model when only the embedding is given.
+
+        vLLM's in-place reload leaves the output head untouched unless ``lm_head.weight`` itself
+        arrives (seen on the CPU backend, which keeps a pre-packed copy of the head), so a tied
+        checkpoint (saved without it) would update the embedding but not the head.
+        """
+        if self.tied and "lm_head.weight" not in weights and "model.embed_tokens.weight" in weights:
+            return {**weights, "lm_head.weight": weights["model.embed_tokens.weight"]}
+        return weights
+
+    # -- memory --------------------------------------------------------------------------------
+
+    def sleep(self, level: int = 1) -> None:
+        """Free accelerator memory (level 1: offload weights, drop KV cache; level 2: drop both)."""
+        if not self.sleep_enabled:
+            raise ConfigError(
+                "vLLM sleep mode is off: create the engine with enable_sleep_mode=True (GPU only)"
+            )
+        self.llm.sleep(level=level)
+        self.asleep = True
+
+    def wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+
+def load_checkpoint_dir(directory: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of the ``*.safetensors`` files of an HF checkpoint directory."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not Path(directory).is_dir() or not files:
+        raise ModelError(
+            f"update_weights: {str(directory)!r} is not a checkpoint directory with .safetensors files"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update(load_file(str(f)))
+    return out
+
+
+def save_state_dict(state_dict: Mapping[str, torch.Tensor], directory: str | Path) -> Path:
+    """Write ``state_dict`` as ``model.safetensors`` (tied tensors are copied apart)."""
+    from safetensors.torch import save_file
+
+    seen: set[int] = set()
+    tensors = {}
+    for name, t in state_dict.items():
+        t = t.detach().to("cpu")
+        ptr = t.untyped_storage().data_ptr()
+        tensors[name] = t.clone().contiguous() if ptr in seen else t.contiguous()
+        seen.add(ptr)
+    path = Path(directory) / "model.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
