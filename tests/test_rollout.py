@@ -80,6 +80,18 @@ def test_same_seed_same_samples_other_seed_differs(tiny):
     assert len({tuple(x.response_ids) for x in a if x.prompt_index == 0}) > 1
 
 
+def test_training_mode_is_restored(tiny):
+    model = tiny["a"]
+    model.train()
+    try:
+        HFEngine(model, tiny["tok"], device="cpu").generate(
+            prompts(tiny["tok"])[:1], SamplingParams(max_new_tokens=2)
+        )
+        assert model.training
+    finally:
+        model.eval()
+
+
 def test_caller_rng_untouched(tiny):
     eng = HFEngine(tiny["a"], tiny["tok"], device="cpu")
     torch.manual_seed(123)

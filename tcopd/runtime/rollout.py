@@ -269,7 +269,7 @@ class HFEngine:
             tokenizer = models.load_tokenizer(tokenizer)
         if token_budget < 1:
             raise ConfigError(f"token_budget must be positive (got {token_budget})")
-        self.model = model.eval()
+        self.model = model
         self.tokenizer = tokenizer
         self.token_budget = int(token_budget)
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -367,6 +367,8 @@ class HFEngine:
         p0, s0 = items[0]
         saved_config = self.model.generation_config
         self.model.generation_config = GenerationConfig()  # transformers' global defaults only
+        was_training = self.model.training  # a trainer may hand us its module: restore its mode
+        self.model.eval()
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices):
@@ -380,6 +382,7 @@ class HFEngine:
                 )
         finally:
             self.model.generation_config = saved_config
+            self.model.train(was_training)
         gen_BT = seqs[:, L:].cpu()
         logp_BT = recorder.finish(gen_BT) if recorder is not None else None
         return [
