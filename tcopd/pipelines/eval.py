@@ -2,8 +2,9 @@
 
 Algorithm choices:
 
-- Data: a benchmark name (``aime24``, ``aime25``, ``math500``, ``toy``) through
-  ``runtime.datasets.load_benchmark``, or ``data`` = a file in the prepared (verl) format. The
+- Data: a benchmark name (``aime24``, ``aime25``, ``math500``, ``toy``, ``toy-code``) through
+  ``runtime.datasets.load_benchmark`` (with ``data``: a local copy of it), or ``data`` alone = a
+  file in the prepared (verl) format. The
   prompt is the row's ``prompt`` messages rendered with ``template`` (``chat``: the tokenizer's
   chat template with ``enable_thinking=False``; ``plain``; ``auto``: chat when the tokenizer has
   a template, else plain). The gold answer is ``reward_model.ground_truth``.
@@ -40,8 +41,8 @@ from tcopd.config import field, to_dict, write_resolved
 from tcopd.core import metrics
 from tcopd.errors import ConfigError, DataError
 from tcopd.runtime import io
+from tcopd.runtime.datasets import BENCHMARKS
 
-BENCHMARKS = ("aime24", "aime25", "math500", "toy")
 SAMPLE_FIELDS = (
     "problem_id",
     "sample_index",
@@ -75,7 +76,9 @@ Progress = Callable[[dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class EvalConfig:
-    benchmark: str | None = field(None, help="Benchmark name: aime24, aime25, math500 or toy.")
+    benchmark: str | None = field(
+        None, help="Benchmark name: aime24, aime25, math500, toy or toy-code."
+    )
     data: str | None = field(
         None, help="Prepared-format data file (jsonl/json/parquet) instead of a benchmark."
     )
@@ -128,15 +131,13 @@ class EvalConfig:
         if self.grade_timeout_s <= 0 or self.grader_workers < 1:
             raise ConfigError("--grade-timeout must be > 0 and --grader-workers at least 1")
         if self.from_samples is None:
-            if (self.benchmark is None) == (self.data is None):
-                raise ConfigError(
-                    "give a benchmark name (aime24, aime25, math500, toy) or --data FILE, not both"
-                )
+            if self.benchmark is None and self.data is None:
+                raise ConfigError(f"give a benchmark ({', '.join(BENCHMARKS)}) or --data FILE")
             if self.benchmark is not None and self.benchmark not in BENCHMARKS:
                 raise ConfigError(
                     f"unknown benchmark {self.benchmark!r}; known: {', '.join(BENCHMARKS)} (or --data FILE)"
                 )
-            if not self.models and self.benchmark != "toy":
+            if not self.models and not (self.benchmark or "").startswith("toy"):
                 raise ConfigError("--model is required (a local HF model directory or a Hub id)")
 
 
@@ -186,27 +187,16 @@ def _rows_to_problems(rows: Sequence[dict[str, Any]], source: str) -> list[Probl
     return problems
 
 
-def _load_prepared(path: str) -> list[dict[str, Any]]:
-    try:
-        from tcopd.runtime.datasets import load_prepared
-    except ModuleNotFoundError as e:  # checkout without the data module: read the rows as they are
-        if e.name != "tcopd.runtime.datasets":
-            raise
-        return [row for _, row in io.read_rows(path)]
-    return load_prepared(path)
-
-
 def load_problems(config: EvalConfig) -> tuple[str, list[Problem]]:
     """(benchmark label, problems) for a benchmark name or a prepared-format file."""
-    if config.data is not None:
-        rows = _load_prepared(config.data)
-        label = config.benchmark or Path(config.data).stem
-        source = config.data
-    else:
-        from tcopd.runtime import datasets
+    from tcopd.runtime import datasets
 
-        rows = datasets.load_benchmark(config.benchmark)
-        label, source = config.benchmark, config.benchmark  # type: ignore[assignment]
+    if config.benchmark is not None:  # with --data: a local copy of that benchmark
+        rows = datasets.load_benchmark(config.benchmark, from_path=config.data)
+        label, source = config.benchmark, config.data or config.benchmark
+    else:
+        rows = datasets.load_prepared(config.data)  # type: ignore[arg-type]
+        label, source = Path(config.data).stem, config.data  # type: ignore[arg-type]
     problems = _rows_to_problems(rows, str(source))
     if config.limit is not None:
         problems = problems[: config.limit]
