@@ -45,7 +45,8 @@ def test_grader_table():
 
 
 @pytest.mark.parametrize(
-    "gold,pred", [("33", "033"), ("0", "000"), ("-5", "-05"), ("7", "8"), ("100", "1000"), ("+3", "3")]
+    "gold,pred",
+    [("33", "033"), ("0", "000"), ("-5", "-05"), ("7", "8"), ("100", "1000"), ("+3", "3")],
 )
 def test_integer_fast_path_agrees_with_math_verify(gold, pred):
     assert fast_verdict(gold, pred) is not None
@@ -95,7 +96,11 @@ def test_hanging_grader_is_ungraded_within_its_limit():
 
 def test_crashing_and_raising_graders_are_ungraded():
     with Grader(workers=1, timeout_s=10, verify_fn=crashing_verify) as grader:
-        assert grader.grade(["a", "a", "a"], ["\\boxed{a}", "\\boxed{crash}", "\\boxed{a}"]) == [True, None, True]
+        assert grader.grade(["a", "a", "a"], ["\\boxed{a}", "\\boxed{crash}", "\\boxed{a}"]) == [
+            True,
+            None,
+            True,
+        ]
         assert grader.stats.crashes == 1
     with Grader(workers=1, timeout_s=10, verify_fn=raising_verify) as grader:
         assert grader.grade(["a", "a"], ["\\boxed{raise}", "\\boxed{a}"]) == [None, True]

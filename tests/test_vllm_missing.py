@@ -10,7 +10,9 @@ from helpers_tiny import make_tiny_qwen3, make_tokenizer
 from tcopd.errors import ModelError, TcopdError
 from tcopd.runtime.rollout import make_engine
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is not None, reason="vllm is installed"
+)
 
 
 def test_missing_vllm_says_how_to_install(tmp_path):

@@ -209,7 +209,9 @@ class Grader:
 
     # -- public API ----------------------------------------------------------------------------
 
-    def submit(self, key: Hashable, gold: str, response: str | None = None, *, pred: str | None = None) -> None:
+    def submit(
+        self, key: Hashable, gold: str, response: str | None = None, *, pred: str | None = None
+    ) -> None:
         """Queue one sample. Give the response text (its last box is extracted) or ``pred``."""
         if self._closed:
             raise RuntimeError("Grader is closed")
@@ -233,7 +235,9 @@ class Grader:
         with self._cond:
             return self._pending
 
-    def as_completed(self, block: bool = True, timeout: float | None = None) -> Iterator[tuple[Hashable, bool | None]]:
+    def as_completed(
+        self, block: bool = True, timeout: float | None = None
+    ) -> Iterator[tuple[Hashable, bool | None]]:
         """Yield ``(key, verdict)`` as verdicts arrive; ends when nothing is pending.
 
         ``block=False`` yields only what is ready now (for polling between generation batches).
