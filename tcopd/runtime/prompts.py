@@ -1,0 +1,81 @@
+"""Prompt rendering: chat messages → the text fed to the model.
+
+Two templates (a setting everywhere a prompt is built):
+
+- ``chat``  — the tokenizer's own chat template, ``add_generation_prompt=True`` and
+  ``enable_thinking=False`` (Qwen3's template reads it; templates that do not know the variable
+  ignore it). This is how G-OPD evaluates (SPEC §2).
+- ``plain`` — a plain-text template for base models without a chat template:
+  :data:`PLAIN_FORMAT` = ``"Question: {content}\\nAnswer:"`` by default, where ``{content}`` is the
+  user turn(s) joined by a blank line. The model's response follows directly (it starts with a
+  space). The format string is a setting (``plain_format``); it must contain ``{content}``.
+
+The G-OPD instruction sentence (:data:`DEFAULT_INSTRUCTION`) is appended to each problem by the
+data preparation, not here: prepared rows already carry the full user turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from tcopd.errors import ConfigError, DataError
+
+DEFAULT_INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+PLAIN_FORMAT = "Question: {content}\nAnswer:"
+Template = Literal["chat", "plain"]
+TEMPLATES = ("chat", "plain")
+
+
+def check_plain_format(plain_format: str) -> None:
+    if "{content}" not in plain_format:
+        raise ConfigError(f"plain prompt format {plain_format!r} must contain '{{content}}'")
+    try:
+        plain_format.format(content="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(
+            f"plain prompt format {plain_format!r} is not a valid format string ({e}); "
+            "only {content} may appear in braces (double other braces: {{ }})"
+        ) from e
+
+
+def render_prompt(
+    messages: Sequence[Mapping[str, Any]],
+    tokenizer: Any = None,
+    template: Template = "chat",
+    plain_format: str = PLAIN_FORMAT,
+) -> str:
+    """The prompt text for ``messages`` (``[{"role": "user", "content": ...}, ...]``).
+
+    ``chat`` needs a tokenizer with a chat template; ``plain`` ignores the tokenizer.
+    """
+    if not messages or any("content" not in m or "role" not in m for m in messages):
+        raise DataError(
+            f"a prompt must be a non-empty list of {{role, content}} messages, got {messages!r}"
+        )
+    if template == "plain":
+        check_plain_format(plain_format)
+        content = "\n\n".join(str(m["content"]) for m in messages)
+        return plain_format.format(content=content)
+    if template != "chat":
+        raise ConfigError(
+            f"unknown prompt template {template!r}; use one of {', '.join(TEMPLATES)}"
+        )
+    if tokenizer is None:
+        raise ConfigError(
+            "the 'chat' prompt template needs a tokenizer (--tokenizer PATH); or use --template plain"
+        )
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ConfigError(
+            f"tokenizer {name!r} has no chat template; use --template plain for a base model"
+        )
+    text = tokenizer.apply_chat_template(
+        [dict(m) for m in messages],
+        tokenize=False,
+        add_generation_prompt=True,
+        enable_thinking=False,
+    )
+    if not isinstance(text, str):  # some versions return a list for a batch
+        text = text[0]
+    return text

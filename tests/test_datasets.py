@@ -1,0 +1,215 @@
+"""Dataset loaders on local fixtures in each source's own Hub column layout (nothing touches the Hub)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import pytest
+
+from tcopd.errors import DataError
+from tcopd.runtime import datasets as ds
+from tcopd.runtime.prompts import DEFAULT_INSTRUCTION
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    # The libraries read these at import time too: patch their constants so that even a process
+    # that imported them earlier (another test) never tries the network.
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
+
+
+def _check_row(row):
+    assert set(ds.REQUIRED_FIELDS) <= set(row)
+    assert row["prompt"][0]["role"] == "user"
+    assert row["reward_model"]["style"] == "rule"
+    assert isinstance(row["reward_model"]["ground_truth"], str)
+    assert {"split", "index"} <= set(row["extra_info"])
+
+
+def test_deepmath_filters_by_difficulty_and_reports_survivors():
+    report = ds.LoadReport()
+    rows = ds.load_source("deepmath", FIX / "deepmath.jsonl", min_difficulty=6, report=report)
+    raw = [json.loads(line) for line in (FIX / "deepmath.jsonl").read_text().splitlines()]
+    expected = [r for r in raw if r["difficulty"] >= 6]
+    assert [r["reward_model"]["ground_truth"] for r in rows] == [
+        r["final_answer"] for r in expected
+    ]
+    assert rows[0]["prompt"][0]["content"] == expected[0]["question"] + DEFAULT_INSTRUCTION
+    assert (report.read, report.kept) == (6, 3)
+    assert any("3 of 6" in n for n in report.notes)
+    for i, r in enumerate(rows):
+        _check_row(r)
+        assert r["extra_info"]["index"] == i and r["domain"] == "math"
+    assert [
+        r["extra_info"]["index"]
+        for r in ds.load_source("deepmath", FIX / "deepmath.jsonl", min_difficulty=7.5)
+    ] == [0, 1]
+
+
+def test_deepmath_empty_after_filter_is_an_error():
+    with pytest.raises(DataError, match="no rows left after filtering"):
+        ds.load_source("deepmath", FIX / "deepmath.jsonl", min_difficulty=9.5)
+
+
+def test_gopd_parquet_rows_keep_their_prompt_and_gain_domain():
+    rows = ds.load_source("gopd-math", FIX / "gopd_math.parquet")
+    assert len(rows) == 3
+    assert rows[0]["prompt"][0]["content"].endswith(DEFAULT_INSTRUCTION)
+    assert not rows[0]["prompt"][0]["content"].endswith(DEFAULT_INSTRUCTION * 2)
+    assert [r["reward_model"]["ground_truth"] for r in rows] == ["11", "6", "\\sqrt{2}"]
+    for r in rows:
+        _check_row(r)
+
+
+def test_aime24_h4_and_aimo_layouts():
+    rows = ds.load_source("aime24", FIX / "aime24.jsonl")
+    assert [r["reward_model"]["ground_truth"] for r in rows] == ["4", "066"]
+    assert "\\triangle" in rows[1]["extra_info"]["question"]
+    aimo = ds.load_source("aime24", FIX / "aimo_validation_aime.jsonl")
+    assert [r["extra_info"]["question"] for r in aimo] == ["A 2024 problem: compute $2+3$."]
+    assert aimo[0]["reward_model"]["ground_truth"] == "5"  # integer column → string
+
+
+def test_aime25_joins_configs_and_repairs_control_characters():
+    raw_line = (FIX / "aime25" / "AIME2025-I.jsonl").read_text().splitlines()[1]
+    assert "\x0c" in json.loads(raw_line)["question"]  # the fixture really carries the defect
+    report = ds.LoadReport()
+    rows = ds.load_source("aime25", FIX / "aime25", report=report)
+    assert len(rows) == 3
+    assert [r["reward_model"]["ground_truth"] for r in rows] == ["70", "75", "6"]
+    q = rows[1]["extra_info"]["question"]
+    assert q == "Let $x = \\frac{3}{4}$ and $\\triangle ABC$ be equilateral. Find $100x$."
+    assert not any(ord(c) < 32 for r in rows for c in r["prompt"][0]["content"] if c != "\n")
+    assert report.repaired == 1
+    assert any("repaired" in n for n in report.notes)
+
+
+@pytest.mark.parametrize(
+    "raw, fixed",
+    [
+        ("\x0crac{1}{2}", "\\frac{1}{2}"),
+        ("a\times b", "a\\times b"),
+        ("\x08inom{5}{2}", "\\binom{5}{2}"),
+        ("\right)", "\\right)"),
+        ("\x07lpha", "\\alpha"),
+        ("\x0bec{v}", "\\vec{v}"),
+        ("x \neq y", "x \\neq y"),
+        ("line one\nline two", "line one\nline two"),  # a real newline stays
+        ("a\t3", "a\t3"),  # a tab before a non-letter is whitespace, not a lost escape
+        ("plain", "plain"),
+    ],
+)
+def test_repair_control_chars(raw, fixed):
+    out, changed = ds.repair_control_chars(raw, "row 0")
+    assert out == fixed and changed == (raw != fixed)
+
+
+@pytest.mark.parametrize("raw", ["x\x0c 1", "a\x01b", "\x07 bell", "end\x0b"])
+def test_unrepairable_control_chars_are_rejected(raw, tmp_path):
+    with pytest.raises(DataError, match="control character"):
+        ds.repair_control_chars(raw, "row 0")
+    path = tmp_path / "AIME2025-I.jsonl"
+    path.write_text(
+        json.dumps({"question": "ok", "answer": "1"})
+        + "\n"
+        + json.dumps({"question": raw, "answer": "2"})
+        + "\n"
+    )
+    with pytest.raises(DataError, match="row 1: control character"):
+        ds.load_source("aime25", tmp_path)
+
+
+def test_math500():
+    rows = ds.load_source("math500", FIX / "math500.jsonl")
+    assert rows[0]["reward_model"]["ground_truth"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert (
+        rows[0]["extra_info"]["subject"] == "Precalculus" and rows[0]["extra_info"]["level"] == "2"
+    )
+    assert all(r["extra_info"]["split"] == "test" for r in rows)
+
+
+def test_missing_columns_named_with_the_columns_that_exist():
+    with pytest.raises(DataError) as e:
+        ds.load_source("deepmath", FIX / "math500.jsonl")
+    msg = str(e.value)
+    assert "'question'" in msg and "'final_answer'" in msg and "'difficulty'" in msg
+    assert "problem, solution, answer, subject, level, unique_id" in msg
+
+
+def test_non_scalar_answer_reported_with_row_index(tmp_path):
+    p = tmp_path / "qa.jsonl"
+    p.write_text(
+        "\n".join(json.dumps(r) for r in [{"q": "a?", "a": 1}, {"q": "b?", "a": [1, 2]}]) + "\n"
+    )
+    with pytest.raises(
+        DataError, match=r"row 1: the answer must be a string or a number, got list"
+    ):
+        ds.load_file(p, question_field="q", answer_field="a")
+    p.write_text(json.dumps({"q": "a?", "a": True}) + "\n")
+    with pytest.raises(DataError, match="row 0.*got bool"):
+        ds.load_file(p, question_field="q", answer_field="a")
+
+
+def test_file_source_csv_and_domain(tmp_path):
+    p = tmp_path / "code.csv"
+    p.write_text("task,out\nWhat prints?,7\nAnother?,2.5\n")
+    rows = ds.load_file(p, question_field="task", answer_field="out", domain="code", instruction="")
+    assert [r["prompt"][0]["content"] for r in rows] == ["What prints?", "Another?"]
+    assert [r["reward_model"]["ground_truth"] for r in rows] == ["7", "2.5"]
+    assert all(r["domain"] == "code" and r["ability"] == "code" for r in rows)
+
+
+@pytest.mark.parametrize("name", ["deepmath", "aime25"])
+def test_hub_unreachable_is_one_line_naming_from(name):
+    with pytest.raises(DataError) as e:
+        ds.load_source(name)
+    msg = str(e.value)
+    assert "\n" not in msg and "--from" in msg and ds.HUB[name].hub_id in msg
+
+
+def test_load_prepared_validates_and_names_the_row(tmp_path):
+    from tcopd.runtime.io import write_jsonl, write_parquet
+
+    rows = ds.load_source("math500", FIX / "math500.jsonl")
+    write_parquet(tmp_path / "m.parquet", rows)
+    back = ds.load_prepared(tmp_path / "m.parquet")
+    assert [r["reward_model"]["ground_truth"] for r in back] == [
+        r["reward_model"]["ground_truth"] for r in rows
+    ]
+    assert back[0]["prompt"] == rows[0]["prompt"]
+    broken = [dict(rows[0]), {k: v for k, v in rows[1].items() if k not in ("domain", "ability")}]
+    write_jsonl(tmp_path / "b.jsonl", broken)
+    with pytest.raises(DataError, match=r"b.jsonl row 2: missing field\(s\) 'ability', 'domain'"):
+        ds.load_prepared(tmp_path / "b.jsonl")
+    write_jsonl(tmp_path / "e.jsonl", [])
+    with pytest.raises(DataError, match="no rows"):
+        ds.load_prepared(tmp_path / "e.jsonl")
+
+
+def test_load_benchmark_from_hub_layout_and_prepared_file(tmp_path):
+    from tcopd.runtime.io import write_parquet
+
+    rows = ds.load_benchmark("aime25", FIX / "aime25")
+    assert len(rows) == 3
+    write_parquet(tmp_path / "aime25.parquet", rows)
+    assert ds.load_benchmark("aime25", tmp_path / "aime25.parquet") == ds.load_prepared(
+        tmp_path / "aime25.parquet"
+    )
+    with pytest.raises(DataError, match="unknown benchmark"):
+        ds.load_benchmark("gsm8k")
+    with pytest.raises(DataError, match="--from"):
+        ds.load_benchmark("math500")
