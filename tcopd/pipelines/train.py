@@ -91,6 +91,7 @@ def load_resume_config(run_dir: Path, flags: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
     saved = read_yaml(path)
     saved.pop("teachers", None)
+    saved.pop("world_size", None)
     conflicts = resume_conflicts(saved, flags)
     if conflicts:
         raise ConfigError(f"--resume {run_dir}: flags conflict with the run's config ({'; '.join(conflicts)})")
