@@ -1,0 +1,446 @@
+"""Build (or reuse) the toy world: data, tokenizer, three trained models, and its table.
+
+Design (docs/prepare.md has the measured table):
+
+- *student*: trained from scratch on concise, correct **code** solutions plus *behaviourally*
+  bad **math**: either a bare guessed ``\\boxed{N}`` with no working, or concise working whose
+  operation per step is a coin flip. Every equation it sees is arithmetically right, so it can
+  add and subtract; it just does not choose the operation from the verb. Distillation toward the
+  expert fixes a behaviour, not a skill (a first design that corrupted the arithmetic itself
+  made on-policy distillation crawl).
+- *expert*: the student further trained on correct, concise math.
+- *anti-expert*: the student further trained on **verbose** code ("restate every quantity, then
+  plan") and verbose math whose operations are mostly wrong — long and inaccurate on math, the
+  behaviour the paper reports for its coding teacher.
+
+The table is measured on the held-out math test set: one sample per problem at temperature 1.0
+(top-p 1, top-k 0) with the HF rollout engine, graded by the grader (last ``\\boxed{}``).
+
+Everything is built in a temporary directory next to the root and renamed into place, so an
+interrupted build never leaves a world that looks complete. ``toy.json`` (the manifest, written
+last) records seed and size: a root whose manifest matches is reused.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tcopd.errors import DataError
+from tcopd.runtime.io import atomic_write_text, write_json, write_jsonl, write_parquet
+from tcopd.runtime.prompts import render_prompt
+from tcopd.runtime.toy import problems as P
+from tcopd.runtime.toy.tokenizer import build_tokenizer
+
+Progress = Callable[[str, int, int], None]
+BUILD_VERSION = 1
+DOMAINS = ("math", "code")
+MODEL_NAMES = ("student", "expert", "anti_expert")
+# Toy prompts carry no instruction sentence: every toy model answers in \boxed{} anyway, and the
+# G-OPD sentence would make each training sequence ~25 % longer (CPU time is the budget here).
+TOY_INSTRUCTION = ""
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Sizes and training schedule of one toy world size."""
+
+    model: str
+    train_rows: int  # exported training prompts per domain (for OPD runs)
+    test_rows: int  # held-out problems per domain (the table uses the math ones)
+    sft_examples: int  # supervised examples per domain and model
+    student_steps: int
+    teacher_steps: int
+    batch_size: int
+    lr: float
+    teacher_lr: float
+    guess_fraction: float = 0.4  # student math targets that are bare guesses
+    anti_right_fraction: float = 0.05  # anti-expert verbose math targets with the right ops
+    max_new_tokens: int = 96
+
+
+SETTINGS = {
+    "full": BuildSettings("full", 2000, 200, 3000, 400, 200, 32, 3e-3, 1.5e-3),
+    "small": BuildSettings("small", 64, 24, 200, 12, 6, 16, 3e-3, 1.5e-3),
+}
+
+
+@dataclass(frozen=True)
+class ToyWorld:
+    """Paths of a built toy world (every model directory also holds the tokenizer)."""
+
+    root: Path
+    seed: int
+    size: str
+    student: Path
+    expert: Path
+    anti_expert: Path
+    tokenizer: Path
+    train_file: Path
+    test_file: Path
+    train_files: dict[str, Path] = field(default_factory=dict)
+    test_files: dict[str, Path] = field(default_factory=dict)
+    table_json: Path | None = None
+    table_md: Path | None = None
+    build_seconds: float = 0.0
+
+    @property
+    def models(self) -> dict[str, Path]:
+        return {"student": self.student, "expert": self.expert, "anti_expert": self.anti_expert}
+
+    def table(self) -> dict[str, Any]:
+        return json.loads(Path(self.table_json).read_text()) if self.table_json else {}
+
+
+def default_root() -> Path:
+    """``$TCOPD_TOY_DIR``, else ``$XDG_CACHE_HOME/tcopd/toy``, else ``~/.cache/tcopd/toy``."""
+    if os.environ.get("TCOPD_TOY_DIR"):
+        return Path(os.environ["TCOPD_TOY_DIR"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "tcopd" / "toy"
+
+
+def _world(root: Path, manifest: dict[str, Any]) -> ToyWorld:
+    return ToyWorld(
+        root=root,
+        seed=int(manifest["seed"]),
+        size=str(manifest["size"]),
+        student=root / "student",
+        expert=root / "expert",
+        anti_expert=root / "anti_expert",
+        tokenizer=root / "student",
+        train_file=root / "data" / "train.parquet",
+        test_file=root / "data" / "test.parquet",
+        train_files={d: root / "data" / f"train_{d}.parquet" for d in DOMAINS},
+        test_files={d: root / "data" / f"test_{d}.parquet" for d in DOMAINS},
+        table_json=root / "table.json",
+        table_md=root / "table.md",
+        build_seconds=float(manifest.get("build_seconds", 0.0)),
+    )
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    path = Path(root) / "toy.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def ensure_toy(
+    root: str | Path | None = None,
+    seed: int = 0,
+    force: bool = False,
+    size: str = "full",
+    progress: Progress | None = None,
+) -> ToyWorld:
+    """The toy world under ``root`` (default :func:`default_root`), built if absent or different.
+
+    A world whose manifest has the same seed, size and build version is reused unless ``force``.
+    """
+    if size not in SETTINGS:
+        raise DataError(f"unknown toy world size {size!r}; use one of {', '.join(SETTINGS)}")
+    root = Path(root).expanduser() if root is not None else default_root()
+    manifest = read_manifest(root)
+    wanted = {"seed": seed, "size": size, "version": BUILD_VERSION}
+    if manifest and not force and all(manifest.get(k) == v for k, v in wanted.items()):
+        return _world(root, manifest)
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"toy world path {str(root)!r} exists and is not a directory; pick another --out"
+        )
+    if root.is_dir() and any(root.iterdir()) and manifest is None:
+        raise DataError(
+            f"{str(root)!r} is a non-empty directory that is not a toy world; pick another --out "
+            "(or empty it)"
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
+    try:
+        manifest = _build(tmp, seed, SETTINGS[size], progress)
+        if root.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+            os.replace(root, old / "world")
+            os.replace(tmp, root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _world(root, manifest)
+
+
+# ---------------------------------------------------------------------------------- the data
+
+
+def _prompt(question: str) -> str:
+    return render_prompt(
+        [{"role": "user", "content": question + TOY_INSTRUCTION}], template="plain"
+    )
+
+
+def _row(p: P.Problem, split: str, index: int) -> dict[str, Any]:
+    from tcopd.runtime.datasets import make_row
+
+    return make_row(
+        p.question,
+        str(p.answer),
+        data_source=f"toy-{p.domain}",
+        domain=p.domain,
+        split=split,
+        index=index,
+        instruction=TOY_INSTRUCTION,
+        extra={"solution": P.concise(p), "steps": len(p.steps)},
+    )
+
+
+class _Problems:
+    """Unique problems: the test set first, then everything else avoids its questions."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.seen: set[str] = set()
+
+    def draw(self, domain: str, n: int, unique: bool) -> list[P.Problem]:
+        out: list[P.Problem] = []
+        while len(out) < n:
+            p = P.make_problem(domain, self.rng)
+            if p.question in self.seen:
+                continue
+            if unique:
+                self.seen.add(p.question)
+            out.append(p)
+        return out
+
+
+def make_corpora(seed: int, s: BuildSettings) -> dict[str, Any]:
+    """All data of one world: exported rows per split/domain and SFT pairs per model."""
+    rng = random.Random(seed)
+    gen = _Problems(rng)
+    test = {d: gen.draw(d, s.test_rows, unique=True) for d in DOMAINS}
+    train = {d: gen.draw(d, s.train_rows, unique=True) for d in DOMAINS}
+
+    def pairs(
+        problems: list[P.Problem], style: Callable[[P.Problem], str]
+    ) -> list[tuple[str, str]]:
+        return [(_prompt(p.question), " " + style(p)) for p in problems]
+
+    def student_math(p: P.Problem) -> str:
+        if rng.random() < s.guess_fraction:
+            return P.guess(p, rng)
+        return P.concise(p, P.random_ops(p, rng))
+
+    def anti_math(p: P.Problem) -> str:
+        right = rng.random() < s.anti_right_fraction
+        return P.verbose(p, None if right else P.wrong_ops(p, rng))
+
+    n = s.sft_examples
+    sft = {
+        "student": pairs(gen.draw("code", n, False), P.concise)
+        + pairs(gen.draw("math", n, False), student_math),
+        "expert": pairs(gen.draw("math", n, False), P.concise),
+        "anti_expert": pairs(gen.draw("code", n, False), P.verbose)
+        + pairs(gen.draw("math", n, False), anti_math),
+    }
+    rows = {
+        (split, d): [_row(p, split, i) for i, p in enumerate(probs[d])]
+        for split, probs in (("train", train), ("test", test))
+        for d in DOMAINS
+    }
+    return {"rows": rows, "sft": sft}
+
+
+def _write_rows(path_stem: Path, rows: list[dict[str, Any]]) -> None:
+    write_parquet(path_stem.with_suffix(".parquet"), rows)
+    write_jsonl(path_stem.with_suffix(".jsonl"), rows)
+
+
+# ------------------------------------------------------------------------------------- build
+
+
+def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) -> dict[str, Any]:
+    import torch
+
+    from tcopd.runtime.toy.training import encode, new_model, train_sft
+
+    t0 = time.time()
+    note = progress or (lambda *_: None)
+    note("data", 0, 1)
+    data = make_corpora(seed, s)
+    for split in ("train", "test"):
+        for d in DOMAINS:
+            _write_rows(out / "data" / f"{split}_{d}", data["rows"][(split, d)])
+        mixed = [
+            r
+            for pair in zip(*(data["rows"][(split, d)] for d in DOMAINS), strict=False)
+            for r in pair
+        ]
+        _write_rows(out / "data" / split, mixed)
+    note("data", 1, 1)
+
+    texts = [t for pairs in data["sft"].values() for pair in pairs for t in pair]
+    texts += [_prompt(r["prompt"][0]["content"]) for rows in data["rows"].values() for r in rows]
+    tok = build_tokenizer(texts)
+    pad = tok.pad_token_id
+
+    def examples(name: str):
+        pairs = data["sft"][name]
+        return encode(tok, [a for a, _ in pairs], [b for _, b in pairs])
+
+    with _torch_threads():
+        student = new_model(tok, s.model, seed)
+        train_sft(
+            student,
+            examples("student"),
+            steps=s.student_steps,
+            batch_size=s.batch_size,
+            lr=s.lr,
+            seed=seed + 1,
+            pad_id=pad,
+            progress=progress,
+            label="student",
+        )
+        models = {"student": student}
+        for k, name in enumerate(("expert", "anti_expert")):
+            m = copy.deepcopy(student)
+            train_sft(
+                m,
+                examples(name),
+                steps=s.teacher_steps,
+                batch_size=s.batch_size,
+                lr=s.teacher_lr,
+                seed=seed + 2 + k,
+                pad_id=pad,
+                progress=progress,
+                label=name,
+            )
+            models[name] = m
+        for name, m in models.items():
+            m.save_pretrained(out / name)
+            tok.save_pretrained(out / name)
+        build_train_s = time.time() - t0
+        table = measure_table(models, tok, data["rows"][("test", "math")], s, seed, progress)
+    table["build_seconds"] = round(time.time() - t0, 1)
+    table["train_seconds"] = round(build_train_s, 1)
+    write_json(out / "table.json", table)
+    atomic_write_text(out / "table.md", table_markdown(table))
+    manifest = {
+        "seed": seed,
+        "size": s.model,
+        "version": BUILD_VERSION,
+        "build_seconds": table["build_seconds"],
+        "torch_threads": torch.get_num_threads(),
+        "settings": s.__dict__,
+    }
+    write_json(out / "toy.json", manifest)
+    return manifest
+
+
+class _torch_threads:
+    """Run the build with at most 2 intra-op threads (the design target: two CPU cores)."""
+
+    def __enter__(self):
+        import torch
+
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(min(2, self.before))
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.before)
+
+
+# ------------------------------------------------------------------------------------- table
+
+
+def measure_table(
+    models: dict[str, Any],
+    tokenizer,
+    rows: list[dict[str, Any]],
+    s: BuildSettings,
+    seed: int,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Accuracy and mean response length of each model on ``rows`` (one sample at T = 1.0)."""
+    from tcopd.runtime.grading import Grader
+    from tcopd.runtime.rollout import HFEngine, SamplingParams
+
+    prompts = [render_prompt(r["prompt"], template="plain") for r in rows]
+    golds = [r["reward_model"]["ground_truth"] for r in rows]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    sampling = SamplingParams(
+        n=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=s.max_new_tokens, seed=seed
+    )
+    out: dict[str, Any] = {
+        "problems": len(rows),
+        "temperature": 1.0,
+        "max_new_tokens": s.max_new_tokens,
+        "seed": seed,
+        "models": {},
+    }
+    with Grader(workers=1, timeout_s=10.0) as grader:
+        for k, (name, model) in enumerate(models.items()):
+            if progress:
+                progress("table", k, len(models))
+            engine = HFEngine(model, tokenizer, device="cpu", token_budget=16384)
+            completions = engine.generate(prompt_ids, sampling)
+            verdicts = grader.grade(golds, [c.text for c in completions])
+            correct = [v is True for v in verdicts]
+            lengths = [c.num_tokens for c in completions]
+            n = len(correct)
+            acc = sum(correct) / n
+            out["models"][name] = {
+                "accuracy": acc,
+                "accuracy_se": math.sqrt(acc * (1 - acc) / n),
+                "mean_length": statistics.fmean(lengths),
+                "mean_length_se": statistics.stdev(lengths) / math.sqrt(n) if n > 1 else 0.0,
+                "ungraded": sum(v is None for v in verdicts),
+                "truncated": sum(c.finish_reason == "length" for c in completions),
+                "example": completions[0].text,
+            }
+        if progress:
+            progress("table", len(models), len(models))
+    m = out["models"]
+    if {"student", "expert", "anti_expert"} <= set(m):
+        out["checks"] = {
+            "expert_minus_student_points": 100
+            * (m["expert"]["accuracy"] - m["student"]["accuracy"]),
+            "anti_minus_student_points": 100
+            * (m["anti_expert"]["accuracy"] - m["student"]["accuracy"]),
+            "anti_over_expert_length": m["anti_expert"]["mean_length"]
+            / max(1e-9, m["expert"]["mean_length"]),
+        }
+    return out
+
+
+def table_markdown(table: dict[str, Any]) -> str:
+    lines = [
+        f"Toy math test set: {table['problems']} problems, one sample each at temperature "
+        f"{table['temperature']:g} (top-p 1, top-k 0), max {table['max_new_tokens']} new tokens, seed {table['seed']}.",
+        "",
+        "| model | accuracy (%) | mean length (tokens) |",
+        "|---|---|---|",
+    ]
+    for name, r in table["models"].items():
+        lines.append(
+            f"| {name} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_se']:.1f} | "
+            f"{r['mean_length']:.1f} ± {r['mean_length_se']:.1f} |"
+        )
+    if "build_seconds" in table:
+        lines += ["", f"Build time: {table['build_seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
