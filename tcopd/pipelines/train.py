@@ -57,21 +57,29 @@ class TrainResult:
 
 # ------------------------------------------------------------------------------------ set-up
 def resolve_toy(cfg: TrainConfig, progress: Progress | None = None) -> TrainConfig:
-    """Fill the toy world's paths into a ``toy: true`` config (building the world if absent)."""
+    """Fill the toy world's paths into a ``toy: true`` config (building the world if absent).
+
+    Default teachers: the math expert, and the code anti-expert when two λ are given; default
+    data: the toy *math* train and test sets (the paper's single-task setting).
+    """
     if not cfg.toy:
         return cfg
+    teachers_given = bool(cfg.expert or cfg.anti_expert or cfg.teacher)
+    two = bool(cfg.lambdas) and len(cfg.lambdas.split(",")) >= 2
+    if cfg.student and cfg.data and teachers_given:
+        return cfg  # everything given explicitly: no need to touch (or build) the toy world
     from tcopd.runtime.toy import ensure_toy
 
+    if progress:
+        progress({"phase": "toy world (building on first use)"})
     world = ensure_toy()
-    teachers_given = cfg.expert or cfg.anti_expert or cfg.teacher
-    n_lambdas = len(cfg.lambdas.split(",")) if cfg.lambdas else 1
     return replace(
         cfg,
         student=cfg.student or str(world.student),
         expert=cfg.expert or (None if teachers_given else str(world.expert)),
-        anti_expert=cfg.anti_expert or (None if teachers_given or n_lambdas < 2 else str(world.anti_expert)),
-        data=cfg.data or str(world.train_file),
-        eval_data=cfg.eval_data or str(world.test_file),
+        anti_expert=cfg.anti_expert or (None if teachers_given or not two else str(world.anti_expert)),
+        data=cfg.data or str(world.train_files["math"]),
+        eval_data=cfg.eval_data or str(world.test_files["math"]),
     )
 
 
