@@ -1,0 +1,6 @@
+"""GPU readiness check (issue 8): ``scripts/gpu_check.sh`` runs ``python -m gpu_check``.
+
+Parts, each in its own process: the suite's GPU tests; the scorer vs the plain-logits path at
+Qwen3-4B's shape; one TC-OPD training step (teachers local, then offloaded); a vLLM rollout with
+an in-place weight update. See docs/gpu.md.
+"""

@@ -1,0 +1,222 @@
+"""The GPU readiness script (scripts/gpu_check.sh): its --tiny run on CPU, failure handling, wheels."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from gpu_check import driver, part_scorer, part_tests  # noqa: E402
+
+STATUSES = set(driver.STATUSES)
+ENV_CHECKS = [
+    "python",
+    "torch",
+    "GPU",
+    "transformers",
+    "DeepSpeed",
+    "vLLM",
+    "flash-attn",
+    "Triton",
+    "pytest",
+    "wheels",
+]
+
+
+def run_check(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 120):
+    out = tmp_path / "out"
+    full_env = dict(os.environ, PYTHON=sys.executable, **(env or {}))
+    full_env.pop("OUT", None)
+    proc = subprocess.run(
+        [
+            str(REPO / "scripts" / "gpu_check.sh"),
+            "--tiny",
+            "--no-install",
+            "--out",
+            str(out),
+            *args,
+        ],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    results = json.loads((out / "results.json").read_text())
+    return proc, results, out
+
+
+def rows_by_key(results) -> dict[tuple[str, str], dict]:
+    return {(r["part"], r["check"]): r for r in results["rows"]}
+
+
+@pytest.mark.slow
+def test_tiny_run_reports_every_row(tmp_path):
+    proc, results, out = run_check(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = rows_by_key(results)
+    expected = [("env", c) for c in ENV_CHECKS] + [
+        (p, c) for p, m in driver.PARTS.items() for c in m.ROWS
+    ]
+    assert list(rows) == expected
+    for r in results["rows"]:
+        assert r["status"] in STATUSES and r["result"], r
+    # The printed table and table.md hold one line per row, in the same order.
+    table = (out / "table.md").read_text().strip().splitlines()[2:]
+    assert len(table) == len(expected)
+    for line, (part, check) in zip(table, expected, strict=True):
+        assert line.startswith(f"| {part} | {check.replace('|', chr(92) + '|')} |")
+        assert line in proc.stdout
+    assert (out / "gpu_check.log").stat().st_size > 0 and (out / "step.log").is_file()
+
+    cuda = torch.cuda.is_available()
+    if not cuda:  # the GPU-only rows are skipped, each with its reason
+        gpu_tests = rows[("tests", "gpu-marked tests")]
+        assert gpu_tests["status"] == "skipped" and "CUDA" in gpu_tests["note"]
+        assert gpu_tests["data"]["passed"] == 0 and gpu_tests["data"]["skipped"] >= 3
+        mem = rows[("step", "teachers resident: local − offload")]
+        assert mem["status"] == "skipped" and "CUDA" in mem["result"] + mem["note"]
+        assert rows[("env", "GPU")]["status"] == "missing"
+    if results["env"]["dists"].get("vllm") is None:
+        for c in part_vllm_rows():
+            assert (
+                rows[("vllm", c)]["status"] == "skipped"
+                and "vllm" in rows[("vllm", c)]["note"].lower()
+            )
+
+    # Every part that can run on CPU did, and its numbers hold up.
+    for p in ("scorer", "step"):
+        for c in driver.PARTS[p].ROWS:
+            if (p, c) != ("step", "teachers resident: local − offload") or cuda:
+                assert rows[(p, c)]["status"] == "ok", rows[(p, c)]
+    assert rows[("scorer", "max |Δ logp| scorer vs plain")]["data"]["max_abs_diff"] < 1e-3
+    mixed = rows[("scorer", "mixed-length batch")]["data"]
+    assert mixed["padding_fraction"] == pytest.approx(padding_by_hand(mixed["lengths"], 16, 1024))
+    for placement in ("local", "offload"):
+        upd = rows[("step", f"{placement}: update")]
+        assert math.isfinite(upd["data"]["seconds"]) and "grad norm" in upd["note"]
+        grad_norm = float(upd["note"].split("grad norm ")[1].split(",")[0])
+        assert math.isfinite(grad_norm) and grad_norm > 0
+    assert results["parts"]["step"]["info"]["zero_stage"] == 3
+
+
+def part_vllm_rows():
+    from gpu_check import part_vllm
+
+    return part_vllm.ROWS
+
+
+def padding_by_hand(lengths: list[int], prompt: int, budget: int) -> float:
+    """Longest-first greedy groups with ``rows × longest ≤ budget``, written out independently."""
+    seqs = sorted((prompt + n for n in lengths), reverse=True)
+    real = processed = 0
+    group: list[int] = []
+    for n in seqs + [None]:
+        if n is None or (group and (len(group) + 1) * group[0] > budget):
+            real += sum(group)
+            processed += len(group) * group[0]
+            group = []
+        if n is not None:
+            group.append(n)
+    return 1 - real / processed
+
+
+@pytest.mark.parametrize("how,status", [("crash", "failed"), ("oom", "oom"), ("hang", "timeout")])
+def test_a_failing_part_is_reported_and_the_next_part_runs(tmp_path, how, status):
+    proc, results, _ = run_check(
+        tmp_path,
+        "--parts",
+        "scorer,vllm",
+        "--part-limit",
+        f"scorer={4 if how == 'hang' else 90}",
+        env={"GPU_CHECK_SIMULATE": f"scorer:{how}"},
+        timeout=150,
+    )
+    rows = rows_by_key(results)
+    for c in part_scorer.ROWS:
+        assert rows[("scorer", c)]["status"] == status, rows[("scorer", c)]
+        assert rows[("scorer", c)]["note"].startswith("part scorer: ")
+    assert results["parts"]["scorer"]["status"] == status
+    assert "vllm" in results["parts"]  # the next part still ran
+    assert all(("vllm", c) in rows for c in part_vllm_rows())
+    assert proc.returncode == (0 if status == "oom" else 1)
+    if how == "crash":
+        assert "simulated crash" in rows[("scorer", "scorer")]["note"]
+
+
+def test_budget_spent_skips_parts_with_reason(tmp_path):
+    _, results, _ = run_check(tmp_path, "--parts", "scorer,step", "--budget-s", "1")
+    for (part, _check), r in rows_by_key(results).items():
+        if part in ("scorer", "step"):
+            assert r["status"] == "skipped" and r["result"] == "global budget spent"
+
+
+def test_wheels_to_install_picks_missing_and_pinned_only():
+    wheels = [
+        "wheels/transformers-5.24.0-py3-none-any.whl",
+        "wheels/tokenizers-0.22.1-cp39-abi3-manylinux_2_17_x86_64.whl",
+        "wheels/PyYAML-6.0.2-cp312-cp312-manylinux_2_17_x86_64.whl",
+        "wheels/py_cpuinfo-9.0.0-py3-none-any.whl",
+        "wheels/numpy-2.3.0-cp312-cp312-manylinux_2_28_x86_64.whl",
+        "wheels/torch-2.13.0-cp312-cp312-manylinux_2_28_x86_64.whl",
+        "wheels/tqdm-4.67.0-py3-none-any.whl",
+    ]
+    installed = {
+        "transformers": "4.57.1",
+        "tokenizers": "0.22.1",
+        "pyyaml": None,
+        "py-cpuinfo": None,
+        "numpy": None,
+        "torch": "2.13.0",
+        "tqdm": "4.66.0",
+    }
+    got = sorted(Path(w).name for w in driver.wheels_to_install(wheels, installed))
+    # transformers: pinned, other version → shadowed; tokenizers: same version; pyyaml and
+    # py-cpuinfo: missing; numpy/torch: never; tqdm: unpinned and present → left alone.
+    assert got == [
+        "PyYAML-6.0.2-cp312-cp312-manylinux_2_17_x86_64.whl",
+        "py_cpuinfo-9.0.0-py3-none-any.whl",
+        "transformers-5.24.0-py3-none-any.whl",
+    ]
+    assert driver.wheel_dist("py_cpuinfo-9.0.0-py3-none-any.whl") == ("py-cpuinfo", "9.0.0")
+
+
+def test_junit_summary_counts(tmp_path):
+    xml = tmp_path / "r.xml"
+    xml.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_gpu" name="a"/>'
+        '<testcase classname="tests.test_gpu" name="b"><failure message="boom"/></testcase>'
+        '<testcase classname="tests.test_gpu" name="c"><error message="setup"/></testcase>'
+        '<testcase classname="tests.test_gpu" name="d"><skipped message="needs a CUDA device"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    s = part_tests.summarize(xml)
+    assert (s["passed"], s["failed"], s["skipped"]) == (1, 2, 1)
+    assert s["failures"] == ["tests.test_gpu::b", "tests.test_gpu::c"]
+    assert s["skip_reason"] == "needs a CUDA device"
+    assert [p.name for p in part_tests.gpu_test_files(REPO / "tests")] >= ["test_gpu.py"]
+
+
+def test_qwen3_4b_shape_is_exact():
+    from gpu_check.shapes import n_params, qwen3_config
+    from transformers import Qwen3ForCausalLM
+
+    config = qwen3_config(tiny=False)
+    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (2560, 36, 151_936)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (32, 8, 128)
+    assert config.intermediate_size == 9728 and config.tie_word_embeddings
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(config)
+    # Qwen3-4B: 4.02 B parameters (tied embeddings counted once); 36 × (q 2560×4096 + k, v
+    # 2560×1024 each + o 4096×2560 + MLP 3 × 2560×9728 + norms) + 151,936 × 2560 + final norm.
+    layer = 2560 * 4096 * 2 + 2560 * 1024 * 2 + 3 * 2560 * 9728 + 2 * 2560 + 2 * 128
+    assert n_params(model) == 36 * layer + 151_936 * 2560 + 2560
