@@ -188,3 +188,11 @@ def test_help_lists_commands(capsys):
     assert code == 0
     for name in ("train", "score", "eval", "analyze"):
         assert name in out
+
+
+def test_more_mini_batches_than_responses(world, tmp_path, capsys):
+    """4 responses, 8 mini-batches: the empty ones are skipped, not handed to DeepSpeed."""
+    code, _, err = run_cli(tiny_args(world, tmp_path / "r", "--steps", "1", "--mini-batches", "8"), capsys)
+    assert code == 0, err
+    row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["responses"] == 4

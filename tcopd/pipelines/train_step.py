@@ -136,6 +136,8 @@ def ppo_update(
                 torch.tensor([float(batch.mask_BT[mb].sum()), float(len(mb))], dtype=torch.float64)
             )
             n_tokens, n_seqs = float(totals[0]), float(totals[1])
+            if n_seqs == 0:  # fewer responses than mini-batches: nothing to update on (all ranks agree)
+                continue
             lengths = [len(batch.prompt_ids[i]) + len(batch.response_ids[i]) for i in mb]
             plan = [[mb[j] for j in g] for g in plan_padded(lengths, token_budget)] if mb else []
             # Every rank must run the same number of forward/backward passes (ZeRO collectives).
