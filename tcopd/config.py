@@ -27,7 +27,9 @@ def field(default: Any = dataclasses.MISSING, *, help: str, **kw: Any) -> Any:
     """A dataclass field with a one-line help (shown in docs and by ``--help``)."""
     if isinstance(default, (list, dict, set)):
         value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kw)
+        return dataclasses.field(
+            default_factory=lambda: type(value)(value), metadata={"help": help}, **kw
+        )
     return dataclasses.field(default=default, metadata={"help": help}, **kw)
 
 
@@ -60,14 +62,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r} expects a list, got {value!r} ({type(value).__name__})")
+            raise ConfigError(
+                f"config key {key!r} expects a list, got {value!r} ({type(value).__name__})"
+            )
         args = get_args(tp)
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if (origin is tuple or tp is tuple) else items
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"config key {key!r} expects a mapping, got {value!r} ({type(value).__name__})")
+            raise ConfigError(
+                f"config key {key!r} expects a mapping, got {value!r} ({type(value).__name__})"
+            )
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -77,19 +83,27 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return build(tp, value, prefix=f"{key}.")
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config key {key!r} expects true/false, got {value!r} ({type(value).__name__})")
+            raise ConfigError(
+                f"config key {key!r} expects true/false, got {value!r} ({type(value).__name__})"
+            )
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {key!r} expects a number, got {value!r} ({type(value).__name__})")
+            raise ConfigError(
+                f"config key {key!r} expects a number, got {value!r} ({type(value).__name__})"
+            )
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {key!r} expects an integer, got {value!r} ({type(value).__name__})")
+            raise ConfigError(
+                f"config key {key!r} expects an integer, got {value!r} ({type(value).__name__})"
+            )
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config key {key!r} expects a string, got {value!r} ({type(value).__name__})")
+            raise ConfigError(
+                f"config key {key!r} expects a string, got {value!r} ({type(value).__name__})"
+            )
         return value
     return value
 
@@ -107,7 +121,9 @@ def build(cls: type[C], values: Mapping[str, Any], prefix: str = "") -> C:
     missing = [
         n
         for n, f in fields.items()
-        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if n not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
     ]
     if missing:
         raise ConfigError(f"missing required setting {prefix}{missing[0]!r}")
@@ -124,15 +140,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}")
+        raise ConfigError(
+            f"config file {str(p)!r} is not valid YAML{where}: {getattr(e, 'problem', e)}"
+        )
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping of settings, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {str(p)!r} must hold a mapping of settings, got {type(data).__name__}"
+        )
     return data
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> C:
+def load_config(
+    cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> C:
     """YAML file (optional) first, then the overrides whose value is not None."""
     values: dict[str, Any] = read_yaml(path) if path else {}
     for k, v in (overrides or {}).items():

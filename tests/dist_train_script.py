@@ -13,7 +13,9 @@ from tcopd.runtime import distributed  # noqa: E402
 
 root = Path(sys.argv[1])
 world = TinyWorld(*(root / n for n in ("student", "expert", "anti", "data.jsonl", "tokenizer")))
-world.student, world.expert, world.anti_expert = (next((root / n).iterdir()) for n in ("student", "expert", "anti"))
+world.student, world.expert, world.anti_expert = (
+    next((root / n).iterdir()) for n in ("student", "expert", "anti")
+)
 args = tiny_args(world, root / "run", *sys.argv[2:])[1:]
 flags = {}
 i = 0
@@ -21,10 +23,20 @@ while i < len(args):
     key = args[i][2:].replace("-", "_")
     flags[key] = args[i + 1]
     i += 2
-for k in ("steps", "batch_size", "samples_per_prompt", "max_response_tokens", "save_every", "zero_stage"):
+for k in (
+    "steps",
+    "batch_size",
+    "samples_per_prompt",
+    "max_response_tokens",
+    "save_every",
+    "zero_stage",
+):
     if k in flags:
         flags[k] = int(flags[k])
 flags["lr"] = float(flags["lr"])
 cfg = load_train_config(None, flags)
 result = train.run(cfg, overwrite=True)
-print(f"RANK {distributed.current().rank} DIGEST {result.weights_digest} ACC {result.last_metrics['rollout_accuracy']}", flush=True)
+print(
+    f"RANK {distributed.current().rank} DIGEST {result.weights_digest} ACC {result.last_metrics['rollout_accuracy']}",
+    flush=True,
+)

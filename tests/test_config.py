@@ -27,7 +27,9 @@ def test_yaml_then_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("lr: 3.0e-4\nsteps: 7\nmode: b\ntags: [x, y]\ntable: {math: {e: 1.5}}\n")
     cfg = load_config(_Cfg, p, {"steps": 9, "name": None})
-    assert cfg == _Cfg(lr=3e-4, steps=9, name=None, mode="b", tags=["x", "y"], table={"math": {"e": 1.5}})
+    assert cfg == _Cfg(
+        lr=3e-4, steps=9, name=None, mode="b", tags=["x", "y"], table={"math": {"e": 1.5}}
+    )
     out = write_resolved(cfg, tmp_path / "run" / "config.yaml")
     assert yaml.safe_load(out.read_text())["steps"] == 9
 

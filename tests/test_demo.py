@@ -13,12 +13,25 @@ from tcopd.cli.main import main
 def test_small_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     try:
-        main(["demo", "--small", "--out", str(out), "--toy-dir", str(tmp_path / "toy"), "--eval-limit", "8"])
+        main(
+            [
+                "demo",
+                "--small",
+                "--out",
+                str(out),
+                "--toy-dir",
+                str(tmp_path / "toy"),
+                "--eval-limit",
+                "8",
+            ]
+        )
     except SystemExit as e:
         assert e.code in (0, None)
     text = capsys.readouterr().out
     for name in ("OPD", "G-OPD", "TC-OPD(1.5,-0.5)", "TC-OPD(1.5,-1.5)"):
-        rows = [json.loads(x) for x in (out / "train" / name / "metrics.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(x) for x in (out / "train" / name / "metrics.jsonl").read_text().splitlines()
+        ]
         assert [r["step"] for r in rows] == [1, 2]
         assert (out / "eval" / name / "summary.json").is_file()
     for name in ("student", "expert", "anti-expert"):

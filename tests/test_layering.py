@@ -9,7 +9,11 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "tcopd"
-HEAVY_SINGLE_IMPORTER = {"vllm": "tcopd/runtime/vllm_engine.py", "deepspeed": "tcopd/runtime/engine.py", "math_verify": "tcopd/runtime/grading.py"}
+HEAVY_SINGLE_IMPORTER = {
+    "vllm": "tcopd/runtime/vllm_engine.py",
+    "deepspeed": "tcopd/runtime/engine.py",
+    "math_verify": "tcopd/runtime/grading.py",
+}
 LAYERS = ["core", "runtime", "pipelines", "cli"]
 
 
@@ -43,7 +47,9 @@ def test_core_is_pure_torch():
             else:
                 import sys
 
-                assert top in allowed_third_party or top in sys.stdlib_module_names, f"{rel} imports {name}"
+                assert top in allowed_third_party or top in sys.stdlib_module_names, (
+                    f"{rel} imports {name}"
+                )
 
 
 def test_layer_directions():

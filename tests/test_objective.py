@@ -130,7 +130,9 @@ def test_policy_loss_matches_python_loop(mode):
     rollout = old + torch.randn(B, T, generator=g, dtype=torch.float64) * 0.3
     isw = truncated_is_weight(old, rollout, cap=1.5)
     loss, _ = policy_loss(new, old, adv, mask, 0.2, None, 3.0, isw, mode)
-    ref = _naive_loss(new.tolist(), old.tolist(), adv.tolist(), mask.tolist(), 0.2, 3.0, isw.tolist(), mode)
+    ref = _naive_loss(
+        new.tolist(), old.tolist(), adv.tolist(), mask.tolist(), 0.2, 3.0, isw.tolist(), mode
+    )
     assert loss.item() == pytest.approx(ref, rel=1e-12, abs=1e-12)
 
 
@@ -194,7 +196,9 @@ def test_outcome_bonus_against_loop():
     bonus = outcome_bonus(torch.tensor(correct, dtype=torch.float32), torch.tensor(groups), 0.5)
     for i in range(12):
         same = [float(correct[j]) for j in range(12) if groups[j] == groups[i]]
-        assert bonus[i].item() == pytest.approx(0.5 * (float(correct[i]) - sum(same) / len(same)), abs=1e-6)
+        assert bonus[i].item() == pytest.approx(
+            0.5 * (float(correct[i]) - sum(same) / len(same)), abs=1e-6
+        )
 
 
 def test_truncated_is_weight_caps_at_five():
@@ -212,12 +216,17 @@ def test_vectorised_advantage_matches_loop_with_masks_and_outcome():
     mask = _mask(B, T, g)
     out_B = torch.tensor([0.25, -0.25, 0.0, 0.5], dtype=torch.float64)
     beta = 0.7
-    adv = advantage(contrastive_reward(lp_k, lp_ref, teacher_weights(lam)), lp_old, lp_ref, mask, beta, out_B)
+    adv = advantage(
+        contrastive_reward(lp_k, lp_ref, teacher_weights(lam)), lp_old, lp_ref, mask, beta, out_B
+    )
     for b in range(B):
         for t in range(T):
             if mask[b, t] == 0:
                 assert adv[b, t].item() == 0.0
                 continue
-            r = sum(lam[k].item() * (lp_k[k, b, t].item() - lp_ref[b, t].item()) for k in range(K)) / 3
+            r = (
+                sum(lam[k].item() * (lp_k[k, b, t].item() - lp_ref[b, t].item()) for k in range(K))
+                / 3
+            )
             a = r - beta * (lp_old[b, t].item() - lp_ref[b, t].item()) + out_B[b].item()
             assert adv[b, t].item() == pytest.approx(a, rel=1e-12, abs=1e-12)

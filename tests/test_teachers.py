@@ -19,7 +19,10 @@ from tcopd.errors import ConfigError
 
 def test_short_flags_pair_with_lambdas():
     specs = build_teacher_specs(expert="/m/math", anti_expert="/m/code", lambdas="1.5,-0.5")
-    assert specs == [TeacherSpec("expert", "/m/math", 1.5), TeacherSpec("anti_expert", "/m/code", -0.5)]
+    assert specs == [
+        TeacherSpec("expert", "/m/math", 1.5),
+        TeacherSpec("anti_expert", "/m/code", -0.5),
+    ]
 
 
 def test_expert_alone_defaults_to_opd():
@@ -28,7 +31,9 @@ def test_expert_alone_defaults_to_opd():
 
 
 def test_general_teacher_form_and_mixing():
-    specs = build_teacher_specs(teachers=["math=/m/a:1.5", "code=/m/b:-0.5", "phys=/m/c"], lambdas="0.25")
+    specs = build_teacher_specs(
+        teachers=["math=/m/a:1.5", "code=/m/b:-0.5", "phys=/m/c"], lambdas="0.25"
+    )
     assert [(s.name, s.path, s.lam) for s in specs] == [
         ("math", "/m/a", 1.5),
         ("code", "/m/b", -0.5),
@@ -67,7 +72,9 @@ def test_bad_specs_name_the_offending_value(kwargs, needle):
 
 def test_lambda_table_validation_and_matrix():
     specs = build_teacher_specs(teachers=["math=/a:1.5", "code=/b:-0.5"])
-    table = validate_lambda_table({"math": {"math": 1.5, "code": -0.5}, "code": {"code": 1.5}}, specs)
+    table = validate_lambda_table(
+        {"math": {"math": 1.5, "code": -0.5}, "code": {"code": 1.5}}, specs
+    )
     assert table["code"] == {"math": 0.0, "code": 1.5}
     lam = lambda_matrix(specs, ["code", "math", None, "other"], table)
     assert lam.tolist() == [[0.0, 1.5], [1.5, -0.5], [1.5, -0.5], [1.5, -0.5]]
@@ -82,7 +89,10 @@ def test_lambda_table_validation_and_matrix():
 def test_active_teachers_drop_zero_lambda_unless_a_domain_uses_them():
     specs = build_teacher_specs(teachers=["math=/a:1.5", "code=/b:0"])
     assert [s.name for s in active_teachers(specs)] == ["math"]
-    assert [s.name for s in active_teachers(specs, {"code": {"math": 0.0, "code": 1.0}})] == ["math", "code"]
+    assert [s.name for s in active_teachers(specs, {"code": {"math": 0.0, "code": 1.0}})] == [
+        "math",
+        "code",
+    ]
 
 
 def test_parse_lambdas():

@@ -49,13 +49,30 @@ def test_one_full_run_end_to_end(world, tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     r = rows[-1]
-    for key in ("reward_mean", "logratio/expert", "logratio/anti_expert", "kl_ref", "clip_fraction",
-                "is_weight_mean", "entropy", "response_len_mean", "response_len_max", "truncated_fraction",
-                "rollout_accuracy", "time_rollout_s", "time_scoring_s", "time_update_s", "time_sync_s",
-                "tokens_per_s", "peak_mem_gb"):
+    for key in (
+        "reward_mean",
+        "logratio/expert",
+        "logratio/anti_expert",
+        "kl_ref",
+        "clip_fraction",
+        "is_weight_mean",
+        "entropy",
+        "response_len_mean",
+        "response_len_max",
+        "truncated_fraction",
+        "rollout_accuracy",
+        "time_rollout_s",
+        "time_scoring_s",
+        "time_update_s",
+        "time_sync_s",
+        "tokens_per_s",
+        "peak_mem_gb",
+    ):
         assert key in r, key
     # reward = (1.5·d_expert − 0.5·d_anti) / 2 exactly, as token means
-    assert r["reward_mean"] == pytest.approx((1.5 * r["logratio/expert"] - 0.5 * r["logratio/anti_expert"]) / 2, abs=1e-5)
+    assert r["reward_mean"] == pytest.approx(
+        (1.5 * r["logratio/expert"] - 0.5 * r["logratio/anti_expert"]) / 2, abs=1e-5
+    )
     assert 0.0 <= r["rollout_accuracy"] <= 1.0 and r["responses"] == 4
     # the first step is on-policy: the IS weight is ~1 (HF sampler vs trainer, both fp32)
     assert rows[0]["is_weight_mean"] == pytest.approx(1.0, abs=1e-3)
@@ -75,8 +92,8 @@ def test_one_full_run_end_to_end(world, tmp_path, capsys):
 
 def test_opd_gradient_equals_reverse_kl_gradient(world):
     """λ = 1, one teacher, on-policy (ρ = 1): ∇loss = ∇ (1/N) Σ_t sg(lp_θ − lp_T)·lp_θ (reverse KL)."""
-    from tcopd.pipelines.train_step import compute_advantages, pad_right
     from tcopd.core.objective import policy_loss
+    from tcopd.pipelines.train_step import compute_advantages, pad_right
     from tcopd.runtime.models import load_causal_lm
     from tcopd.runtime.scorer import model_response_logprobs
 
@@ -91,7 +108,9 @@ def test_opd_gradient_equals_reverse_kl_gradient(world):
             ids = torch.tensor([p + r])
             logits = model(ids).logits[0].to(dtype)
             lsm = torch.log_softmax(logits, -1)
-            rows.append(lsm[len(p) - 1 : len(p) + len(r) - 1].gather(-1, torch.tensor(r)[:, None])[:, 0])
+            rows.append(
+                lsm[len(p) - 1 : len(p) + len(r) - 1].gather(-1, torch.tensor(r)[:, None])[:, 0]
+            )
         return rows
 
     with torch.no_grad():
@@ -117,8 +136,12 @@ def test_kill_and_resume_reaches_the_same_weights(world, tmp_path):
     args = lambda out: tiny_args(world, out, "--steps", "3")  # noqa: E731
     p = subprocess.run(cmd + args(full), env=env, capture_output=True)
     assert p.returncode == 0, p.stderr.decode()[-3000:]
-    p = subprocess.run(cmd + args(killed), env={**env, "TCOPD_TEST_KILL_AT_STEP": "3"}, capture_output=True)
-    assert p.returncode == -9, p.stderr.decode()[-2000:]  # SIGKILL after step 3, before its checkpoint
+    p = subprocess.run(
+        cmd + args(killed), env={**env, "TCOPD_TEST_KILL_AT_STEP": "3"}, capture_output=True
+    )
+    assert p.returncode == -9, p.stderr.decode()[
+        -2000:
+    ]  # SIGKILL after step 3, before its checkpoint
     assert (killed / "checkpoints" / "latest").read_text().strip() == "step-000002"
     p = subprocess.run(cmd + ["train", "--resume", str(killed)], env=env, capture_output=True)
     assert p.returncode == 0, p.stderr.decode()[-2000:]
@@ -192,7 +215,9 @@ def test_help_lists_commands(capsys):
 
 def test_more_mini_batches_than_responses(world, tmp_path, capsys):
     """4 responses, 8 mini-batches: the empty ones are skipped, not handed to DeepSpeed."""
-    code, _, err = run_cli(tiny_args(world, tmp_path / "r", "--steps", "1", "--mini-batches", "8"), capsys)
+    code, _, err = run_cli(
+        tiny_args(world, tmp_path / "r", "--steps", "1", "--mini-batches", "8"), capsys
+    )
     assert code == 0, err
     row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["responses"] == 4

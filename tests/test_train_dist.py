@@ -25,9 +25,25 @@ def test_two_process_step_keeps_replicas_identical(tmp_path, zero_stage):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     p = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), str(REPO / "tests" / "dist_train_script.py"),
-         str(tmp_path), "--zero-stage", str(zero_stage), "--steps", "1", "--batch-size", "4"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            str(REPO / "tests" / "dist_train_script.py"),
+            str(tmp_path),
+            "--zero-stage",
+            str(zero_stage),
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert p.returncode == 0, p.stderr[-3000:]
     digests = dict(re.findall(r"RANK (\d) DIGEST ([0-9a-f]+)", p.stdout))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -27,21 +27,50 @@ def _rich(table: Any) -> RichTable:
 @app.command("demo")
 def demo_cmd(
     out: Annotated[str, typer.Option("--out", help="Output directory.")] = "runs/demo",
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Training steps per method (default: toy preset).", show_default=False)] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps", help="Training steps per method (default: toy preset).", show_default=False
+        ),
+    ] = None,
     eval_n: Annotated[int, typer.Option("--eval-n", help="Samples per test problem.")] = 1,
-    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="First N test problems only.", show_default=False)] = None,
+    eval_limit: Annotated[
+        int | None,
+        typer.Option("--eval-limit", help="First N test problems only.", show_default=False),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of everything.")] = 0,
-    small: Annotated[bool, typer.Option("--small", help="Seconds-long version on the small toy world.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Delete --out first and redo everything.")] = False,
-    toy_dir: Annotated[Optional[str], typer.Option("--toy-dir", help="Toy world directory (default: user cache).", show_default=False)] = None,
+    small: Annotated[
+        bool, typer.Option("--small", help="Seconds-long version on the small toy world.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete --out first and redo everything.")
+    ] = False,
+    toy_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--toy-dir", help="Toy world directory (default: user cache).", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Evaluate student/expert/anti-expert, train OPD, G-OPD and two TC-OPD runs, print Tables 1-3."""
     from tcopd.pipelines import demo
 
-    cfg = demo.DemoConfig(out=out, steps=steps, eval_n=eval_n, eval_limit=eval_limit, seed=seed,
-                          small=small, force=force, toy_dir=toy_dir)
-    with Progress(SpinnerColumn(), TextColumn("[bold]demo[/bold] {task.description}"), TimeElapsedColumn(),
-                  console=console) as bar:
+    cfg = demo.DemoConfig(
+        out=out,
+        steps=steps,
+        eval_n=eval_n,
+        eval_limit=eval_limit,
+        seed=seed,
+        small=small,
+        force=force,
+        toy_dir=toy_dir,
+    )
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]demo[/bold] {task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task("starting", total=None)
 
         def show(event: dict[str, Any]) -> None:

@@ -59,4 +59,3 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("[bold red]error:[/bold red] interrupted", highlight=False)
         sys.exit(130)
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -12,26 +12,46 @@ console = Console()
 err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", help="YAML file of settings; flags given on the command line override it.")
+    Path | None,
+    typer.Option(
+        "--config", help="YAML file of settings; flags given on the command line override it."
+    ),
 ]
-StudentOpt = Annotated[Optional[str], typer.Option("--student", help="Student model: local HF directory or Hub id.")]
+StudentOpt = Annotated[
+    str | None, typer.Option("--student", help="Student model: local HF directory or Hub id.")
+]
 ReferenceOpt = Annotated[
-    Optional[str], typer.Option("--reference", help="Reference model π_ref (default: the student's initial weights).")
+    str | None,
+    typer.Option(
+        "--reference", help="Reference model π_ref (default: the student's initial weights)."
+    ),
 ]
-ExpertOpt = Annotated[Optional[str], typer.Option("--expert", help="Expert teacher (named 'expert'); λ from --lambdas.")]
+ExpertOpt = Annotated[
+    str | None, typer.Option("--expert", help="Expert teacher (named 'expert'); λ from --lambdas.")
+]
 AntiExpertOpt = Annotated[
-    Optional[str], typer.Option("--anti-expert", help="Anti-expert teacher (named 'anti_expert'); λ from --lambdas.")
+    str | None,
+    typer.Option(
+        "--anti-expert", help="Anti-expert teacher (named 'anti_expert'); λ from --lambdas."
+    ),
 ]
 LambdasOpt = Annotated[
-    Optional[str],
-    typer.Option("--lambdas", help="Comma-separated λ for --expert, --anti-expert (and λ-less --teacher), e.g. 1.5,-0.5."),
+    str | None,
+    typer.Option(
+        "--lambdas",
+        help="Comma-separated λ for --expert, --anti-expert (and λ-less --teacher), e.g. 1.5,-0.5.",
+    ),
 ]
 TeacherOpt = Annotated[
-    Optional[list[str]], typer.Option("--teacher", help="Extra teacher NAME=PATH:LAMBDA (repeatable).")
+    list[str] | None, typer.Option("--teacher", help="Extra teacher NAME=PATH:LAMBDA (repeatable).")
 ]
 NormalizationOpt = Annotated[
-    Optional[str],
-    typer.Option("--teacher-normalization", help="1/K over: active (λ≠0, default), all, or none (plain sum)."),
+    str | None,
+    typer.Option(
+        "--teacher-normalization", help="1/K over: active (λ≠0, default), all, or none (plain sum)."
+    ),
 ]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (reaches the sampler).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N (default: cuda if available).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (reaches the sampler).")]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="cpu, cuda, cuda:N (default: cuda if available).")
+]

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from tcopd.cli.main import app
@@ -39,35 +46,75 @@ def train_cmd(
     lambdas: LambdasOpt = None,
     teacher: TeacherOpt = None,
     teacher_normalization: NormalizationOpt = None,
-    data: Annotated[Optional[str], _opt("--data", "Training prompts (prepared parquet/jsonl).")] = None,
-    eval_data: Annotated[Optional[str], _opt("--eval-data", "Held-out prompts for periodic eval.")] = None,
-    out: Annotated[Optional[Path], _opt("--out", "Run directory.")] = None,
+    data: Annotated[
+        str | None, _opt("--data", "Training prompts (prepared parquet/jsonl).")
+    ] = None,
+    eval_data: Annotated[
+        str | None, _opt("--eval-data", "Held-out prompts for periodic eval.")
+    ] = None,
+    out: Annotated[Path | None, _opt("--out", "Run directory.")] = None,
     config: ConfigOpt = None,
-    toy: Annotated[bool, typer.Option("--toy", help="Use the toy world's models and data (no paths needed).")] = False,
-    resume: Annotated[Optional[Path], _opt("--resume", "Continue the run in this directory from its last checkpoint.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
-    steps: Annotated[Optional[int], _opt("--steps", "Training steps (paper: 50).")] = None,
-    batch_size: Annotated[Optional[int], _opt("--batch-size", "Prompts per step (paper: 128).")] = None,
-    samples_per_prompt: Annotated[Optional[int], _opt("--samples-per-prompt", "Rollouts per prompt.")] = None,
-    max_response_tokens: Annotated[Optional[int], _opt("--max-response-tokens", "Max new tokens per rollout.")] = None,
-    lr: Annotated[Optional[float], _opt("--lr", "Learning rate.")] = None,
-    ppo_epochs: Annotated[Optional[int], _opt("--ppo-epochs", "Passes over each batch.")] = None,
-    mini_batches: Annotated[Optional[int], _opt("--mini-batches", "Optimizer steps per pass.")] = None,
-    clip_eps: Annotated[Optional[float], _opt("--clip-eps", "PPO clip ε.")] = None,
-    beta: Annotated[Optional[float], _opt("--beta", "KL coefficient β.")] = None,
-    truncated_is: Annotated[Optional[bool], typer.Option("--truncated-is/--no-truncated-is", help="Truncated IS weights.", show_default=False)] = None,
-    outcome_weight: Annotated[Optional[float], _opt("--outcome-weight", "Outcome-reward weight w.")] = None,
-    eval_every: Annotated[Optional[int], _opt("--eval-every", "Evaluate every N steps.")] = None,
-    eval_n: Annotated[Optional[int], _opt("--eval-n", "Samples per eval prompt.")] = None,
-    save_every: Annotated[Optional[int], _opt("--save-every", "Checkpoint every N steps.")] = None,
+    toy: Annotated[
+        bool, typer.Option("--toy", help="Use the toy world's models and data (no paths needed).")
+    ] = False,
+    resume: Annotated[
+        Path | None,
+        _opt("--resume", "Continue the run in this directory from its last checkpoint."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run already in --out.")
+    ] = False,
+    steps: Annotated[int | None, _opt("--steps", "Training steps (paper: 50).")] = None,
+    batch_size: Annotated[
+        int | None, _opt("--batch-size", "Prompts per step (paper: 128).")
+    ] = None,
+    samples_per_prompt: Annotated[
+        int | None, _opt("--samples-per-prompt", "Rollouts per prompt.")
+    ] = None,
+    max_response_tokens: Annotated[
+        int | None, _opt("--max-response-tokens", "Max new tokens per rollout.")
+    ] = None,
+    lr: Annotated[float | None, _opt("--lr", "Learning rate.")] = None,
+    ppo_epochs: Annotated[int | None, _opt("--ppo-epochs", "Passes over each batch.")] = None,
+    mini_batches: Annotated[int | None, _opt("--mini-batches", "Optimizer steps per pass.")] = None,
+    clip_eps: Annotated[float | None, _opt("--clip-eps", "PPO clip ε.")] = None,
+    beta: Annotated[float | None, _opt("--beta", "KL coefficient β.")] = None,
+    truncated_is: Annotated[
+        bool | None,
+        typer.Option(
+            "--truncated-is/--no-truncated-is", help="Truncated IS weights.", show_default=False
+        ),
+    ] = None,
+    outcome_weight: Annotated[
+        float | None, _opt("--outcome-weight", "Outcome-reward weight w.")
+    ] = None,
+    eval_every: Annotated[int | None, _opt("--eval-every", "Evaluate every N steps.")] = None,
+    eval_n: Annotated[int | None, _opt("--eval-n", "Samples per eval prompt.")] = None,
+    save_every: Annotated[int | None, _opt("--save-every", "Checkpoint every N steps.")] = None,
     seed: SeedOpt = None,
-    engine: Annotated[Optional[str], _opt("--engine", "Rollout engine: hf or vllm.")] = None,
-    zero_stage: Annotated[Optional[int], _opt("--zero-stage", "DeepSpeed ZeRO stage (default 2).")] = None,
-    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", show_default=False, help="Recompute activations.")] = None,
-    teacher_placement: Annotated[Optional[str], _opt("--teacher-placement", "local, offload or shard.")] = None,
-    template: Annotated[Optional[str], _opt("--template", "Prompt template: chat or plain.")] = None,
+    engine: Annotated[str | None, _opt("--engine", "Rollout engine: hf or vllm.")] = None,
+    zero_stage: Annotated[
+        int | None, _opt("--zero-stage", "DeepSpeed ZeRO stage (default 2).")
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            show_default=False,
+            help="Recompute activations.",
+        ),
+    ] = None,
+    teacher_placement: Annotated[
+        str | None, _opt("--teacher-placement", "local, offload or shard.")
+    ] = None,
+    template: Annotated[str | None, _opt("--template", "Prompt template: chat or plain.")] = None,
     device: DeviceOpt = None,
-    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard/--no-tensorboard", show_default=False, help="TensorBoard logging.")] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--tensorboard/--no-tensorboard", show_default=False, help="TensorBoard logging."
+        ),
+    ] = None,
 ) -> None:
     """TC-OPD training on DeepSpeed: rollouts → teacher scores → PPO updates.
 
@@ -78,16 +125,39 @@ def train_cmd(
     from tcopd.pipelines.train_config import load_train_config
 
     flags = {
-        "student": student, "reference": reference, "expert": expert, "anti_expert": anti_expert,
-        "lambdas": lambdas, "teacher": teacher or None, "teacher_normalization": teacher_normalization,
-        "data": data, "eval_data": eval_data, "out": str(out) if out else None, "toy": toy or None,
-        "steps": steps, "batch_size": batch_size, "samples_per_prompt": samples_per_prompt,
-        "max_response_tokens": max_response_tokens, "lr": lr, "ppo_epochs": ppo_epochs,
-        "mini_batches": mini_batches, "clip_eps": clip_eps, "beta": beta, "truncated_is": truncated_is,
-        "outcome_weight": outcome_weight, "eval_every": eval_every, "eval_n": eval_n,
-        "save_every": save_every, "seed": seed, "engine": engine, "zero_stage": zero_stage,
-        "gradient_checkpointing": gradient_checkpointing, "teacher_placement": teacher_placement,
-        "template": template, "device": device, "tensorboard": tensorboard,
+        "student": student,
+        "reference": reference,
+        "expert": expert,
+        "anti_expert": anti_expert,
+        "lambdas": lambdas,
+        "teacher": teacher or None,
+        "teacher_normalization": teacher_normalization,
+        "data": data,
+        "eval_data": eval_data,
+        "out": str(out) if out else None,
+        "toy": toy or None,
+        "steps": steps,
+        "batch_size": batch_size,
+        "samples_per_prompt": samples_per_prompt,
+        "max_response_tokens": max_response_tokens,
+        "lr": lr,
+        "ppo_epochs": ppo_epochs,
+        "mini_batches": mini_batches,
+        "clip_eps": clip_eps,
+        "beta": beta,
+        "truncated_is": truncated_is,
+        "outcome_weight": outcome_weight,
+        "eval_every": eval_every,
+        "eval_n": eval_n,
+        "save_every": save_every,
+        "seed": seed,
+        "engine": engine,
+        "zero_stage": zero_stage,
+        "gradient_checkpointing": gradient_checkpointing,
+        "teacher_placement": teacher_placement,
+        "template": template,
+        "device": device,
+        "tensorboard": tensorboard,
     }
     if resume is not None:
         if out is not None and Path(out) != resume:
@@ -103,7 +173,14 @@ def train_cmd(
     table = Table(title=f"tcopd train — {result.run_dir}")
     table.add_column("metric")
     table.add_column("last step", justify="right")
-    for key in ("step", "reward_mean", "rollout_accuracy", "eval_mean_at_n", "response_len_mean", "time_step_s"):
+    for key in (
+        "step",
+        "reward_mean",
+        "rollout_accuracy",
+        "eval_mean_at_n",
+        "response_len_mean",
+        "time_step_s",
+    ):
         if m.get(key) is not None:
             table.add_row(key, f"{m[key]:.4g}" if isinstance(m[key], float) else str(m[key]))
     console.print(table)
@@ -131,7 +208,9 @@ class _Display:
 
     def __enter__(self) -> _Display:
         self.progress.__enter__()
-        self.task = self.progress.add_task("train", total=self.steps, phase="starting", reward="-", acc="-")
+        self.task = self.progress.add_task(
+            "train", total=self.steps, phase="starting", reward="-", acc="-"
+        )
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -142,7 +221,10 @@ class _Display:
         if "metrics" in event:
             m = event["metrics"]
             self.progress.update(
-                self.task, completed=m["step"], reward=f"{m['reward_mean']:+.3f}", acc=f"{m['rollout_accuracy']:.2f}"
+                self.task,
+                completed=m["step"],
+                reward=f"{m['reward_mean']:+.3f}",
+                acc=f"{m['rollout_accuracy']:.2f}",
             )
         if event.get("phase"):
             label = event["phase"] if step is None else f"{event['phase']} (step {step + 1})"

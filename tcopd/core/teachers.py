@@ -51,7 +51,9 @@ def parse_lambdas(text: str) -> list[float]:
     """``"1.5,-0.5"`` → ``[1.5, -0.5]``."""
     parts = [p for p in text.split(",")]
     if not text.strip() or any(not p.strip() for p in parts):
-        raise ConfigError(f"--lambdas {text!r} must be a comma-separated list of numbers, e.g. 1.5,-0.5")
+        raise ConfigError(
+            f"--lambdas {text!r} must be a comma-separated list of numbers, e.g. 1.5,-0.5"
+        )
     return [parse_lambda(p, "λ") for p in parts]
 
 
@@ -62,7 +64,9 @@ def parse_teacher_arg(text: str) -> tuple[str, str, float | None]:
     with a colon still works when λ is omitted).
     """
     if "=" not in text:
-        raise ConfigError(f"--teacher {text!r} must look like NAME=PATH:LAMBDA (e.g. math=/models/math:1.5)")
+        raise ConfigError(
+            f"--teacher {text!r} must look like NAME=PATH:LAMBDA (e.g. math=/models/math:1.5)"
+        )
     name, rest = text.split("=", 1)
     name, rest = name.strip(), rest.strip()
     lam: float | None = None
@@ -72,7 +76,9 @@ def parse_teacher_arg(text: str) -> tuple[str, str, float | None]:
             lam = parse_lambda(tail, f"λ of teacher {name!r}")
             rest = head
     if not name or not rest:
-        raise ConfigError(f"--teacher {text!r} must look like NAME=PATH:LAMBDA (empty name or path)")
+        raise ConfigError(
+            f"--teacher {text!r} must look like NAME=PATH:LAMBDA (empty name or path)"
+        )
     return name, rest, lam
 
 
@@ -96,14 +102,18 @@ def build_teacher_specs(
         pending.append(("anti_expert", anti_expert, None))
     pending.extend(parse_teacher_arg(t) for t in teachers)
     if not pending:
-        raise ConfigError("no teacher given: pass --expert PATH (and --anti-expert PATH) or --teacher NAME=PATH:LAMBDA")
+        raise ConfigError(
+            "no teacher given: pass --expert PATH (and --anti-expert PATH) or --teacher NAME=PATH:LAMBDA"
+        )
     needing = [p for p in pending if p[2] is None]
     if lambdas is None:
         if len(needing) == 1 and needing[0][0] == "expert" and len(pending) == 1:
             lambdas = [1.0]
         elif needing:
             names = ", ".join(p[0] for p in needing)
-            raise ConfigError(f"no λ for teacher(s) {names}: pass --lambdas with {len(needing)} value(s)")
+            raise ConfigError(
+                f"no λ for teacher(s) {names}: pass --lambdas with {len(needing)} value(s)"
+            )
         else:
             lambdas = []
     lambdas = list(lambdas)
@@ -124,16 +134,22 @@ def validate_specs(specs: Sequence[TeacherSpec]) -> None:
     seen: set[str] = set()
     for s in specs:
         if not _NAME_RE.match(s.name):
-            raise ConfigError(f"teacher name {s.name!r} must start with a letter and use letters, digits, _ . -")
+            raise ConfigError(
+                f"teacher name {s.name!r} must start with a letter and use letters, digits, _ . -"
+            )
         if s.name in RESERVED_NAMES:
-            raise ConfigError(f"teacher name {s.name!r} is reserved ({', '.join(RESERVED_NAMES)}): choose another")
+            raise ConfigError(
+                f"teacher name {s.name!r} is reserved ({', '.join(RESERVED_NAMES)}): choose another"
+            )
         if s.name in seen:
             raise ConfigError(f"duplicate teacher name {s.name!r}: each teacher needs its own name")
         seen.add(s.name)
         if not math.isfinite(s.lam):
             raise ConfigError(f"λ of teacher {s.name!r} must be finite, got {s.lam}")
     if specs and all(s.lam == 0 for s in specs):
-        raise ConfigError("all λ are zero: at least one teacher needs a non-zero λ (else there is no reward)")
+        raise ConfigError(
+            "all λ are zero: at least one teacher needs a non-zero λ (else there is no reward)"
+        )
 
 
 def validate_lambda_table(
@@ -152,7 +168,9 @@ def validate_lambda_table(
                     f"(teachers: {', '.join(names)})"
                 )
             if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
-                raise ConfigError(f"lambda_table[{domain!r}][{teacher!r}] must be a finite number, got {lam!r}")
+                raise ConfigError(
+                    f"lambda_table[{domain!r}][{teacher!r}] must be a finite number, got {lam!r}"
+                )
         full = {n: float(row.get(n, 0.0)) for n in names}
         if all(v == 0 for v in full.values()):
             raise ConfigError(f"lambda_table[{domain!r}]: all λ are zero for this domain")
@@ -165,7 +183,9 @@ def active_teachers(
 ) -> list[TeacherSpec]:
     """Teachers with a non-zero λ somewhere (default λ or any domain row): the ones to load."""
     table = table or {}
-    return [s for s in specs if s.lam != 0 or any(row.get(s.name, 0.0) != 0 for row in table.values())]
+    return [
+        s for s in specs if s.lam != 0 or any(row.get(s.name, 0.0) != 0 for row in table.values())
+    ]
 
 
 def lambda_matrix(
@@ -177,6 +197,7 @@ def lambda_matrix(
     table = table or {}
     default = [s.lam for s in specs]
     rows = [
-        [table[d][s.name] for s in specs] if d is not None and d in table else default for d in domains
+        [table[d][s.name] for s in specs] if d is not None and d in table else default
+        for d in domains
     ]
     return torch.tensor(rows, dtype=torch.float32).reshape(len(domains), len(specs))

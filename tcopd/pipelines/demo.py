@@ -20,7 +20,8 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ class DemoConfig:
     out: str = field("runs/demo", help="Where every run, evaluation, table and plot is written.")
     steps: int | None = field(None, help="Training steps per method (default: the toy preset's).")
     eval_n: int = field(1, help="Samples per toy-math test problem in each evaluation.")
-    eval_limit: int | None = field(None, help="Evaluate on the first N test problems (default: all).")
+    eval_limit: int | None = field(
+        None, help="Evaluate on the first N test problems (default: all)."
+    )
     seed: int = field(0, help="Seed of the toy world, the training runs and the evaluations.")
     small: bool = field(False, help="A seconds-long demo on the small toy world (for tests).")
     force: bool = field(False, help="Delete --out first and redo everything.")
@@ -64,7 +67,9 @@ class DemoResult:
     notes: list[str] = dc_field(default_factory=list)
 
 
-def _train_flags(cfg: DemoConfig, world: Any, lam_e: float, lam_a: float | None, out: Path) -> dict[str, Any]:
+def _train_flags(
+    cfg: DemoConfig, world: Any, lam_e: float, lam_a: float | None, out: Path
+) -> dict[str, Any]:
     flags: dict[str, Any] = {
         "toy": True,
         "student": str(world.student),
@@ -82,7 +87,9 @@ def _train_flags(cfg: DemoConfig, world: Any, lam_e: float, lam_a: float | None,
     return flags
 
 
-def _evaluate(cfg: DemoConfig, model: Path, out: Path, world: Any, progress: Progress) -> dict[str, Any]:
+def _evaluate(
+    cfg: DemoConfig, model: Path, out: Path, world: Any, progress: Progress
+) -> dict[str, Any]:
     from tcopd.pipelines import eval as eval_pipeline
 
     if (out / "summary.json").is_file():
@@ -122,7 +129,11 @@ def run(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
 
     summaries: dict[str, dict[str, Any]] = {}
     samples: dict[str, Path] = {}
-    for name, model in (("student", world.student), ("expert", world.expert), ("anti-expert", world.anti_expert)):
+    for name, model in (
+        ("student", world.student),
+        ("expert", world.expert),
+        ("anti-expert", world.anti_expert),
+    ):
         progress({"phase": "eval", "detail": name})
         summaries[name] = _evaluate(cfg, model, out / "eval" / name, world, progress)
         samples[name] = out / "eval" / name / "samples.jsonl"
@@ -135,7 +146,11 @@ def run(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
         if not done.is_file():
             progress({"phase": "train", "detail": name})
             tcfg = load_train_config(None, _train_flags(cfg, world, lam_e, lam_a, run_dir))
-            train_pipeline.run(tcfg, overwrite=True, progress=lambda e, n=name: progress({"phase": "train", "detail": n, **e}))
+            train_pipeline.run(
+                tcfg,
+                overwrite=True,
+                progress=lambda e, n=name: progress({"phase": "train", "detail": n, **e}),
+            )
         final = run_dir / "checkpoints" / done.read_text().strip() / "model"
         progress({"phase": "eval", "detail": name})
         summaries[name] = _evaluate(cfg, final, out / "eval" / name, world, progress)
@@ -155,20 +170,38 @@ def run(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
         ),
         row_header="model",
     )
-    table2 = cost.run(cost.CostConfig(runs=[str(run_dirs[n]) for n in run_dirs], names=list(run_dirs))).table
-    table3 = length.run(length.LengthConfig(samples=[str(samples[n]) for n in names], names=names)).table
+    table2 = cost.run(
+        cost.CostConfig(runs=[str(run_dirs[n]) for n in run_dirs], names=list(run_dirs))
+    ).table
+    table3 = length.run(
+        length.LengthConfig(samples=[str(samples[n]) for n in names], names=names)
+    ).table
     fig = curves.run(
-        curves.CurvesConfig(runs=[str(run_dirs[n]) for n in run_dirs], names=list(run_dirs),
-                            metric="rollout_accuracy", out=str(out / "figure2_rollout_accuracy.png"), smooth=3)
+        curves.CurvesConfig(
+            runs=[str(run_dirs[n]) for n in run_dirs],
+            names=list(run_dirs),
+            metric="rollout_accuracy",
+            out=str(out / "figure2_rollout_accuracy.png"),
+            smooth=3,
+        )
     )
-    for t, stem in ((table1, "table1_accuracy"), (table2, "table2_cost"), (table3, "table3_length")):
+    for t, stem in (
+        (table1, "table1_accuracy"),
+        (table2, "table2_cost"),
+        (table3, "table3_length"),
+    ):
         write_table(t, out / f"{stem}.csv", "csv")
         write_table(t, out / f"{stem}.json", "json")
     notes = _notes(acc)
     wall = time.perf_counter() - t0
     report = out / "report.md"
-    atomic_write_text(report, _report(cfg, table1, table2, table3, fig.png, fig.summary, notes, wall))
-    write_json(out / "demo_summary.json", {"accuracy": acc, "wall_s": wall, "config": to_dict(cfg), "notes": notes})
+    atomic_write_text(
+        report, _report(cfg, table1, table2, table3, fig.png, fig.summary, notes, wall)
+    )
+    write_json(
+        out / "demo_summary.json",
+        {"accuracy": acc, "wall_s": wall, "config": to_dict(cfg), "notes": notes},
+    )
     return DemoResult(out, table1, table2, table3, fig.png, report, acc, wall, notes)
 
 
@@ -180,29 +213,58 @@ def _notes(acc: dict[str, tuple[float, float]]) -> list[str]:
         m, se = acc[name]
         gap = 2 * (se**2 + base_se**2) ** 0.5
         verdict = "beats" if m - base > gap else "does not clearly beat"
-        notes.append(f"{name} {verdict} the student ({m:.1f} vs {base:.1f}, 2·SE of the difference = {gap:.1f}).")
+        notes.append(
+            f"{name} {verdict} the student ({m:.1f} vs {base:.1f}, 2·SE of the difference = {gap:.1f})."
+        )
     distilled = [n for n, _, _ in METHODS]
     best = max(distilled, key=lambda n: acc[n][0])
-    close = [n for n in distilled if n != best and acc[best][0] - acc[n][0] <= 2 * (acc[best][1] ** 2 + acc[n][1] ** 2) ** 0.5]
+    close = [
+        n
+        for n in distilled
+        if n != best and acc[best][0] - acc[n][0] <= 2 * (acc[best][1] ** 2 + acc[n][1] ** 2) ** 0.5
+    ]
     if close:
-        notes.append(f"Best distilled: {best}; within noise of it: {', '.join(close)} — no ordering claimed among them.")
+        notes.append(
+            f"Best distilled: {best}; within noise of it: {', '.join(close)} — no ordering claimed among them."
+        )
     else:
         notes.append(f"Best distilled: {best}, ahead of the others by more than 2 standard errors.")
     return notes
 
 
-def _report(cfg: DemoConfig, t1: Table, t2: Table, t3: Table, png: Path, curve_lines: list[str], notes: list[str], wall: float) -> str:
+def _report(
+    cfg: DemoConfig,
+    t1: Table,
+    t2: Table,
+    t3: Table,
+    png: Path,
+    curve_lines: list[str],
+    notes: list[str],
+    wall: float,
+) -> str:
     parts = [
         "# tcopd demo — the paper's experiment on the toy world",
         "",
         f"Wall time: {wall / 60:.1f} min. Settings: `{out_rel(cfg)}/demo_config.yaml`.",
         "",
-        "```", render(t1, "table"), "```", "",
-        *[f"- {n}" for n in notes], "",
-        "```", render(t2, "table"), "```", "",
-        "```", render(t3, "table"), "```", "",
-        f"Figure 2 analogue (rollout accuracy per step): `{png.name}`", "",
-        *[f"- {line}" for line in curve_lines], "",
+        "```",
+        render(t1, "table"),
+        "```",
+        "",
+        *[f"- {n}" for n in notes],
+        "",
+        "```",
+        render(t2, "table"),
+        "```",
+        "",
+        "```",
+        render(t3, "table"),
+        "```",
+        "",
+        f"Figure 2 analogue (rollout accuracy per step): `{png.name}`",
+        "",
+        *[f"- {line}" for line in curve_lines],
+        "",
     ]
     return "\n".join(parts)
 

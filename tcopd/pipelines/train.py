@@ -33,10 +33,21 @@ import torch
 
 from tcopd.config import to_dict, write_resolved
 from tcopd.core.metrics import mean_at_n, standard_error
-from tcopd.core.teachers import active_teachers, build_teacher_specs, lambda_matrix, validate_lambda_table
+from tcopd.core.teachers import (
+    active_teachers,
+    build_teacher_specs,
+    lambda_matrix,
+    validate_lambda_table,
+)
 from tcopd.errors import ConfigError, DataError, TrainingError
 from tcopd.pipelines.train_config import TrainConfig, resume_conflicts
-from tcopd.pipelines.train_step import Batch, compute_advantages, old_policy_logprobs, pad_right, ppo_update
+from tcopd.pipelines.train_step import (
+    Batch,
+    compute_advantages,
+    old_policy_logprobs,
+    pad_right,
+    ppo_update,
+)
 from tcopd.runtime import checkpoint as ckpt
 from tcopd.runtime import distributed
 from tcopd.runtime.io import JsonlAppender, read_jsonl_tolerant, write_jsonl
@@ -77,7 +88,8 @@ def resolve_toy(cfg: TrainConfig, progress: Progress | None = None) -> TrainConf
         cfg,
         student=cfg.student or str(world.student),
         expert=cfg.expert or (None if teachers_given else str(world.expert)),
-        anti_expert=cfg.anti_expert or (None if teachers_given or not two else str(world.anti_expert)),
+        anti_expert=cfg.anti_expert
+        or (None if teachers_given or not two else str(world.anti_expert)),
         data=cfg.data or str(world.train_files["math"]),
         eval_data=cfg.eval_data or str(world.test_files["math"]),
     )
@@ -86,7 +98,9 @@ def resolve_toy(cfg: TrainConfig, progress: Progress | None = None) -> TrainConf
 def _check_new_run_dir(out: Path, overwrite: bool) -> None:
     if (out / "config.yaml").exists() or (out / "metrics.jsonl").exists():
         if not overwrite:
-            raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, or --overwrite to replace it")
+            raise ConfigError(
+                f"{out} already holds a run: pass --resume {out} to continue it, or --overwrite to replace it"
+            )
         shutil.rmtree(out)
 
 
@@ -102,13 +116,17 @@ def load_resume_config(run_dir: Path, flags: dict[str, Any]) -> TrainConfig:
     saved.pop("world_size", None)
     conflicts = resume_conflicts(saved, flags)
     if conflicts:
-        raise ConfigError(f"--resume {run_dir}: flags conflict with the run's config ({'; '.join(conflicts)})")
+        raise ConfigError(
+            f"--resume {run_dir}: flags conflict with the run's config ({'; '.join(conflicts)})"
+        )
     saved.update({k: v for k, v in flags.items() if v is not None and k != "out"})
     saved["out"] = str(run_dir)
     return build(TrainConfig, saved)
 
 
-def _prompts(cfg: TrainConfig, path: str, tokenizer: Any) -> tuple[list[list[int]], list[str], list[str | None]]:
+def _prompts(
+    cfg: TrainConfig, path: str, tokenizer: Any
+) -> tuple[list[list[int]], list[str], list[str | None]]:
     """Token ids, gold answers and domains of a prepared data file; over-long prompts skipped."""
     from tcopd.runtime.datasets import load_prepared
     from tcopd.runtime.prompts import render_prompt
@@ -125,7 +143,9 @@ def _prompts(cfg: TrainConfig, path: str, tokenizer: Any) -> tuple[list[list[int
         golds.append(str(row["reward_model"]["ground_truth"]))
         domains.append(row.get("domain"))
     if not ids:
-        raise DataError(f"{path}: no prompt fits max_prompt_tokens={cfg.max_prompt_tokens} ({skipped} skipped)")
+        raise DataError(
+            f"{path}: no prompt fits max_prompt_tokens={cfg.max_prompt_tokens} ({skipped} skipped)"
+        )
     return ids, golds, domains
 
 
@@ -166,13 +186,17 @@ class _Trainer:
         self.table = validate_lambda_table(cfg.lambda_table, self.specs)
         self.active = active_teachers(self.specs, self.table)
         if cfg.batch_size % self.dist.world_size:
-            raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world_size} ranks")
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} is not divisible by the {self.dist.world_size} ranks"
+            )
         if cfg.mini_batches < 1 or cfg.ppo_epochs < 1:
             raise ConfigError("mini_batches and ppo_epochs must be at least 1")
         if not cfg.student:
             raise ConfigError("no student: pass --student PATH (or --toy)")
         if not cfg.data:
-            raise ConfigError("no training data: pass --data FILE (prepared with `tcopd prepare`), or --toy")
+            raise ConfigError(
+                "no training data: pass --data FILE (prepared with `tcopd prepare`), or --toy"
+            )
 
     def _event(self, **kw: Any) -> None:
         if self.dist.is_main:
@@ -196,12 +220,16 @@ class _Trainer:
         teacher_models: dict[str, torch.nn.Module] = {}
         owner: dict[str, int] = {}
         if cfg.teacher_placement == "shard":
-            owner = distributed.round_robin_owners([s.name for s in self.active], self.dist.world_size)
+            owner = distributed.round_robin_owners(
+                [s.name for s in self.active], self.dist.world_size
+            )
         for spec in self.active:
             check_same_tokenizer(self.tokenizer, load_tokenizer(spec.path), spec.name)
             if owner.get(spec.name, self.dist.rank) == self.dist.rank:
                 place = torch.device("cpu") if cfg.teacher_placement == "offload" else dev
-                teacher_models[spec.name] = load_causal_lm(spec.path, dtype=dtype, device=place).requires_grad_(False)
+                teacher_models[spec.name] = load_causal_lm(
+                    spec.path, dtype=dtype, device=place
+                ).requires_grad_(False)
         self.scorer = Scorer(
             {"reference": reference, **teacher_models},
             placement=cfg.teacher_placement,
@@ -220,7 +248,9 @@ class _Trainer:
         # collective, so ranks could not generate or score independently: the HF engine then
         # samples from (and π_old is scored on) a full copy that is synced after every step.
         self.separate_rollout = cfg.engine == "hf" and cfg.zero_stage == 3
-        self.rollout_model = copy.deepcopy(student).requires_grad_(False) if self.separate_rollout else None
+        self.rollout_model = (
+            copy.deepcopy(student).requires_grad_(False) if self.separate_rollout else None
+        )
         self._event(phase="starting DeepSpeed")
         torch.manual_seed(cfg.seed)
         self.engine = TrainEngine(
@@ -243,7 +273,13 @@ class _Trainer:
 
         if self.cfg.engine == "hf":
             model = self.rollout_model if self.separate_rollout else self.engine.module
-            return make_engine("hf", model, self.tokenizer, device=self.device, token_budget=self.cfg.rollout_token_budget)
+            return make_engine(
+                "hf",
+                model,
+                self.tokenizer,
+                device=self.device,
+                token_budget=self.cfg.rollout_token_budget,
+            )
         return make_engine(
             "vllm",
             self.cfg.student,
@@ -297,7 +333,9 @@ class _Trainer:
         self._event(phase="scoring", step=step)
         t0 = time.perf_counter()
         policy = self.rollout_model if self.separate_rollout else self.engine.module
-        old_lp, entropy = old_policy_logprobs(policy, prompts, responses, cfg.score_token_budget, cfg.chunk_size)
+        old_lp, entropy = old_policy_logprobs(
+            policy, prompts, responses, cfg.score_token_budget, cfg.chunk_size
+        )
         scored = self.scorer.score(prompts, responses)
         t_scoring = time.perf_counter() - t0
         T = max(len(r) for r in responses)
@@ -308,17 +346,30 @@ class _Trainer:
         verdicts = self.grader.results()
         correct_B = torch.tensor([1.0 if verdicts[k] else 0.0 for k in range(len(comps))])
         group_B = torch.tensor([c.prompt_index for c in comps])
-        lam_BK = lambda_matrix(self.active, [self.domains[idx[c.prompt_index]] for c in comps], self.table)
+        lam_BK = lambda_matrix(
+            self.active, [self.domains[idx[c.prompt_index]] for c in comps], self.table
+        )
         try:
             reward_BT, adv_BT = compute_advantages(
-                teacher_KBT, ref_BT, old_BT, mask_BT, lam_BK, cfg.teacher_normalization, cfg.beta,
-                correct_B, group_B, cfg.outcome_weight,
+                teacher_KBT,
+                ref_BT,
+                old_BT,
+                mask_BT,
+                lam_BK,
+                cfg.teacher_normalization,
+                cfg.beta,
+                correct_B,
+                group_B,
+                cfg.outcome_weight,
             )
         except TrainingError as e:
             raise TrainingError(f"step {step}: {e}; the last checkpoint is kept") from e
         is_BT = None
         if cfg.truncated_is and all(c.logprobs is not None for c in comps):
-            is_BT = truncated_is_weight_rows(old_BT, [c.logprobs for c in comps], T, cfg.is_cap) * mask_BT
+            is_BT = (
+                truncated_is_weight_rows(old_BT, [c.logprobs for c in comps], T, cfg.is_cap)
+                * mask_BT
+            )
 
         self._event(phase="update", step=step)
         t0 = time.perf_counter()
@@ -347,16 +398,24 @@ class _Trainer:
         # -- metrics (sums over ranks, then means) ----------------------------------------------
         lens = torch.tensor([float(len(r)) for r in responses])
         d_K = [((teacher_KBT[k] - ref_BT) * mask_BT).sum() for k in range(len(self.active))]
-        sums = self._sum(torch.tensor(
-            [
-                mask_BT.sum(), (reward_BT * mask_BT).sum(), ((old_BT - ref_BT) * mask_BT).sum(),
-                -(old_BT * mask_BT).sum(), sum(float((e).sum()) for e in entropy), float(len(comps)),
-                correct_B.sum(), float(sum(1 for c in comps if c.finish_reason == "length")),
-                float(sum(v is None for v in verdicts.values())),
-                (is_BT * mask_BT).sum() if is_BT is not None else 0.0, *d_K,
-            ],
-            dtype=torch.float64,
-        ))
+        sums = self._sum(
+            torch.tensor(
+                [
+                    mask_BT.sum(),
+                    (reward_BT * mask_BT).sum(),
+                    ((old_BT - ref_BT) * mask_BT).sum(),
+                    -(old_BT * mask_BT).sum(),
+                    sum(float((e).sum()) for e in entropy),
+                    float(len(comps)),
+                    correct_B.sum(),
+                    float(sum(1 for c in comps if c.finish_reason == "length")),
+                    float(sum(v is None for v in verdicts.values())),
+                    (is_BT * mask_BT).sum() if is_BT is not None else 0.0,
+                    *d_K,
+                ],
+                dtype=torch.float64,
+            )
+        )
         ntok, nseq = float(sums[0]), float(sums[5])
         len_max = self._max(float(lens.max()))
         wall = time.perf_counter() - t_step
@@ -401,7 +460,9 @@ class _Trainer:
         if not self.dist.distributed:
             return mine
         gathered: list[Any] = [None] * self.dist.world_size
-        torch.distributed.all_gather_object(gathered, {f"rank{self.dist.rank}:{k}": v for k, v in mine.items()})
+        torch.distributed.all_gather_object(
+            gathered, {f"rank{self.dist.rank}:{k}": v for k, v in mine.items()}
+        )
         return {k: v for d in gathered for k, v in d.items()}
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -415,10 +476,17 @@ class _Trainer:
         W, R = self.dist.world_size, self.dist.rank
         mine = list(range(R, len(ids), W))
         self._event(phase="eval", step=step)
-        sampling = SamplingParams(n=self.cfg.eval_n, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                  max_new_tokens=self.cfg.max_response_tokens, seed=self.cfg.seed + 17)
+        sampling = SamplingParams(
+            n=self.cfg.eval_n,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            max_new_tokens=self.cfg.max_response_tokens,
+            seed=self.cfg.seed + 17,
+        )
         comps = self.rollout.generate([ids[i] for i in mine], sampling)
-        verdicts = self.grader.grade([golds[mine[c.prompt_index]] for c in comps], [c.text for c in comps])
+        verdicts = self.grader.grade(
+            [golds[mine[c.prompt_index]] for c in comps], [c.text for c in comps]
+        )
         counts = torch.zeros(len(ids), dtype=torch.float64)
         for c, v in zip(comps, verdicts):
             counts[mine[c.prompt_index]] += 1.0 if v else 0.0
@@ -432,14 +500,23 @@ class _Trainer:
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self, step: int) -> Path:
         self._event(phase="checkpoint", step=step - 1)
-        tmp = ckpt.begin(self.run_dir, step) if self.dist.is_main else ckpt.checkpoint_root(self.run_dir) / f".tmp-{ckpt.step_name(step)}"
+        tmp = (
+            ckpt.begin(self.run_dir, step)
+            if self.dist.is_main
+            else ckpt.checkpoint_root(self.run_dir) / f".tmp-{ckpt.step_name(step)}"
+        )
         distributed.barrier()
         self.engine.save(tmp, {"step": step})
         state_dict = self.engine.full_state_dict()
         final = ckpt.checkpoint_root(self.run_dir) / ckpt.step_name(step)
         if self.dist.is_main:
             ckpt.save_hf(self.engine.module, self.tokenizer, state_dict, tmp / "model")
-            state = {"step": step, "seed": self.cfg.seed, "rng": ckpt.rng_state(), "world_size": self.dist.world_size}
+            state = {
+                "step": step,
+                "seed": self.cfg.seed,
+                "rng": ckpt.rng_state(),
+                "world_size": self.dist.world_size,
+            }
             final = ckpt.commit(self.run_dir, tmp, step, state, keep=self.cfg.keep_checkpoints)
         distributed.barrier()
         return final
@@ -450,7 +527,9 @@ class _Trainer:
             return 0
         state = ckpt.read_state(path)
         if state.get("world_size", 1) != self.dist.world_size:
-            raise ConfigError(f"--resume: the run was saved with {state['world_size']} process(es), now {self.dist.world_size}")
+            raise ConfigError(
+                f"--resume: the run was saved with {state['world_size']} process(es), now {self.dist.world_size}"
+            )
         self.engine.load(path)
         ckpt.set_rng_state(state["rng"])
         if self.cfg.engine == "vllm" or self.separate_rollout:
@@ -458,14 +537,21 @@ class _Trainer:
         return int(state["step"])
 
 
-def truncated_is_weight_rows(old_BT: torch.Tensor, rollout_rows: list[list[float]], T: int, cap: float) -> torch.Tensor:
+def truncated_is_weight_rows(
+    old_BT: torch.Tensor, rollout_rows: list[list[float]], T: int, cap: float
+) -> torch.Tensor:
     from tcopd.core.objective import truncated_is_weight
 
     rollout_BT = pad_right(rollout_rows, T)
     return truncated_is_weight(old_BT, rollout_BT, cap)
 
 
-def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: Progress | None = None) -> TrainResult:
+def run(
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> TrainResult:
     """Train; see the module docstring. ``resume``: continue the run in ``cfg.out``."""
     cfg = resolve_toy(cfg, progress)
     run_dir = Path(cfg.out)
@@ -474,7 +560,10 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
     trainer = _Trainer(cfg, progress)
     trainer.setup()
     if trainer.dist.is_main:
-        resolved = to_dict(cfg) | {"teachers": [to_dict(s) for s in trainer.specs], "world_size": trainer.dist.world_size}
+        resolved = to_dict(cfg) | {
+            "teachers": [to_dict(s) for s in trainer.specs],
+            "world_size": trainer.dist.world_size,
+        }
         run_dir.mkdir(parents=True, exist_ok=True)
         write_resolved(resolved, run_dir / "config.yaml")
     start = trainer.restore() if resume else 0
@@ -490,7 +579,9 @@ def run(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progres
         for step in range(start, cfg.steps):
             row = trainer.step(step)
             last = step + 1 == cfg.steps
-            if trainer.eval_set is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+            if trainer.eval_set is not None and (
+                (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last
+            ):
                 row.update(trainer.evaluate(step))
             if appender is not None:
                 appender.write(row)
@@ -526,5 +617,7 @@ def _tensorboard(run_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise ConfigError(f"--tensorboard needs the tensorboard package: pip install 'tcopd[tensorboard]' ({e})")
+        raise ConfigError(
+            f"--tensorboard needs the tensorboard package: pip install 'tcopd[tensorboard]' ({e})"
+        )
     return SummaryWriter(str(run_dir / "tb"))

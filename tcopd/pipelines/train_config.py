@@ -18,17 +18,29 @@ from tcopd.errors import ConfigError
 class TrainConfig:
     out: str = field(help="Run directory (config, metrics.jsonl, checkpoints).")
     student: str | None = field(None, help="Student model (HF directory or Hub id).")
-    reference: str | None = field(None, help="Reference π_ref (default: the student's initial weights).")
+    reference: str | None = field(
+        None, help="Reference π_ref (default: the student's initial weights)."
+    )
     expert: str | None = field(None, help="Expert teacher, named 'expert'.")
     anti_expert: str | None = field(None, help="Anti-expert teacher, named 'anti_expert'.")
-    lambdas: str | None = field(None, help="λ for expert, anti-expert (and λ-less --teacher), e.g. '1.5,-0.5'.")
+    lambdas: str | None = field(
+        None, help="λ for expert, anti-expert (and λ-less --teacher), e.g. '1.5,-0.5'."
+    )
     teacher: list[str] = field([], help="Extra teachers NAME=PATH:LAMBDA.")
-    lambda_table: dict = field({}, help="Multi-task λ table {domain: {teacher: λ}}; a row overrides λ for that domain.")
-    teacher_normalization: Literal["active", "all", "none"] = field("active", help="K in 1/K: active (λ≠0), all, none.")
+    lambda_table: dict = field(
+        {}, help="Multi-task λ table {domain: {teacher: λ}}; a row overrides λ for that domain."
+    )
+    teacher_normalization: Literal["active", "all", "none"] = field(
+        "active", help="K in 1/K: active (λ≠0), all, none."
+    )
     data: str | None = field(None, help="Training prompts (prepared parquet/jsonl).")
     eval_data: str | None = field(None, help="Held-out prompts for periodic evaluation.")
-    toy: bool = field(False, help="Use the toy world's student, teachers and data (built if absent).")
-    template: Literal["chat", "plain"] = field("chat", help="Prompt template: the tokenizer's chat template or plain text.")
+    toy: bool = field(
+        False, help="Use the toy world's student, teachers and data (built if absent)."
+    )
+    template: Literal["chat", "plain"] = field(
+        "chat", help="Prompt template: the tokenizer's chat template or plain text."
+    )
     steps: int = field(50, help="Training steps (batches of rollouts).")
     batch_size: int = field(128, help="Prompts per step (over all ranks).")
     samples_per_prompt: int = field(4, help="Rollouts per prompt.")
@@ -48,10 +60,17 @@ class TrainConfig:
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = field(
         "token-mean", help="Loss aggregation."
     )
-    truncated_is: bool = field(True, help="Truncated IS weight min(exp(lp_old − lp_rollout), cap) when the engine gives log-probs.")
+    truncated_is: bool = field(
+        True,
+        help="Truncated IS weight min(exp(lp_old − lp_rollout), cap) when the engine gives log-probs.",
+    )
     is_cap: float = field(5.0, help="Cap of the truncated IS weight.")
-    outcome_weight: float = field(0.0, help="w in w·(R − mean R of the prompt's samples) added to A.")
-    eval_every: int = field(0, help="Evaluate every N steps (0: only at the end if eval_data is set).")
+    outcome_weight: float = field(
+        0.0, help="w in w·(R − mean R of the prompt's samples) added to A."
+    )
+    eval_every: int = field(
+        0, help="Evaluate every N steps (0: only at the end if eval_data is set)."
+    )
     eval_n: int = field(4, help="Samples per eval prompt.")
     eval_prompts: int = field(0, help="Evaluate on the first N eval prompts (0: all).")
     save_every: int = field(10, help="Checkpoint every N steps (and at the end).")
@@ -60,18 +79,28 @@ class TrainConfig:
     engine: Literal["hf", "vllm"] = field("hf", help="Rollout engine.")
     vllm_gpu_memory_utilization: float = field(0.5, help="vLLM's share of GPU memory.")
     vllm_tensor_parallel_size: int = field(1, help="vLLM tensor-parallel size.")
-    vllm_sleep: bool = field(False, help="Put vLLM to sleep during scoring/updates (frees its memory).")
+    vllm_sleep: bool = field(
+        False, help="Put vLLM to sleep during scoring/updates (frees its memory)."
+    )
     zero_stage: int = field(2, help="DeepSpeed ZeRO stage (0-3).")
     offload_optimizer: bool = field(False, help="ZeRO optimizer state offload to CPU.")
     offload_params: bool = field(False, help="ZeRO-3 parameter offload to CPU.")
     gradient_checkpointing: bool = field(False, help="Recompute activations in backward.")
-    dtype: Literal["auto", "float32", "bfloat16"] = field("auto", help="auto: bf16 on GPU, fp32 on CPU.")
+    dtype: Literal["auto", "float32", "bfloat16"] = field(
+        "auto", help="auto: bf16 on GPU, fp32 on CPU."
+    )
     device: str | None = field(None, help="cpu, cuda (default: cuda if available).")
-    teacher_placement: Literal["local", "offload", "shard"] = field("local", help="Where teachers live.")
+    teacher_placement: Literal["local", "offload", "shard"] = field(
+        "local", help="Where teachers live."
+    )
     train_token_budget: int = field(16384, help="Tokens per training micro-batch (padded).")
     score_token_budget: int = field(32768, help="Tokens per scoring micro-batch.")
-    rollout_token_budget: int = field(65536, help="rows × (prompt + max new tokens) per generate call (HF engine).")
-    chunk_size: int = field(512, help="Tokens per chunk of the output projection (log-probs without T×V logits).")
+    rollout_token_budget: int = field(
+        65536, help="rows × (prompt + max new tokens) per generate call (HF engine)."
+    )
+    chunk_size: int = field(
+        512, help="Tokens per chunk of the output projection (log-probs without T×V logits)."
+    )
     grader_workers: int = field(2, help="math-verify worker processes.")
     grade_timeout_s: float = field(10.0, help="Per-sample grading limit (ungraded past it).")
     tensorboard: bool = field(False, help="Also log metrics to TensorBoard (RUN_DIR/tb).")
@@ -96,7 +125,15 @@ TOY_PRESET: dict[str, Any] = {
 }
 
 # Settings that may differ between a run and its --resume (everything else must match).
-RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "keep_checkpoints", "tensorboard", "grader_workers", "grade_timeout_s"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "eval_every",
+    "save_every",
+    "keep_checkpoints",
+    "tensorboard",
+    "grader_workers",
+    "grade_timeout_s",
+}
 
 
 def load_train_config(path: str | None, flags: dict[str, Any]) -> TrainConfig:
@@ -115,5 +152,9 @@ def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [
         f"{k}: run has {saved.get(k)!r}, flags say {v!r}"
         for k, v in new.items()
-        if v is not None and k not in RESUMABLE_CHANGES and k != "out" and k in saved and saved[k] != v
+        if v is not None
+        and k not in RESUMABLE_CHANGES
+        and k != "out"
+        and k in saved
+        and saved[k] != v
     ]

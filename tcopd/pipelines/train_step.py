@@ -25,7 +25,6 @@ from tcopd.core.objective import (
     outcome_bonus,
     policy_loss,
     teacher_weights,
-    truncated_is_weight,
 )
 from tcopd.errors import TrainingError
 from tcopd.runtime.scorer import model_response_logprobs
@@ -93,7 +92,11 @@ def old_policy_logprobs(
     with torch.no_grad():
         for idx in plan_padded(lengths, token_budget):
             lp_BT, ent_BT = model_response_logprobs(
-                model, [prompts[i] for i in idx], [responses[i] for i in idx], chunk_size, return_entropy=True
+                model,
+                [prompts[i] for i in idx],
+                [responses[i] for i in idx],
+                chunk_size,
+                return_entropy=True,
             )
             for row, i in enumerate(idx):
                 n = len(responses[i])
@@ -136,7 +139,9 @@ def ppo_update(
                 torch.tensor([float(batch.mask_BT[mb].sum()), float(len(mb))], dtype=torch.float64)
             )
             n_tokens, n_seqs = float(totals[0]), float(totals[1])
-            if n_seqs == 0:  # fewer responses than mini-batches: nothing to update on (all ranks agree)
+            if (
+                n_seqs == 0
+            ):  # fewer responses than mini-batches: nothing to update on (all ranks agree)
                 continue
             lengths = [len(batch.prompt_ids[i]) + len(batch.response_ids[i]) for i in mb]
             plan = [[mb[j] for j in g] for g in plan_padded(lengths, token_budget)] if mb else []
@@ -154,7 +159,11 @@ def ppo_update(
                     chunk_size,
                 )
                 mask = batch.mask_BT[idx, :T].to(new_BT.device)
-                isw = batch.is_weight_BT[idx, :T].to(new_BT.device) if batch.is_weight_BT is not None else None
+                isw = (
+                    batch.is_weight_BT[idx, :T].to(new_BT.device)
+                    if batch.is_weight_BT is not None
+                    else None
+                )
                 loss, st = policy_loss(
                     new_BT,
                     batch.old_logp_BT[idx, :T].to(new_BT.device),
@@ -176,7 +185,11 @@ def ppo_update(
                 if real:
                     ntok = float(mask.sum())
                     stat += torch.tensor(
-                        [loss.item() / world_size, st["clip_fraction"].item() * ntok, st["approx_kl"].item() * ntok],
+                        [
+                            loss.item() / world_size,
+                            st["clip_fraction"].item() * ntok,
+                            st["approx_kl"].item() * ntok,
+                        ],
                         dtype=torch.float64,
                     )
             grad_norm = engine.step()

@@ -32,7 +32,10 @@ def rng_state() -> dict[str, Any]:
     """Python and torch RNG states, JSON-serialisable."""
     buf = io.BytesIO()
     torch.save(
-        {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
         buf,
     )
     return {"python": repr(random.getstate()), "torch": base64.b64encode(buf.getvalue()).decode()}
@@ -100,7 +103,9 @@ def read_state(path: Path) -> dict[str, Any]:
     return json.loads((path / "trainer_state.json").read_text())
 
 
-def save_hf(model: torch.nn.Module, tokenizer: Any, state_dict: dict[str, torch.Tensor], out: Path) -> None:
+def save_hf(
+    model: torch.nn.Module, tokenizer: Any, state_dict: dict[str, torch.Tensor], out: Path
+) -> None:
     """An HF model directory (weights from ``state_dict``, config, tokenizer) under ``out``."""
     model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(out)

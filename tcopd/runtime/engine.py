@@ -48,7 +48,9 @@ def _ensure_process_group() -> None:
     import deepspeed
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise RuntimeError("WORLD_SIZE > 1 but no process group: call distributed.init_distributed() first")
+        raise RuntimeError(
+            "WORLD_SIZE > 1 but no process group: call distributed.init_distributed() first"
+        )
     # A private free port, passed explicitly: nothing leaks into os.environ (child processes of
     # this one start their own group and must not collide with ours).
     with socket.socket() as s:
@@ -111,7 +113,9 @@ class TrainEngine:
         import deepspeed
 
         _ensure_process_group()
-        self.config = deepspeed_config(zero_stage, bf16, grad_clip, offload_optimizer, offload_params)
+        self.config = deepspeed_config(
+            zero_stage, bf16, grad_clip, offload_optimizer, offload_params
+        )
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -158,12 +162,17 @@ class TrainEngine:
 
     def save(self, directory: str | Path, client_state: dict[str, Any]) -> None:
         """Optimizer/scheduler/model state for exact resumption (collective: every rank calls it)."""
-        self.engine.save_checkpoint(str(directory), tag="deepspeed", client_state=client_state, save_latest=False)
+        self.engine.save_checkpoint(
+            str(directory), tag="deepspeed", client_state=client_state, save_latest=False
+        )
 
     def load(self, directory: str | Path) -> dict[str, Any]:
         """Load what :meth:`save` wrote; returns the client state."""
         path, client_state = self.engine.load_checkpoint(
-            str(directory), tag="deepspeed", load_optimizer_states=True, load_lr_scheduler_states=True
+            str(directory),
+            tag="deepspeed",
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
         )
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")

@@ -40,7 +40,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    )
 
 
 def _json_default(o: Any) -> Any:
@@ -74,7 +76,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{p}:{lineno}: malformed JSON ({e.msg}); fix or delete that line")
             if not isinstance(row, dict):
-                raise DataError(f"{p}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
+                raise DataError(
+                    f"{p}:{lineno}: each line must be a JSON object, got {type(row).__name__}"
+                )
             yield lineno, row
 
 
