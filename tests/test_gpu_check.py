@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -220,3 +221,67 @@ def test_qwen3_4b_shape_is_exact():
     # 2560×1024 each + o 4096×2560 + MLP 3 × 2560×9728 + norms) + 151,936 × 2560 + final norm.
     layer = 2560 * 4096 * 2 + 2560 * 1024 * 2 + 3 * 2560 * 9728 + 2 * 2560 + 2 * 128
     assert n_params(model) == 36 * layer + 151_936 * 2560 + 2560
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm not installed (make test-vllm)"
+)
+def test_vllm_part_rolls_out_updates_and_rolls_out_again(tmp_path):
+    _, results, _ = run_check(tmp_path, "--parts", "vllm", timeout=400)
+    rows = rows_by_key(results)
+    for c in part_vllm_rows():
+        assert rows[("vllm", c)]["status"] == "ok", rows[("vllm", c)]
+    after = rows[("vllm", "rollout after update")]["data"]
+    assert after["changed"] > 0 and after["matches"] == 4
+
+
+def make_wheel(directory: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel (one module ``name`` with ``VERSION``), written by hand."""
+    import zipfile
+
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for f, text in files.items():
+            z.writestr(f, text)
+    return path
+
+
+def test_missing_packages_are_installed_offline_from_wheels(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "gpucheckdummy", "1.2.3")
+    deps = tmp_path / "deps"
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            str(REPO / "scripts" / "gpu_check.sh"),
+            "--tiny",
+            "--parts",
+            "vllm",
+            "--out",
+            str(out),
+            "--wheels",
+            str(wheels),
+            "--deps-dir",
+            str(deps),
+        ],
+        env=dict(os.environ, PYTHON=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["wheels"]["installed"] == ["gpucheckdummy-1.2.3-py3-none-any.whl"]
+    assert (deps / "gpucheckdummy" / "__init__.py").is_file()
+    row = rows_by_key(results)[("env", "wheels")]
+    assert row["status"] == "ok" and row["result"] == "installed 1 of 1 wheels"
