@@ -221,3 +221,12 @@ def test_more_mini_batches_than_responses(world, tmp_path, capsys):
     assert code == 0, err
     row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["responses"] == 4
+
+
+def test_optimizer_offload_with_client_adamw(world, tmp_path, capsys):
+    """ZeRO-Offload keeps the client torch AdamW (DeepSpeed would otherwise demand its C++ Adam)."""
+    cfg = tmp_path / "off.yaml"
+    cfg.write_text("offload_optimizer: true\n")
+    code, _, err = run_cli(tiny_args(world, tmp_path / "r", "--steps", "1", "--config", str(cfg)), capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "metrics.jsonl").read_text())["step"] == 1

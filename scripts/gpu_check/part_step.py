@@ -36,35 +36,18 @@ LAMBDAS = {"expert": 1.5, "anti_expert": -0.5}
 
 
 def _train_engine(student, cfg, bf16: bool, offload_optimizer: bool):
-    """``TrainEngine`` at ZeRO-3; with optimizer offload, allow its client (torch) AdamW.
+    """``TrainEngine`` at ZeRO-3 (optionally with the optimizer state offloaded to CPU)."""
+    from tcopd.runtime.engine import TrainEngine
 
-    DeepSpeed refuses a client optimizer under ZeRO-Offload unless the config says
-    ``zero_force_ds_cpu_optimizer: false`` (its DeepSpeedCPUAdam would compile C++, which the
-    engine avoids on purpose), and ``tcopd.runtime.engine.deepspeed_config`` does not set it yet.
-    """
-    from tcopd.runtime import engine as engine_mod
-
-    original = engine_mod.deepspeed_config
-
-    def config(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        c = original(*args, **kwargs)
-        if "offload_optimizer" in c["zero_optimization"]:
-            c["zero_force_ds_cpu_optimizer"] = False
-        return c
-
-    engine_mod.deepspeed_config = config
-    try:
-        return engine_mod.TrainEngine(
-            student,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            zero_stage=3,
-            bf16=bf16,
-            grad_clip=cfg.grad_clip,
-            offload_optimizer=offload_optimizer,
-        )
-    finally:
-        engine_mod.deepspeed_config = original
+    return TrainEngine(
+        student,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        zero_stage=3,
+        bf16=bf16,
+        grad_clip=cfg.grad_clip,
+        offload_optimizer=offload_optimizer,
+    )
 
 
 def run(opts: dict[str, Any], rec) -> None:

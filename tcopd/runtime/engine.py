@@ -79,6 +79,8 @@ def deepspeed_config(
         zero.update({"overlap_comm": False, "contiguous_gradients": True})
     if offload_optimizer and zero_stage >= 1:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    # ZeRO-Offload would otherwise insist on DeepSpeedCPUAdam (a C++ build); keep the client AdamW.
+    force_ds_cpu_optimizer = False
     if offload_params and zero_stage == 3:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     return {
@@ -89,6 +91,7 @@ def deepspeed_config(
         "bf16": {"enabled": bool(bf16)},
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": force_ds_cpu_optimizer,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
