@@ -75,6 +75,8 @@ def test_solution_styles_are_arithmetically_correct_and_verify():
             assert not verify_answer(gold, extract_boxed(bad))
         g = P.guess(p, rng)
         assert re.fullmatch(r"\\boxed\{\d+\}", g)
+        vg = P.verbose_guess(p, rng)
+        assert _equations_ok(vg) == 0 and vg.startswith("Let us restate") and "\\boxed{" in vg
 
 
 def test_tokenizer_round_trips_and_has_one_token_per_digit(tmp_path):
@@ -195,8 +197,11 @@ def test_same_seed_same_world_different_seed_different_data(small_world, tmp_pat
         (world.student / "tokenizer.json", twin.student / "tokenizer.json"),
     ]:
         assert _digest(a) == _digest(b), a.name
-    other = ensure_toy(tmp_path / "other", seed=6, size="small")
-    assert _digest(other.test_files["math"]) != _digest(world.test_files["math"])
+    from tcopd.runtime.toy.build import SETTINGS, make_corpora
+
+    a, b = make_corpora(5, SETTINGS["small"]), make_corpora(6, SETTINGS["small"])
+    assert a["rows"][("test", "math")] != b["rows"][("test", "math")]
+    assert a["rows"] == make_corpora(5, SETTINGS["small"])["rows"]
     assert not list(tmp_path.glob(".*build-*")), "temporary build directories left behind"
 
 
@@ -218,3 +223,13 @@ def test_default_root(monkeypatch, tmp_path):
     monkeypatch.delenv("TCOPD_TOY_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert default_root() == tmp_path / "cache" / "tcopd" / "toy"
+
+
+def test_load_benchmark_toy_from_world_dir_or_file(small_world):
+    from tcopd.runtime.datasets import load_benchmark, load_prepared
+
+    world, _ = small_world
+    expected = load_prepared(world.test_files["math"])
+    assert load_benchmark("toy", world.root) == expected
+    assert load_benchmark("toy", world.test_files["math"]) == expected
+    assert load_benchmark("toy-code", world.root) == load_prepared(world.test_files["code"])

@@ -450,11 +450,21 @@ def _is_prepared(path: Path) -> bool:
 
 def load_benchmark(name: str, from_path: str | Path | None = None) -> list[dict[str, Any]]:
     """Prepared-format rows of benchmark ``name``: aime24, aime25, math500, toy (toy math test set),
-    toy-code. ``from_path`` is either a prepared file or a local copy in the Hub's layout."""
+    toy-code. ``from_path`` is a prepared file, or a local copy in the Hub's layout (aime/math500),
+    or a toy world's directory (toy)."""
     if name in ("toy", "toy-code"):
         from tcopd.runtime.toy import ensure_toy
 
-        world = ensure_toy() if from_path is None else ensure_toy(root=from_path)
+        if from_path is not None and Path(from_path).is_file():  # a prepared copy of it
+            return load_prepared(from_path)
+        from tcopd.runtime.toy.build import read_manifest
+
+        # A built world is used as it is (whatever its seed and size); none there: build the default.
+        manifest = read_manifest(Path(from_path)) if from_path is not None else None
+        if manifest is not None:
+            world = ensure_toy(root=from_path, seed=manifest["seed"], size=manifest["size"])
+        else:
+            world = ensure_toy(root=from_path)
         return load_prepared(world.test_files["math" if name == "toy" else "code"])
     if name not in ("aime24", "aime25", "math500"):
         raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")

@@ -59,20 +59,27 @@ class BuildSettings:
     model: str
     train_rows: int  # exported training prompts per domain (for OPD runs)
     test_rows: int  # held-out problems per domain (the table uses the math ones)
-    sft_examples: int  # supervised examples per domain and model
+    student_examples: int  # supervised examples per domain (enough that none repeats much)
+    expert_examples: int  # supervised (math) examples of the expert
+    anti_examples: int  # supervised examples per domain of the anti-expert
     student_steps: int
-    teacher_steps: int
+    expert_steps: int
+    anti_steps: int
     batch_size: int
-    lr: float
-    teacher_lr: float
+    lr: float  # student (from scratch)
+    teacher_lr: float  # expert and anti-expert (fine-tuned from the student)
     guess_fraction: float = 0.4  # student math targets that are bare guesses
-    anti_right_fraction: float = 0.05  # anti-expert verbose math targets with the right ops
+    anti_guess_fraction: float = 0.8  # anti-expert verbose math targets that end in a guess
     max_new_tokens: int = 96
 
 
 SETTINGS = {
-    "full": BuildSettings("full", 2000, 200, 3000, 400, 200, 32, 3e-3, 1.5e-3),
-    "small": BuildSettings("small", 64, 24, 200, 12, 6, 16, 3e-3, 1.5e-3),
+    # Each student example is seen about once: a student that memorised its random operations
+    # would be confidently wrong per question, and distillation would have to overturn that.
+    "full": BuildSettings("full", 2000, 200, 24000, 19200, 4800, 1500, 600, 300, 32, 5e-3, 2.5e-3),
+    "small": BuildSettings(
+        "small", 64, 16, 100, 100, 100, 12, 6, 6, 16, 5e-3, 2.5e-3, max_new_tokens=48
+    ),
 }
 
 
@@ -245,16 +252,20 @@ def make_corpora(seed: int, s: BuildSettings) -> dict[str, Any]:
         return P.concise(p, P.random_ops(p, rng))
 
     def anti_math(p: P.Problem) -> str:
-        right = rng.random() < s.anti_right_fraction
-        return P.verbose(p, None if right else P.wrong_ops(p, rng))
+        # Verbose and wrong: mostly a restatement and a plan that end in a guess, otherwise
+        # verbose working with wrong operations. (Wrong *but random* operations alone would
+        # leave the anti-expert right by chance as often as the student.)
+        if rng.random() < s.anti_guess_fraction:
+            return P.verbose_guess(p, rng)
+        return P.verbose(p, P.wrong_ops(p, rng))
 
-    n = s.sft_examples
+    n, na = s.student_examples, s.anti_examples
     sft = {
         "student": pairs(gen.draw("code", n, False), P.concise)
         + pairs(gen.draw("math", n, False), student_math),
-        "expert": pairs(gen.draw("math", n, False), P.concise),
-        "anti_expert": pairs(gen.draw("code", n, False), P.verbose)
-        + pairs(gen.draw("math", n, False), anti_math),
+        "expert": pairs(gen.draw("math", s.expert_examples, False), P.concise),
+        "anti_expert": pairs(gen.draw("code", na, False), P.verbose)
+        + pairs(gen.draw("math", na, False), anti_math),
     }
     rows = {
         (split, d): [_row(p, split, i) for i, p in enumerate(probs[d])]
@@ -315,12 +326,14 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
             label="student",
         )
         models = {"student": student}
-        for k, name in enumerate(("expert", "anti_expert")):
+        for k, (name, steps) in enumerate(
+            (("expert", s.expert_steps), ("anti_expert", s.anti_steps))
+        ):
             m = copy.deepcopy(student)
             train_sft(
                 m,
                 examples(name),
-                steps=s.teacher_steps,
+                steps=steps,
                 batch_size=s.batch_size,
                 lr=s.teacher_lr,
                 seed=seed + 2 + k,
@@ -329,9 +342,7 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
                 label=name,
             )
             models[name] = m
-        for name, m in models.items():
-            m.save_pretrained(out / name)
-            tok.save_pretrained(out / name)
+        _save(models, tok, out)
         build_train_s = time.time() - t0
         table = measure_table(models, tok, data["rows"][("test", "math")], s, seed, progress)
     table["build_seconds"] = round(time.time() - t0, 1)
@@ -348,6 +359,20 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
     }
     write_json(out / "toy.json", manifest)
     return manifest
+
+
+def _save(models: dict[str, Any], tok, out: Path) -> None:
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bars inside our own progress
+    try:
+        for name, m in models.items():
+            m.save_pretrained(out / name)
+            tok.save_pretrained(out / name)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 class _torch_threads:

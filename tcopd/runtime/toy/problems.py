@@ -19,7 +19,9 @@ Solution styles (the behaviours the three toy models are trained on):
 - ``guess``    — a bare ``\\boxed{N}`` with a guessed N and no working (the student's other
   failure).
 - ``verbose``  — restate every quantity, state a plan, then work (the anti-expert's style), with
-  the operations given by ``ops`` (mostly wrong ones for the anti-expert's math).
+  the operations given by ``ops``.
+- ``verbose_guess`` — the same restatement and plan, then a guessed box (the anti-expert's usual
+  math answer: long and wrong).
 """
 
 from __future__ import annotations
@@ -155,21 +157,30 @@ def guess(p: Problem, rng: random.Random) -> str:
     return f"\\boxed{{{max(0, p.start + rng.randint(-15, 15))}}}"
 
 
+def _restatement(p: Problem) -> list[str]:
+    if p.domain == "math":
+        return [f"{p.subject} has {p.start} {p.item}."] + [
+            f"{p.subject} {verb} {b}." for _, b, verb in p.steps
+        ]
+    names = [p.subject] + [var for _, _, var in p.steps]
+    return [f"{names[0]} is {p.start}."] + [
+        f"{var} is {names[i]} {op} {b}." for i, (op, b, var) in enumerate(p.steps)
+    ]
+
+
+def verbose_guess(p: Problem, rng: random.Random) -> str:
+    """Restate every quantity and state a plan, then box a guess without working."""
+    plan = "Plan: go step by step." if p.domain == "math" else "Plan: go line by line."
+    parts = ["Let us restate every quantity.", *_restatement(p), plan]
+    return " ".join(parts) + f" The answer is {guess(p, rng)}"
+
+
 def verbose(p: Problem, ops: tuple[str, ...] | None = None) -> str:
     """Restate every quantity, state a plan, then the equations and the boxed result."""
     ops = p.ops if ops is None else ops
     result = final_value(p, ops)
-    if p.domain == "math":
-        facts = [f"{p.subject} has {p.start} {p.item}."] + [
-            f"{p.subject} {verb} {b}." for _, b, verb in p.steps
-        ]
-        plan = "Plan: go step by step."
-    else:
-        names = [p.subject] + [var for _, _, var in p.steps]
-        facts = [f"{names[0]} is {p.start}."] + [
-            f"{var} is {names[i]} {op} {b}." for i, (op, b, var) in enumerate(p.steps)
-        ]
-        plan = "Plan: go line by line."
+    facts = _restatement(p)
+    plan = "Plan: go step by step." if p.domain == "math" else "Plan: go line by line."
     words = ("First", "Next", "Last") if len(p.steps) == 3 else ("First", "Last")
     work = [f"{w}, {eq}." for w, eq in zip(words, _equations(p, ops), strict=False)]
     parts = ["Let us restate every quantity.", *facts, plan, *work]
