@@ -2,7 +2,7 @@
 
 Shape legend: N scored tokens (flattened over responses), H hidden size, V vocabulary, C a chunk
 of tokens. For each chunk of C rows of ``hidden_NH`` the output projection gives ``logits_CV``;
-we keep only ``logit[y] − logsumexp(logits)`` (in float32) and drop the chunk, so peak extra
+we keep only ``logit[y] − logsumexp(logits)`` (a float32 log-softmax, gathered) and drop the chunk, so peak extra
 memory is O(C × V) whatever N is (SPEC §6). With ``checkpoint=True`` the chunk's logits are
 recomputed during backward instead of being saved, so training memory is O(C × V) as well.
 
@@ -46,11 +46,12 @@ def _chunk_logprobs(
         logits_CV = torch.tanh(logits_CV / softcap) * softcap
     if temperature != 1.0:
         logits_CV = logits_CV / temperature
-    lse_C = torch.logsumexp(logits_CV, dim=-1)
-    logp_C = logits_CV.gather(-1, targets_C.unsqueeze(-1)).squeeze(-1) - lse_C
+    # One fused log_softmax over the chunk (measured faster on CPU than logsumexp + gather),
+    # then the target column; the chunk's C×V buffer is dropped on return.
+    lsm_CV = torch.log_softmax(logits_CV, dim=-1)
+    logp_C = lsm_CV.gather(-1, targets_C.unsqueeze(-1)).squeeze(-1)
     if with_entropy:
-        # H(p) = lse − Σ p·z, with p = softmax(z)
-        entropy_C = lse_C - (torch.softmax(logits_CV, dim=-1) * logits_CV).sum(-1)
+        entropy_C = -(lsm_CV.exp() * lsm_CV).sum(-1)  # H(p) = −Σ p·log p
     else:
         entropy_C = logp_C.new_zeros(())
     return logp_C, entropy_C
