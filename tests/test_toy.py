@@ -233,3 +233,16 @@ def test_load_benchmark_toy_from_world_dir_or_file(small_world):
     assert load_benchmark("toy", world.root) == expected
     assert load_benchmark("toy", world.test_files["math"]) == expected
     assert load_benchmark("toy-code", world.root) == load_prepared(world.test_files["code"])
+
+
+def test_toy_models_resolve_to_the_plain_template(small_world):
+    """The toy models were trained on plain prompts: no chat template, so `--template auto` is plain."""
+    from transformers import AutoTokenizer
+
+    from tcopd.pipelines.eval import _resolve_template
+
+    world, _ = small_world
+    for path in (world.student, world.expert, world.anti_expert):
+        tok = AutoTokenizer.from_pretrained(path)
+        assert not getattr(tok, "chat_template", None)
+        assert _resolve_template("auto", tok) == "plain"

@@ -44,7 +44,7 @@ from tcopd.runtime.toy import problems as P
 from tcopd.runtime.toy.tokenizer import build_tokenizer
 
 Progress = Callable[[str, int, int], None]
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: no chat template on the toy tokenizer
 DOMAINS = ("math", "code")
 MODEL_NAMES = ("student", "expert", "anti_expert")
 # Toy prompts carry no instruction sentence: every toy model answers in \boxed{} anyway, and the

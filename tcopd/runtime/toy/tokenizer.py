@@ -20,11 +20,9 @@ from pathlib import Path
 PAD, EOS, BOS_TURN, UNK = "<|endoftext|>", "<|im_end|>", "<|im_start|>", "<unk>"
 SPECIALS = (PAD, EOS, BOS_TURN, UNK)
 SPLIT_PATTERN = r"▁?\d|▁?[^\w\\▁]"
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-# Text the chat template adds around messages: its pieces must be in the vocabulary.
+# The toy tokenizer carries *no* chat template: the toy models are trained on plain-template
+# prompts, so `--template auto` (eval) must resolve to plain for them and their checkpoints.
+# The chat-turn pieces stay in the vocabulary so a chat template can still be added later.
 CHAT_PIECES = "user\nassistant\nsystem\n"
 
 
@@ -67,7 +65,6 @@ def build_tokenizer(texts: Iterable[str]):
         model_max_length=512,
         clean_up_tokenization_spaces=False,
     )
-    tok.chat_template = CHAT_TEMPLATE
     return tok
 
 
