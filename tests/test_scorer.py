@@ -192,7 +192,7 @@ def test_oom_halves_budget_and_retries(world, batch, monkeypatch, caplog):
     assert res.stats["micro_batches"] == len(P)
 
 
-def test_scorer_input_errors(world, batch):
+def test_scorer_input_errors(world, batch, monkeypatch):
     scorer = Scorer({"m": rm.load_causal_lm(world["tied"])})
     with pytest.raises(DataError, match="empty response"):
         scorer.score([[1, 2]], [[]])
@@ -200,6 +200,8 @@ def test_scorer_input_errors(world, batch):
         scorer.score([[1, 2]], [[100]])
     with pytest.raises(ConfigError, match="no model named"):
         scorer.score([[1]], [[2]], names=["nope"])
+    # Without a process group (an earlier in-process training run may have left a world of one).
+    monkeypatch.setattr(rs.dist, "is_initialized", lambda: False)
     with pytest.raises(ConfigError, match="torchrun"):
         Scorer({}, placement="shard")
 
