@@ -245,7 +245,7 @@ def _report(
     parts = [
         "# tcopd demo — the paper's experiment on the toy world",
         "",
-        f"Wall time: {wall / 60:.1f} min. Settings: `{out_rel(cfg)}/demo_config.yaml`.",
+        f"Wall time: {wall / 60:.1f} min. Settings: `{cfg.out}/demo_config.yaml`.",
         "",
         "```",
         render(t1, "table"),
@@ -268,6 +268,3 @@ def _report(
     ]
     return "\n".join(parts)
 
-
-def out_rel(cfg: DemoConfig) -> str:
-    return cfg.out
