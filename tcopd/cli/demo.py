@@ -6,22 +6,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table as RichTable
 
+from tcopd.cli.analyze import show
 from tcopd.cli.main import app
 from tcopd.cli.options import console
-
-
-def _rich(table: Any) -> RichTable:
-    from tcopd.pipelines.analyze.tables import format_value
-
-    out = RichTable(title=table.title, title_justify="left")
-    out.add_column(table.row_header)
-    for c in table.columns:
-        out.add_column(c, justify="right")
-    for row in table.rows:
-        out.add_row(row.label, *(format_value(v, row.fmt) for v in row.values))
-    return out
 
 
 @app.command("demo")
@@ -73,7 +61,7 @@ def demo_cmd(
     ) as bar:
         task = bar.add_task("starting", total=None)
 
-        def show(event: dict[str, Any]) -> None:
+        def on_event(event: dict[str, Any]) -> None:
             parts = [str(event.get("phase", "")), str(event.get("detail", ""))]
             if "step" in event and isinstance(event["step"], int):
                 parts.append(f"step {event['step'] + 1}")
@@ -81,9 +69,9 @@ def demo_cmd(
                 parts.append(f"{event['done']}/{event['total']}")
             bar.update(task, description=" · ".join(p for p in parts if p))
 
-        result = demo.run(cfg, show)
+        result = demo.run(cfg, on_event)
     for t in (result.table1, result.table2, result.table3):
-        console.print(_rich(t))
+        show(t, "table", None)
     for note in result.notes:
         console.print(f"• {note}")
     console.print(f"\nFigure 2 analogue: {result.figure}")

@@ -267,4 +267,3 @@ def _report(
         "",
     ]
     return "\n".join(parts)
-

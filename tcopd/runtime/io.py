@@ -82,10 +82,6 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, row
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    return [row for _, row in iter_jsonl(path)]
-
-
 def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """Rows of a ``.jsonl``/``.json``/``.parquet``/``.csv`` file as ``(row_number, row)`` (1-based)."""
     p = Path(path)
