@@ -230,3 +230,26 @@ def test_optimizer_offload_with_client_adamw(world, tmp_path, capsys):
     code, _, err = run_cli(tiny_args(world, tmp_path / "r", "--steps", "1", "--config", str(cfg)), capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "r" / "metrics.jsonl").read_text())["step"] == 1
+
+
+def test_multitask_lambda_table_from_config(tmp_path, capsys):
+    """Each prompt's domain picks its λ row; the table is validated and recorded in config.yaml."""
+    from train_fixtures import make_world
+
+    world = make_world(tmp_path / "w", n_prompts=8, domains=("math", "code"))
+    cfg = tmp_path / "mt.yaml"
+    cfg.write_text(
+        "lambda_table:\n"
+        "  math: {expert: 1.5, anti_expert: -0.5}\n"
+        "  code: {expert: -0.5, anti_expert: 1.5}\n"
+    )
+    out = tmp_path / "r"
+    code, _, err = run_cli(tiny_args(world, out, "--steps", "1", "--config", str(cfg)), capsys)
+    assert code == 0, err
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["lambda_table"]["code"] == {"expert": -0.5, "anti_expert": 1.5}
+    cfg.write_text("lambda_table:\n  math: {physics: 1.0}\n")
+    code, _, err = run_cli(tiny_args(world, tmp_path / "r2", "--config", str(cfg)), capsys)
+    assert code == 1 and "names teacher 'physics', which is not configured" in err
