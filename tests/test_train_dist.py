@@ -15,10 +15,8 @@ from train_fixtures import make_world
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.dist
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_two_process_step_keeps_replicas_identical(tmp_path, zero_stage):
-    make_world(tmp_path)
+def _run(tmp_path: Path, *extra: str) -> dict[str, str]:
+    """One tiny 2-process training step under torchrun; ``{rank: weights digest}``."""
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TCOPD_DEBUG": "1"}
     with socket.socket() as s:
@@ -33,12 +31,11 @@ def test_two_process_step_keeps_replicas_identical(tmp_path, zero_stage):
             str(port),
             str(REPO / "tests" / "dist_train_script.py"),
             str(tmp_path),
-            "--zero-stage",
-            str(zero_stage),
             "--steps",
             "1",
             "--batch-size",
             "4",
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -48,6 +45,22 @@ def test_two_process_step_keeps_replicas_identical(tmp_path, zero_stage):
     assert p.returncode == 0, p.stderr[-3000:]
     digests = dict(re.findall(r"RANK (\d) DIGEST ([0-9a-f]+)", p.stdout))
     assert set(digests) == {"0", "1"}, p.stdout
-    assert digests["0"] == digests["1"]
-    # and training changed the weights (the digest differs from a no-op run's)
     assert (tmp_path / "run" / "checkpoints" / "step-000001" / "model").is_dir()
+    return digests
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_two_process_step_keeps_replicas_identical(tmp_path, zero_stage):
+    make_world(tmp_path)
+    digests = _run(tmp_path, "--zero-stage", str(zero_stage))
+    assert digests["0"] == digests["1"]
+
+
+@pytest.mark.dist
+def test_sharded_teachers_train_exactly_like_local_ones(tmp_path):
+    """Each rank hosts one of the two teachers; the step's weights equal those of local placement."""
+    make_world(tmp_path)
+    local = _run(tmp_path, "--teacher-placement", "local")
+    shard = _run(tmp_path, "--teacher-placement", "shard")
+    assert local["0"] == local["1"] == shard["0"] == shard["1"]
