@@ -600,6 +600,8 @@ def run(
         trainer.grader.close()
     final = ckpt.latest_checkpoint(run_dir)
     digest = _digest(trainer.engine.full_state_dict())
+    if trainer.dist.distributed:
+        distributed.shutdown()  # under a launcher: tear the group down together, not at exit
     return TrainResult(run_dir, cfg.steps, row, final / "model" if final else None, digest)
 
 

@@ -130,6 +130,9 @@ def barrier() -> None:
 def shutdown() -> None:
     """Destroy the default process group if this process created one."""
     if dist.is_available() and dist.is_initialized():
+        # Everyone arrives first: a rank that tears down while another still talks to the store
+        # (rank 0 hosts it) aborts the process ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 
