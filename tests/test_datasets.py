@@ -19,17 +19,7 @@ from tcopd.runtime.prompts import DEFAULT_INSTRUCTION
 FIX = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    # The libraries read these at import time too: patch their constants so that even a process
-    # that imported them earlier (another test) never tries the network.
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import datasets
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
+pytestmark = pytest.mark.usefixtures("offline_hub")  # tests/conftest.py
 
 
 def _check_row(row):

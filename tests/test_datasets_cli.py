@@ -14,15 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FIX = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import datasets
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
+pytestmark = pytest.mark.usefixtures("offline_hub")  # tests/conftest.py
 
 
 def _cli(args, capsys):
