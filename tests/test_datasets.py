@@ -88,6 +88,27 @@ def test_aime25_joins_configs_and_repairs_control_characters():
     assert any("repaired" in n for n in report.notes)
 
 
+def test_toy_package_does_not_import_datasets():
+    # datasets.load_benchmark("toy") imports the toy package; the toy package must not import
+    # datasets back (the rows both build come from tcopd.runtime.rows).
+    import ast
+
+    import tcopd.runtime.rows as rows_module
+    import tcopd.runtime.toy as toy
+
+    files = [*Path(toy.__file__).parent.glob("*.py"), Path(rows_module.__file__)]
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert "tcopd.runtime.datasets" not in names, f"{f.name} imports tcopd.runtime.datasets"
+    assert ds.make_row is rows_module.make_row
+
+
 @pytest.mark.parametrize(
     "raw, fixed",
     [

@@ -43,6 +43,7 @@ from typing import Any
 from tcopd.errors import DataError
 from tcopd.runtime.io import read_rows
 from tcopd.runtime.prompts import DEFAULT_INSTRUCTION
+from tcopd.runtime.rows import make_row
 
 REQUIRED_FIELDS = ("data_source", "prompt", "ability", "reward_model", "extra_info", "domain")
 SOURCES = ("deepmath", "gopd-math", "aime24", "aime25", "math500")
@@ -95,30 +96,7 @@ class LoadReport:
     notes: list[str] = field(default_factory=list)
 
 
-# ------------------------------------------------------------------------------- row building
-
-
-def make_row(
-    question: str,
-    answer: str,
-    *,
-    data_source: str,
-    domain: str = "math",
-    split: str = "train",
-    index: int = 0,
-    instruction: str = DEFAULT_INSTRUCTION,
-    ability: str | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One prepared row: the user turn is ``question + instruction``."""
-    return {
-        "data_source": data_source,
-        "prompt": [{"role": "user", "content": question + instruction}],
-        "ability": ability or domain,
-        "reward_model": {"style": "rule", "ground_truth": answer},
-        "extra_info": {"split": split, "index": index, "question": question, **(extra or {})},
-        "domain": domain,
-    }
+# ---------------------------------------------------------------------------- field checking
 
 
 def answer_text(value: Any, where: str) -> str:

@@ -40,6 +40,7 @@ from typing import Any
 from tcopd.errors import DataError
 from tcopd.runtime.io import atomic_write_text, write_json, write_jsonl, write_parquet
 from tcopd.runtime.prompts import render_prompt
+from tcopd.runtime.rows import make_row
 from tcopd.runtime.toy import problems as P
 from tcopd.runtime.toy.tokenizer import build_tokenizer
 
@@ -201,8 +202,6 @@ def _prompt(question: str) -> str:
 
 
 def _row(p: P.Problem, split: str, index: int) -> dict[str, Any]:
-    from tcopd.runtime.datasets import make_row
-
     return make_row(
         p.question,
         str(p.answer),

@@ -1,0 +1,36 @@
+"""The prepared-row builder, shared by the dataset loaders and the toy world.
+
+Its own module so that :mod:`tcopd.runtime.toy` need not import :mod:`tcopd.runtime.datasets`
+(which imports the toy package to serve the ``toy`` benchmark): the dependency goes one way.
+The row format is described in :mod:`tcopd.runtime.datasets` and docs/internals.md "Data".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tcopd.runtime.prompts import DEFAULT_INSTRUCTION
+
+
+def make_row(
+    question: str,
+    answer: str,
+    *,
+    data_source: str,
+    domain: str = "math",
+    split: str = "train",
+    index: int = 0,
+    instruction: str = DEFAULT_INSTRUCTION,
+    ability: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One prepared row: the user turn is ``question + instruction``."""
+    return {
+        "data_source": data_source,
+        "prompt": [{"role": "user", "content": question + instruction}],
+        "ability": ability or domain,
+        "reward_model": {"style": "rule", "ground_truth": answer},
+        "extra_info": {"split": split, "index": index, "question": question, **(extra or {})},
+        "domain": domain,
+    }
