@@ -88,6 +88,74 @@ def test_aime25_joins_configs_and_repairs_control_characters():
     assert any("repaired" in n for n in report.notes)
 
 
+def test_aime25_math_ai_layout_one_file_is_accepted_and_repaired():
+    # math-ai's copy: one file, columns problem/answer/id, raw \x0c before "rac" and a tab before
+    # "riangle" (a JSON "\frac" / "\triangle" whose backslash was not escaped).
+    raw = [json.loads(line) for line in (FIX / "aime25_mathai.jsonl").read_text().splitlines()]
+    assert set(raw[0]) == {"problem", "answer", "id"}
+    assert "\x0crac" in raw[1]["problem"] and "\triangle" in raw[2]["problem"]
+    report = ds.LoadReport()
+    rows = ds.load_source("aime25", FIX / "aime25_mathai.jsonl", report=report)
+    assert [r["reward_model"]["ground_truth"] for r in rows] == ["70", "75", "5", "6"]
+    questions = [r["extra_info"]["question"] for r in rows]
+    assert questions[1] == "Let $x = \\frac{3}{4}$. Find $100x$."
+    assert questions[2].startswith("In $\\triangle ABC$")
+    assert questions[3] == "Compute $12 \\cdot \\frac{1}{4} + 3$."
+    assert "\\frac{3}{4}" in rows[1]["prompt"][0]["content"]
+    assert not any(ord(c) < 32 for r in rows for c in r["prompt"][0]["content"] if c != "\n")
+    assert [r["extra_info"]["id"] for r in rows] == ["0", "1", "2", "3"]
+    assert (report.read, report.kept, report.repaired) == (4, 4, 3)
+    assert "repaired lost backslash escapes in 3 row(s)" in report.notes
+
+
+@pytest.mark.parametrize(
+    "part, answers", [("AIME2025-I.jsonl", ["70", "75"]), ("AIME2025-II.jsonl", ["6"])]
+)
+def test_aime25_opencompass_one_part_file(part, answers):
+    rows = ds.load_source("aime25", FIX / "aime25" / part)
+    assert [r["reward_model"]["ground_truth"] for r in rows] == answers
+
+
+def test_aime25_without_a_question_column_names_both_layouts(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "x?", "answer": "1"}) + "\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) 'question' \(or 'problem'\)"):
+        ds.load_source("aime25", tmp_path / "a.jsonl")
+
+
+@pytest.mark.parametrize(
+    "path, question_field, n",
+    [
+        (FIX / "aime25_mathai.jsonl", "problem", 3),
+        (FIX / "aime25" / "AIME2025-I.jsonl", "question", 1),
+    ],
+)
+def test_file_source_repairs_control_characters_like_the_benchmarks(path, question_field, n):
+    report = ds.LoadReport()
+    rows = ds.load_file(path, question_field=question_field, report=report)
+    prompts = "".join(r["prompt"][0]["content"] for r in rows)
+    assert "\\frac" in prompts and "\\triangle" in prompts
+    assert "\x0c" not in prompts and "\t" not in prompts
+    assert report.repaired == n and f"repaired lost backslash escapes in {n} row(s)" in report.notes
+
+
+def test_file_source_rejects_unrepairable_control_characters(tmp_path):
+    p = tmp_path / "qa.jsonl"
+    p.write_text(json.dumps({"question": "ok", "answer": "1"}) + "\n")
+    p.write_text(p.read_text() + json.dumps({"question": "a\x01b", "answer": "2"}) + "\n")
+    with pytest.raises(DataError, match="qa.jsonl row 1: control character"):
+        ds.load_file(p)
+
+
+def test_file_source_of_another_domain_keeps_tabs_and_newlines(tmp_path):
+    # Code is not LaTeX: a tab-indented line or a line starting "i = " is not a lost escape.
+    code = "for i in range(3):\n\tif i:\n\t\tprint(i)\ni = 5\nprint(i)"
+    p = tmp_path / "code.jsonl"
+    p.write_text(json.dumps({"question": code, "answer": "1\n2\n5"}) + "\n")
+    report = ds.LoadReport()
+    rows = ds.load_file(p, domain="code", instruction="", report=report)
+    assert rows[0]["prompt"][0]["content"] == code and report.repaired == 0
+
+
 def test_toy_package_does_not_import_datasets():
     # datasets.load_benchmark("toy") imports the toy package; the toy package must not import
     # datasets back (the rows both build come from tcopd.runtime.rows).

@@ -42,6 +42,51 @@ def test_prepare_aime25_from_local_copy(tmp_path, capsys):
     assert "\\frac{3}{4}" in rows[1]["prompt"][0]["content"]
 
 
+def test_prepare_aime25_from_math_ai_copy_repairs_and_reports(tmp_path, capsys):
+    from tcopd.runtime.datasets import load_prepared
+
+    code, out, err = _cli(
+        ["prepare", "aime25", "--from", str(FIX / "aime25_mathai.jsonl"), "--out", str(tmp_path)],
+        capsys,
+    )
+    assert code == 0, err
+    assert "4 rows from aime25" in out and "repaired lost backslash escapes in 3 row(s)" in out
+    prompts = [r["prompt"][0]["content"] for r in load_prepared(tmp_path / "aime25.parquet")]
+    assert "\\frac{3}{4}" in prompts[1] and "\\triangle ABC" in prompts[2]
+    assert not any(c in p for p in prompts for c in "\x0c\t")
+
+
+@pytest.mark.parametrize(
+    "path, extra, n",
+    [
+        (FIX / "aime25_mathai.jsonl", ["--question-field", "problem"], 3),
+        (FIX / "aime25" / "AIME2025-I.jsonl", [], 1),
+    ],
+)
+def test_prepare_file_repairs_control_characters_and_reports(tmp_path, capsys, path, extra, n):
+    code, out, err = _cli(["prepare", "file", str(path), "--out", str(tmp_path), *extra], capsys)
+    assert code == 0, err
+    assert f"repaired lost backslash escapes in {n} row(s)" in out
+    rows = [json.loads(line) for line in (tmp_path / f"{path.stem}.jsonl").read_text().splitlines()]
+    prompts = "".join(r["prompt"][0]["content"] for r in rows)
+    assert "\\frac" in prompts and "\\triangle" in prompts
+    assert "\x0c" not in prompts and "\t" not in prompts
+
+
+def test_prepare_pipeline_returns_the_repaired_count(tmp_path):
+    from tcopd.pipelines.prepare import PrepareConfig, run
+
+    cfg = PrepareConfig(
+        source="file",
+        path=str(FIX / "aime25_mathai.jsonl"),
+        question_field="problem",
+        out=str(tmp_path),
+    )
+    result = run(cfg)
+    assert (result.rows, result.read, result.repaired) == (4, 4, 3)
+    assert "repaired lost backslash escapes in 3 row(s)" in result.notes
+
+
 def test_prepare_deepmath_reports_survivors(tmp_path, capsys):
     code, out, err = _cli(
         [

@@ -30,7 +30,9 @@ def prepare(
     from_path: Annotated[
         Path | None,
         typer.Option(
-            "--from", help="Local copy in the Hub's column layout (file or directory); no download."
+            "--from",
+            help="Local copy in the Hub's column layout (file or directory; aime24/aime25: "
+            "a 'problem' or 'question' column); no download.",
         ),
     ] = None,
     out_name: Annotated[

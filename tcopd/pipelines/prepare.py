@@ -10,6 +10,9 @@ Choices:
   ``extra_info.prompt_text`` so the exact model input can be inspected.
 - Output is ``<out>/<name>.parquet`` plus a JSONL copy, each written atomically; an empty result
   is an error, never an empty file.
+- Control characters: the benchmarks and math-domain ``file`` rows share one rule
+  (:func:`tcopd.runtime.datasets.repair_control_chars`): lost LaTeX escapes are repaired and
+  the repaired rows counted in ``PrepareResult.repaired`` (and a note); anything else is an error.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ class PrepareConfig:
         None, help="Output directory (toy: the world's directory, default under the user cache)."
     )
     from_path: str | None = setting(
-        None, help="Local copy of a named source in the Hub's column layout (file or directory)."
+        None,
+        help="Local copy of a named source in the Hub's column layout (file or directory); "
+        "aime24/aime25 accept a 'problem' or a 'question' column.",
     )
     path: str | None = setting(None, help="Input file for source 'file' (jsonl/json/parquet/csv).")
     name: str | None = setting(
@@ -51,7 +56,9 @@ class PrepareConfig:
     )
     question_field: str = setting("question", help="Question column of a 'file' source.")
     answer_field: str = setting("answer", help="Answer column of a 'file' source.")
-    domain: str = setting("math", help="Domain label of a 'file' source's rows.")
+    domain: str = setting(
+        "math", help="Domain label of a 'file' source's rows (math rows get control-char repair)."
+    )
     min_difficulty: float = setting(6.0, help="deepmath: keep rows with difficulty >= this.")
     instruction: str = setting(
         DEFAULT_INSTRUCTION, help="Sentence appended to every question (G-OPD's by default)."

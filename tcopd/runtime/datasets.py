@@ -16,18 +16,22 @@ name        Hub id (config / file)                        columns used
 deepmath    zwhe99/DeepMath-103K                          question, final_answer, difficulty
 gopd-math   Keven16/G-OPD-Training-Data                   verl rows (prompt, reward_model, ...)
             (DeepMath-103K/train_filtered_level6.parquet)
-aime24      HuggingFaceH4/aime_2024                       problem, answer (AI-MO's layout with
-                                                          ``url``: rows whose url has 2024)
-aime25      opencompass/AIME2025 (AIME2025-I + -II, test) question, answer
+aime24      HuggingFaceH4/aime_2024                       problem (or question), answer (AI-MO's
+                                                          layout with ``url``: rows whose url
+                                                          has 2024)
+aime25      opencompass/AIME2025 (AIME2025-I + -II, test) question (or problem: math-ai's one-file
+                                                          copy), answer
 math500     HuggingFaceH4/MATH-500 (test)                 problem, answer
 ==========  ============================================  ========================================
 
 Control characters: some AIME 2025 copies hold ``\\x0crac`` where ``\\frac`` lost its
-backslash escape. The benchmarks (aime24, aime25, math500) are repaired — a form feed, tab,
-backspace, carriage return, bell or vertical tab followed by a letter becomes ``\\f``, ``\\t``,
-``\\b``, ``\\r``, ``\\a``, ``\\v`` (a newline only before a known command tail such as ``eq``,
-``u``, ``abla``) — and any other control character is rejected with the row named. Nothing is
-passed on silently: the number of repaired rows is reported.
+backslash escape. The benchmarks (aime24, aime25, math500) and math-domain ``load_file`` rows
+are repaired — a form feed, tab, backspace, carriage return, bell or vertical tab followed by a
+letter becomes ``\\f``, ``\\t``, ``\\b``, ``\\r``, ``\\a``, ``\\v`` (a newline only before a
+known command tail such as ``eq``, ``u``, ``abla``) — and any other control character is rejected
+with the row named. Nothing is passed on silently: the number of repaired rows is reported.
+Rows of another domain (code) are left as they are: a tab or a newline before a letter is code
+there, not a lost escape.
 
 This is the only module that imports ``datasets`` (lazily, so importing it is cheap).
 """
@@ -53,7 +57,11 @@ ROW_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 @dataclass(frozen=True)
 class HubSource:
-    """Where a named source lives on the Hub and which columns it needs."""
+    """Where a named source lives on the Hub and which columns it needs.
+
+    ``question_alt`` is the question column of another common public copy, used when a local
+    copy has it instead of ``question``.
+    """
 
     hub_id: str
     question: str
@@ -62,6 +70,7 @@ class HubSource:
     configs: tuple[str | None, ...] = (None,)
     data_files: str | None = None
     repair: bool = False
+    question_alt: str | None = None
 
 
 HUB = {
@@ -73,7 +82,14 @@ HUB = {
         "train",
         data_files="DeepMath-103K/train_filtered_level6.parquet",
     ),
-    "aime24": HubSource("HuggingFaceH4/aime_2024", "problem", "answer", "train", repair=True),
+    "aime24": HubSource(
+        "HuggingFaceH4/aime_2024",
+        "problem",
+        "answer",
+        "train",
+        repair=True,
+        question_alt="question",
+    ),
     "aime25": HubSource(
         "opencompass/AIME2025",
         "question",
@@ -81,6 +97,7 @@ HUB = {
         "test",
         ("AIME2025-I", "AIME2025-II"),
         repair=True,
+        question_alt="problem",  # math-ai/aime25: one file of 30 rows (problem, answer, id)
     ),
     "math500": HubSource("HuggingFaceH4/MATH-500", "problem", "answer", "test", repair=True),
 }
@@ -147,6 +164,19 @@ def repair_control_chars(text: str, where: str) -> tuple[str, bool]:
     return fixed, fixed != text
 
 
+def _repair_row(q: str, a: str, where: str, report: LoadReport) -> tuple[str, str]:
+    """Question and answer through :func:`repair_control_chars`; counts the row if either changed."""
+    q, q_fixed = repair_control_chars(q, where)
+    a, a_fixed = repair_control_chars(a, where)
+    report.repaired += int(q_fixed or a_fixed)
+    return q, a
+
+
+def _note_repairs(report: LoadReport) -> None:
+    if report.repaired:
+        report.notes.append(f"repaired lost backslash escapes in {report.repaired} row(s)")
+
+
 # ------------------------------------------------------------------------------ raw loading
 
 
@@ -203,15 +233,22 @@ def read_hub(name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def check_columns(rows: Sequence[Mapping[str, Any]], needed: Iterable[str], what: str) -> None:
+def check_columns(
+    rows: Sequence[Mapping[str, Any]],
+    needed: Iterable[str],
+    what: str,
+    alternatives: Mapping[str, str] | None = None,
+) -> None:
+    """A DataError naming the missing columns (and ``alternatives[c]``, another accepted name)."""
     if not rows:
         raise DataError(f"{what}: no rows")
     present = list(rows[0].keys())
     missing = [c for c in needed if c not in rows[0]]
     if missing:
+        alt = alternatives or {}
+        names = [repr(c) + (f" (or {alt[c]!r})" if c in alt else "") for c in missing]
         raise DataError(
-            f"{what}: missing column(s) {', '.join(repr(c) for c in missing)}; "
-            f"the columns are: {', '.join(present)}"
+            f"{what}: missing column(s) {', '.join(names)}; the columns are: {', '.join(present)}"
         )
 
 
@@ -255,10 +292,11 @@ def _plain_rows(
 ) -> list[dict[str, Any]]:
     src = HUB[name]
     q_col, a_col = src.question, src.answer
-    if name == "aime24" and raw and "problem" not in raw[0] and "question" in raw[0]:
-        q_col = "question"
+    if src.question_alt and raw and q_col not in raw[0] and src.question_alt in raw[0]:
+        q_col = src.question_alt
     needed = [q_col, a_col] + (["difficulty"] if name == "deepmath" else [])
-    check_columns(raw, needed, what)
+    alternatives = {src.question: src.question_alt} if src.question_alt else None
+    check_columns(raw, needed, what, alternatives)
     if name == "aime24" and "url" in raw[0]:  # AI-MO/aimo-validation-aime: 2022–2024 mixed
         raw = [r for r in raw if "2024" in str(r.get("url", ""))]
         report.notes.append(f"kept {len(raw)} rows whose url contains 2024")
@@ -274,12 +312,12 @@ def _plain_rows(
                 ) from None
             if difficulty < min_difficulty:
                 continue
-        q, a = question_text(r[q_col], where), answer_text(r[a_col], where)
+        q, a = question_text(r.get(q_col), where), answer_text(r.get(a_col), where)
         if src.repair:
-            q, q_fixed = repair_control_chars(q, where)
-            a, a_fixed = repair_control_chars(a, where)
-            report.repaired += int(q_fixed or a_fixed)
+            q, a = _repair_row(q, a, where, report)
         extra: dict[str, Any] = {"source": src.hub_id, "source_index": i}
+        if "id" in r:  # public copies number their rows (math-ai's aime25, H4's aime24)
+            extra["id"] = str(r["id"])
         if name == "deepmath":
             extra.update(difficulty=float(r["difficulty"]), topic=str(r.get("topic", "")))
         if name == "math500":
@@ -302,8 +340,7 @@ def _plain_rows(
         )
     if name == "deepmath":
         report.notes.append(f"{len(rows)} of {len(raw)} rows have difficulty >= {min_difficulty:g}")
-    if src.repair and report.repaired:
-        report.notes.append(f"repaired lost backslash escapes in {report.repaired} row(s)")
+    _note_repairs(report)
     return rows
 
 
@@ -347,14 +384,22 @@ def load_file(
     instruction: str = DEFAULT_INSTRUCTION,
     report: LoadReport | None = None,
 ) -> list[dict[str, Any]]:
-    """Prepared rows of any local jsonl/json/parquet/csv file with a question and answer field."""
+    """Prepared rows of any local jsonl/json/parquet/csv file with a question and answer field.
+
+    Math rows get the benchmarks' control-character rule (module docstring): lost LaTeX escapes
+    are repaired and counted in ``report``, any other control character is rejected. Rows of
+    another domain are left as they are (tabs and newlines are code there).
+    """
+    report = report if report is not None else LoadReport()
     raw = read_local(path)
     what = str(path)
     check_columns(raw, [question_field, answer_field], what)
     rows = []
     for i, r in enumerate(raw):
         where = f"{what} row {i}"
-        q, a = question_text(r[question_field], where), answer_text(r[answer_field], where)
+        q, a = question_text(r.get(question_field), where), answer_text(r.get(answer_field), where)
+        if domain == "math":
+            q, a = _repair_row(q, a, where, report)
         rows.append(
             make_row(
                 q,
@@ -367,8 +412,8 @@ def load_file(
                 extra={"source": what},
             )
         )
-    if report is not None:
-        report.read = report.kept = len(rows)
+    report.read = report.kept = len(rows)
+    _note_repairs(report)
     return rows
 
 
