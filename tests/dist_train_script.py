@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_fixtures import TinyWorld, tiny_args  # noqa: E402
 
 from tcopd.pipelines import train  # noqa: E402
-from tcopd.pipelines.train_config import load_train_config  # noqa: E402
+from tcopd.pipelines.train.config import load_train_config  # noqa: E402
 
 root = Path(sys.argv[1])
 world = TinyWorld(*(root / n for n in ("student", "expert", "anti", "data.jsonl", "tokenizer")))

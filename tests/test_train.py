@@ -93,9 +93,10 @@ def test_one_full_run_end_to_end(world, tmp_path, capsys):
 def test_opd_gradient_equals_reverse_kl_gradient(world):
     """λ = 1, one teacher, on-policy (ρ = 1): ∇loss = ∇ (1/N) Σ_t sg(lp_θ − lp_T)·lp_θ (reverse KL)."""
     from tcopd.core.objective import policy_loss
-    from tcopd.pipelines.train_step import compute_advantages, pad_right
+    from tcopd.core.signal import pad_right, training_signal
+    from tcopd.core.teachers import TeacherSpec
+    from tcopd.runtime.forward import model_response_logprobs
     from tcopd.runtime.models import load_causal_lm
-    from tcopd.runtime.scorer import model_response_logprobs
 
     student = load_causal_lm(world.student).train()
     teacher = load_causal_lm(world.expert)
@@ -117,7 +118,15 @@ def test_opd_gradient_equals_reverse_kl_gradient(world):
         lp_T = pad_right([x.float() for x in naive(teacher, torch.float64)], 4)
         lp_old = pad_right([x.float() for x in naive(student, torch.float64)], 4)
     mask = pad_right([torch.ones(len(r)) for r in responses], 4)
-    _, adv = compute_advantages(lp_T[None], lp_old, lp_old, mask, torch.ones(2, 1), "active", 1.0)
+    rows = lambda t: [t[b, : len(r)] for b, r in enumerate(responses)]  # noqa: E731
+    signal = training_signal(
+        rows(lp_old),
+        rows(lp_old),
+        {"t": rows(lp_T)},
+        [TeacherSpec("t", "-", 1.0)],
+        domains=[None] * 2,
+    )
+    adv = signal.adv_BT
     new = model_response_logprobs(student, prompts, responses)
     loss, _ = policy_loss(new, lp_old, adv, mask)
     ours = torch.autograd.grad(loss, list(student.parameters()))
@@ -136,9 +145,9 @@ def test_kill_and_resume_reaches_the_same_weights(world, tmp_path):
     args = lambda out: tiny_args(world, out, "--steps", "3")  # noqa: E731
     p = subprocess.run(cmd + args(full), env=env, capture_output=True)
     assert p.returncode == 0, p.stderr.decode()[-3000:]
-    p = subprocess.run(
-        cmd + args(killed), env={**env, "TCOPD_TEST_KILL_AT_STEP": "3"}, capture_output=True
-    )
+    # kill_at_step.py: the CLI, SIGKILLed after step 3 and before its checkpoint
+    kill = [sys.executable, str(REPO / "tests" / "kill_at_step.py"), "3"]
+    p = subprocess.run(kill + args(killed), env=env, capture_output=True)
     assert p.returncode == -9, p.stderr.decode()[
         -2000:
     ]  # SIGKILL after step 3, before its checkpoint
@@ -227,7 +236,9 @@ def test_optimizer_offload_with_client_adamw(world, tmp_path, capsys):
     """ZeRO-Offload keeps the client torch AdamW (DeepSpeed would otherwise demand its C++ Adam)."""
     cfg = tmp_path / "off.yaml"
     cfg.write_text("offload_optimizer: true\n")
-    code, _, err = run_cli(tiny_args(world, tmp_path / "r", "--steps", "1", "--config", str(cfg)), capsys)
+    code, _, err = run_cli(
+        tiny_args(world, tmp_path / "r", "--steps", "1", "--config", str(cfg)), capsys
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "r" / "metrics.jsonl").read_text())["step"] == 1
 

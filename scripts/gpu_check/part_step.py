@@ -5,11 +5,11 @@ DeepSpeed ZeRO-3 with gradient checkpointing (the paper's Table 2 set-up, on one
 generation: a 4B HF ``generate`` of long responses would take the whole time window, and the
 rollout engine is checked separately (part 4), so the responses are random token ids of
 realistic lengths. What is timed is everything after the rollout, through the library's own
-functions, as ``tcopd.pipelines.train._Trainer.step`` calls them:
+functions, as ``tcopd.pipelines.train.step.train_step`` calls them:
 
-1. π_old: ``old_policy_logprobs`` on the training module (as with the vLLM engine);
+1. π_old: ``batched_response_logprobs`` on the training module (as with the vLLM engine);
 2. π_ref + teachers: ``Scorer.score`` with the teachers' placement;
-3. advantages (``compute_advantages``), then one PPO update (``ppo_update`` through
+3. advantages (``training_signal``), then one PPO update (``ppo_update`` through
    ``TrainEngine``: one epoch, one mini-batch, so one optimizer step).
 
 Each phase records its time and CUDA's peak allocated memory. Under ``offload`` the scorer keeps
@@ -53,7 +53,7 @@ def _train_engine(student, cfg, bf16: bool, offload_optimizer: bool):
 def run(opts: dict[str, Any], rec) -> None:
     import torch
 
-    from tcopd.pipelines.train_config import TrainConfig
+    from tcopd.pipelines.train.config import TrainConfig
 
     tiny = bool(opts.get("tiny"))
     device, dtype = device_and_dtype(opts)
@@ -171,15 +171,12 @@ def _one_step(
     engine, reference, teachers, prompts, responses, placement, device, cfg
 ) -> dict[str, dict[str, Any]]:
     """Score π_old, π_ref and the teachers, compute advantages, one PPO update; per-phase stats."""
-    import torch
-
-    from tcopd.pipelines.train_step import (
-        Batch,
-        compute_advantages,
-        old_policy_logprobs,
-        pad_right,
-        ppo_update,
-    )
+    from tcopd.core.objective import PPOLoss
+    from tcopd.core.signal import training_signal
+    from tcopd.core.teachers import TeacherSpec
+    from tcopd.pipelines.train.update import UpdateBatch, UpdateSettings, ppo_update
+    from tcopd.runtime.distributed import Reduce
+    from tcopd.runtime.forward import batched_response_logprobs
     from tcopd.runtime.scorer import Scorer
 
     scorer = Scorer(
@@ -195,35 +192,31 @@ def _one_step(
     out: dict[str, dict[str, Any]] = {ph: {} for ph in PHASES}
     with phase(device, out["step"]):
         with phase(device, out["π_old"]):
-            old_lp, _ = old_policy_logprobs(
+            old_lp, _ = batched_response_logprobs(
                 engine.module, prompts, responses, cfg.score_token_budget, cfg.chunk_size
             )
         step_peak = [out["π_old"]["peak_gb"]]
         with phase(device, out["ref + teachers"]):
             scored = scorer.score(prompts, responses)
         step_peak.append(out["ref + teachers"]["peak_gb"])
-        T = max(len(r) for r in responses)
-        mask_BT = pad_right([torch.ones(len(r)) for r in responses], T)
-        old_BT = pad_right(old_lp, T)
-        ref_BT = pad_right(scored.logprobs["reference"], T)
-        teacher_KBT = torch.stack([pad_right(scored.logprobs[n], T) for n in teachers])
-        lam_BK = torch.tensor([[LAMBDAS[n] for n in teachers]] * len(responses))
-        _, adv_BT = compute_advantages(
-            teacher_KBT, ref_BT, old_BT, mask_BT, lam_BK, cfg.teacher_normalization, cfg.beta
+        # The trainer's own signal (core/signal.py) and update (pipelines/train/update.py).
+        signal = training_signal(
+            old_lp,
+            scored.logprobs["reference"],
+            {n: scored.logprobs[n] for n in teachers},
+            [TeacherSpec(n, n, LAMBDAS[n]) for n in teachers],
+            domains=[None] * len(responses),
+            normalization=cfg.teacher_normalization,
+            beta=cfg.beta,
         )
         with phase(device, out["update"]):
             upd = ppo_update(
                 engine,
-                Batch(prompts, responses, mask_BT, old_BT, adv_BT, None),
-                epochs=1,
-                mini_batches=1,
-                token_budget=cfg.train_token_budget,
-                chunk_size=cfg.chunk_size,
-                clip_eps=cfg.clip_eps,
-                clip_eps_high=cfg.clip_eps_high,
-                dual_clip=cfg.dual_clip,
-                aggregation=cfg.aggregation,
+                UpdateBatch(prompts, responses, signal.mask_BT, signal.old_BT, signal.adv_BT, None),
+                PPOLoss(cfg.clip_eps, cfg.clip_eps_high, cfg.dual_clip, cfg.aggregation),
+                UpdateSettings(1, 1, cfg.train_token_budget, cfg.chunk_size),
                 seed=0,
+                reduce=Reduce(),
             )
         step_peak.append(out["update"]["peak_gb"])
     out["update"].update(loss=upd["loss"], grad_norm=upd["grad_norm"])

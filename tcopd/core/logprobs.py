@@ -36,7 +36,9 @@ def _chunk_logprobs(
     """``log p(y)`` (and the entropy of p) for one chunk; logits live only inside this call."""
     # The projection runs in the model's dtype (bf16 on GPU, as the HF forward does); everything
     # after it runs in float32 so that the log-sum-exp over 152k entries does not lose precision.
-    if callable(weight_VH):  # a projection module (ZeRO-3: its weight exists only inside its forward)
+    if callable(
+        weight_VH
+    ):  # a projection module (ZeRO-3: its weight exists only inside its forward)
         logits_CV = weight_VH(hidden_CH).float()
     else:
         logits_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V).float()

@@ -9,6 +9,7 @@ rollouts, detached, and then held fixed across the PPO epochs on that batch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -17,6 +18,9 @@ Normalization = Literal["active", "all", "none"]
 Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
 NORMALIZATIONS: tuple[str, ...] = ("active", "all", "none")
 AGGREGATIONS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+# |lp_θ − lp_old| is clamped to this before exp (verl's value): one token with old = −95 and
+# new = −2 would otherwise overflow exp in the backward and turn its gradient into NaN.
+LOG_RATIO_CLAMP = 20.0
 
 
 def teacher_weights(lambdas: torch.Tensor, normalization: Normalization = "active") -> torch.Tensor:
@@ -141,13 +145,14 @@ def clipped_policy_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO clipped surrogate loss with dual-clip (SPEC §1).
 
-    ``ρ = exp(lp_θ − lp_old)``; objective ``o = min(ρA, clip(ρ, 1−ε, 1+ε_high)A)``; for A < 0 the
+    ``ρ = exp(clamp(lp_θ − lp_old, ±20))`` (:data:`LOG_RATIO_CLAMP`); objective ``o = min(ρA, clip(ρ, 1−ε, 1+ε_high)A)``; for A < 0 the
     loss is further capped at ``−c·A`` (dual-clip, c = ``dual_clip``). Returns
     ``(loss_BT, clipped_BT)`` with ``loss = −o`` and a 0/1 map of tokens whose gradient was
     clipped away (by either clip).
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    ratio_BT = torch.exp(new_logp_BT - old_logp_BT)
+    log_ratio_BT = (new_logp_BT - old_logp_BT).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio_BT = torch.exp(log_ratio_BT)
     loss_unclipped = -adv_BT * ratio_BT
     loss_clipped = -adv_BT * ratio_BT.clamp(1.0 - clip_eps, 1.0 + eps_high)
     loss_BT = torch.maximum(loss_unclipped, loss_clipped)
@@ -187,7 +192,7 @@ def policy_loss(
     loss = aggregate(loss_BT, mask_BT, aggregation, num_tokens, num_seqs)
     with torch.no_grad():
         n = mask_BT.sum().clamp(min=1)
-        log_ratio = (new_logp_BT - old_logp_BT) * mask_BT
+        log_ratio = (new_logp_BT - old_logp_BT).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP) * mask_BT
         stats = {
             "clip_fraction": (clipped_BT * mask_BT).sum() / n,
             "ratio_mean": (torch.exp(log_ratio) * mask_BT).sum() / n,
@@ -195,3 +200,41 @@ def policy_loss(
             "approx_kl": ((torch.exp(log_ratio) - 1 - log_ratio) * mask_BT).sum() / n,
         }
     return loss, stats
+
+
+@dataclass(frozen=True)
+class PPOLoss:
+    """The clipped-loss settings bound once (torchtune's ``PPOLoss(epsilon=…)``), tensors per call.
+
+    ``loss, stats = PPOLoss(clip_eps=0.2)(new_logp_BT, old_logp_BT, adv_BT, mask_BT)`` is
+    :func:`policy_loss` with these settings.
+    """
+
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    dual_clip: float | None = 3.0
+    aggregation: Aggregation = "token-mean"
+
+    def __call__(
+        self,
+        new_logp_BT: torch.Tensor,
+        old_logp_BT: torch.Tensor,
+        adv_BT: torch.Tensor,
+        mask_BT: torch.Tensor,
+        is_weight_BT: torch.Tensor | None = None,
+        num_tokens: float | None = None,
+        num_seqs: float | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return policy_loss(
+            new_logp_BT,
+            old_logp_BT,
+            adv_BT,
+            mask_BT,
+            self.clip_eps,
+            self.clip_eps_high,
+            self.dual_clip,
+            is_weight_BT,
+            self.aggregation,
+            num_tokens,
+            num_seqs,
+        )

@@ -113,7 +113,7 @@ def run(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
     """See the module docstring."""
     from tcopd.pipelines import train as train_pipeline
     from tcopd.pipelines.analyze import cost, curves, length
-    from tcopd.pipelines.train_config import load_train_config
+    from tcopd.pipelines.train.config import load_train_config
     from tcopd.runtime.toy import ensure_toy
 
     progress = progress or (lambda event: None)

@@ -30,12 +30,12 @@ import torch
 import torch.distributed as dist
 
 from tcopd.config import field, write_resolved
-from tcopd.core.objective import NORMALIZATIONS, advantage, contrastive_reward, teacher_weights
+from tcopd.core.objective import NORMALIZATIONS
+from tcopd.core.signal import Signal, training_signal
 from tcopd.core.teachers import (
     TeacherSpec,
     active_teachers,
     build_teacher_specs,
-    lambda_matrix,
     validate_lambda_table,
 )
 from tcopd.errors import ConfigError, DataError
@@ -253,16 +253,14 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
         logprobs["reference"] = logprobs["student"]
 
     # 4. Reward and advantage (SPEC §1), then the output rows.
-    out_rows, reward_BT, adv_BT, mask_BT, ratios = _rewards(
-        config, specs, active, table, mine, logprobs
-    )
-    tokens = int(mask_BT.sum().item())
+    out_rows, signal = _rewards(config, specs, active, table, mine, logprobs)
+    mask_BT = signal.mask_BT
     local = {
         "rows": out_rows,
-        "tokens": tokens,
-        "reward_sum": float((reward_BT * mask_BT).sum()),
-        "adv_sum": float((adv_BT * mask_BT).sum()),
-        "ratio_sums": {k: float(v) for k, v in ratios.items()},
+        "tokens": int(mask_BT.sum().item()),
+        "reward_sum": float((signal.reward_BT * mask_BT).sum()),
+        "adv_sum": float((signal.adv_BT * mask_BT).sum()),
+        "ratio_sums": {k: float(v) for k, v in signal.logratio_sums().items()},
         "stats": result.stats,
     }
     parts = [local]
@@ -289,10 +287,6 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
     return summary
 
 
-def _pad(seqs: list[torch.Tensor]) -> torch.Tensor:
-    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True) if seqs else torch.zeros(0, 0)
-
-
 def _rewards(
     config: ScoreConfig,
     specs: list[TeacherSpec],
@@ -300,32 +294,31 @@ def _rewards(
     table: dict,
     rows: list[_Row],
     logprobs: dict[str, list[torch.Tensor]],
-) -> tuple[
-    list[tuple[int, dict]], torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]
-]:
-    lengths = torch.tensor([len(r.response_ids) for r in rows])
-    T = int(lengths.max()) if len(rows) else 0
-    mask_BT = (torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)).float()
-    old_BT = _pad(logprobs["student"])
-    ref_BT = _pad(logprobs["reference"])
-    teacher_KBT = torch.stack([_pad(logprobs[s.name]) for s in active])
-    # λ of every configured teacher (λ = 0 ones too, for 'all' normalisation), then the active columns.
-    lam_BK = lambda_matrix(specs, [r.data.get("domain") for r in rows], table)
-    w_BK = teacher_weights(lam_BK, config.teacher_normalization)
-    cols = [i for i, s in enumerate(specs) if s in active]
-    reward_BT = contrastive_reward(teacher_KBT, ref_BT, w_BK[:, cols]) * mask_BT
-    adv_BT = advantage(reward_BT, old_BT, ref_BT, mask_BT, beta=config.beta)
-    ratios = {s.name: ((teacher_KBT[k] - ref_BT) * mask_BT).sum() for k, s in enumerate(active)}
+) -> tuple[list[tuple[int, dict]], Signal]:
+    """The output rows and the training signal (:func:`training_signal`, the trainer's own)."""
+    try:
+        signal = training_signal(
+            logprobs["student"],
+            logprobs["reference"],
+            {s.name: logprobs[s.name] for s in active},
+            specs,
+            domains=[r.data.get("domain") for r in rows],
+            table=table,
+            normalization=config.teacher_normalization,
+            beta=config.beta,
+        )
+    except ValueError as e:
+        raise DataError(f"{config.input}: {e} (a model produced non-finite log-probs)") from e
     names = ["student", "reference"] + [s.name for s in active]
     out = []
     for b, row in enumerate(rows):
         n = len(row.response_ids)
         data = dict(row.data)
         data["logprobs"] = {name: logprobs[name][b].tolist() for name in names}
-        data["reward"] = reward_BT[b, :n].tolist()
-        data["advantage"] = adv_BT[b, :n].tolist()
+        data["reward"] = signal.reward_BT[b, :n].tolist()
+        data["advantage"] = signal.adv_BT[b, :n].tolist()
         out.append((row.number, data))
-    return out, reward_BT, adv_BT, mask_BT, ratios
+    return out, signal
 
 
 def _summarise(config, parts, seconds, specs, active, named_paths, info) -> ScoreSummary:

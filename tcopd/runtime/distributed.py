@@ -139,3 +139,40 @@ def shutdown() -> None:
 def round_robin_owners(names: list[str], world_size: int) -> dict[str, int]:
     """``{name: rank}``: the i-th name (in the given order) is hosted by rank ``i mod world_size``."""
     return {name: i % world_size for i, name in enumerate(names)}
+
+
+class Reduce:
+    """Named reductions over ranks: ``sum({"tokens": 12.0, ...})`` → the same keys, summed.
+
+    One all-reduce per call (values packed in float64 in key order; every rank must pass the
+    same keys). Single process: the values come back unchanged.
+    """
+
+    def __init__(self, info: DistInfo | None = None):
+        self.info = info or current()
+
+    @property
+    def world_size(self) -> int:
+        return self.info.world_size
+
+    def _reduce(self, values: dict[str, float], op: dist.ReduceOp) -> dict[str, float]:
+        if not self.info.distributed or not values:
+            return {k: float(v) for k, v in values.items()}
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        dist.all_reduce(t, op=op)
+        return dict(zip(keys, t.tolist()))
+
+    def sum(self, values: dict[str, float]) -> dict[str, float]:
+        return self._reduce(values, dist.ReduceOp.SUM)
+
+    def max(self, values: dict[str, float]) -> dict[str, float]:
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+    def gather(self, obj: object) -> list[object]:
+        """Every rank's ``obj``, in rank order (a list of one in a single process)."""
+        if not self.info.distributed:
+            return [obj]
+        out: list[object] = [None] * self.info.world_size
+        dist.all_gather_object(out, obj)
+        return out

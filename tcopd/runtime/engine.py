@@ -135,11 +135,11 @@ class TrainEngine:
         """Accumulate gradients of one micro-batch (loss already normalised by the mini-batch)."""
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def step(self) -> float:
-        """One optimizer update; returns the gradient norm before clipping (nan if unknown)."""
+    def step(self) -> float | None:
+        """One optimizer update; returns the gradient norm before clipping (None if unknown)."""
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return float(norm) if norm is not None else None
 
     def train(self) -> None:
         self.engine.train()

@@ -8,6 +8,10 @@
 Both return :class:`Completion` s ordered by ``(prompt_index, sample_index)``, with the *sampled*
 token ids (never re-tokenised text), so that the trainer scores exactly what was sampled.
 
+The trainer sees one interface (:class:`RolloutEngine`): ``generate``, ``needs_weight_sync``
+(True when the engine samples from its own copy of the weights), ``update_weights``, and
+``wake()`` / ``sleep()`` around generation (no-ops where there is nothing to free).
+
 Sampling choices (SPEC §4, §7):
 
 - Every sampling knob is passed explicitly and the model's own ``generation_config`` is set
@@ -36,7 +40,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
@@ -228,6 +232,23 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(set(ids))
 
 
+# -------------------------------------------------------------------------------- the interface
+class RolloutEngine(Protocol):
+    """What the trainer needs from a rollout engine (HF and vLLM both provide it)."""
+
+    needs_weight_sync: bool
+
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingParams
+    ) -> list[Completion]: ...
+
+    def update_weights(self, state_dict: Mapping[str, torch.Tensor]) -> Any: ...
+
+    def wake(self) -> None: ...
+
+    def sleep(self) -> None: ...
+
+
 # -------------------------------------------------------------------------------- the HF engine
 
 
@@ -236,7 +257,8 @@ class HFEngine:
 
     ``model`` is a loaded causal LM or a path (loaded with :func:`tcopd.runtime.models.load_causal_lm`);
     ``tokenizer`` likewise (default: the model's directory). ``token_budget`` bounds
-    ``rows × (longest prompt + max_new_tokens)`` per generate call.
+    ``rows × (longest prompt + max_new_tokens)`` per generate call. ``needs_weight_sync``: set
+    True when ``model`` is a copy of the trained weights (ZeRO-3) rather than the training module.
     """
 
     def __init__(
@@ -246,8 +268,11 @@ class HFEngine:
         device: str | torch.device | None = None,
         token_budget: int = 65536,
         dtype: str | torch.dtype = "float32",
+        needs_weight_sync: bool = False,
     ):
         from tcopd.runtime import models
+
+        self.needs_weight_sync = needs_weight_sync
 
         if device is None:
             device = getattr(model, "device", None) if isinstance(model, torch.nn.Module) else None
@@ -295,6 +320,12 @@ class HFEngine:
                         f"update_weights: {name!r} has shape {tuple(value.shape)}, the model's is {tuple(target.shape)}"
                     )
                 target.copy_(value.to(device=target.device, dtype=target.dtype))
+
+    def wake(self) -> None:
+        """Nothing to do: the HF engine holds no memory of its own between calls."""
+
+    def sleep(self) -> None:
+        """Nothing to do (see :meth:`wake`)."""
 
     # -- sampling ------------------------------------------------------------------------------
 
@@ -432,7 +463,7 @@ class HFEngine:
 def make_engine(kind: str, model: Any, tokenizer: Any = None, **kwargs: Any) -> Any:
     """``"hf"`` → :class:`HFEngine`; ``"vllm"`` → :class:`~tcopd.runtime.vllm_engine.VLLMEngine`."""
     if kind == "hf":
-        allowed = {"device", "token_budget", "dtype"}
+        allowed = {"device", "token_budget", "dtype", "needs_weight_sync"}
         return HFEngine(model, tokenizer, **{k: v for k, v in kwargs.items() if k in allowed})
     if kind == "vllm":
         from tcopd.runtime.vllm_engine import VLLMEngine

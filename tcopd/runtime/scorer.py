@@ -1,11 +1,7 @@
 """The multi-teacher batched log-prob scorer (SPEC §1, §6): the hot path of every training step.
 
-:func:`model_response_logprobs` scores one micro-batch under one model: the base model gives the
-final hidden states, and only the positions that predict a response token go through the output
-projection, chunk by chunk (:func:`tcopd.core.logprobs.token_logprobs`), so the T×V logits never
-exist. It records autograd when grad is enabled (the trainer's π_θ).
-
-:class:`Scorer` scores a batch of (prompt, response) pairs under several named models with one
+One model's forward (:func:`~tcopd.runtime.forward.model_response_logprobs`, no T×V logits) lives
+in ``runtime/forward.py``; :class:`Scorer` scores a batch of (prompt, response) pairs under several named models with one
 micro-batch plan (token-budget, longest first), under ``torch.inference_mode``. Placement:
 
 - ``local``: every model on ``device``;
@@ -33,174 +29,15 @@ import torch
 import torch.distributed as dist
 
 from tcopd.core.batching import padded_tokens, plan_packed, plan_padded
-from tcopd.core.logprobs import token_logprobs
 from tcopd.errors import ConfigError, DataError, ModelError
+from tcopd.runtime.forward import Ids, _as_list, model_response_logprobs, uses_varlen_attention
 
 log = logging.getLogger(__name__)
 
 Placement = Literal["local", "offload", "shard"]
 Packing = Literal["auto", "on", "off"]
 PLACEMENTS = ("local", "offload", "shard")
-Ids = Sequence[int] | torch.Tensor
 Progress = Callable[[int, int], None]
-
-
-# ----------------------------------------------------------------------------------- one model
-@dataclass(frozen=True)
-class OutputHead:
-    """What turns a final hidden state into logits (see core/logprobs.py for the formula)."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    scale: float
-    softcap: float | None
-    module: torch.nn.Module | None = None
-
-
-def _number(config: Any, key: str) -> float | None:
-    value = getattr(config, key, None)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def output_head(model: torch.nn.Module) -> tuple[torch.nn.Module, OutputHead] | None:
-    """``(base_model, head)`` for an HF causal LM, or None if it does not expose both.
-
-    Reads ``config.logit_scale`` (Cohere: logits × s), ``config.logits_scaling`` (Granite:
-    logits ÷ s) and ``config.final_logit_softcapping`` (Gemma 2/3). Tied embeddings need no
-    special case: ``lm_head.weight`` *is* the input embedding then.
-    """
-    base = getattr(model, "base_model", None)
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    if base is None or base is model or not isinstance(head, torch.nn.Linear):
-        return None
-    config = getattr(model, "config", None)
-    scale = 1.0
-    if (s := _number(config, "logit_scale")) is not None:
-        scale *= s
-    if (s := _number(config, "logits_scaling")) is not None and s != 0:
-        scale /= s
-    softcap = _number(config, "final_logit_softcapping")
-    return base, OutputHead(head.weight, head.bias, scale, softcap if softcap else None, head)
-
-
-def _as_list(ids: Ids) -> list[int]:
-    return ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def uses_varlen_attention(model: torch.nn.Module) -> bool:
-    """True when the model's attention kernel is flash-attention (padding-free packing pays off)."""
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
-    return str(impl).startswith("flash")
-
-
-def model_response_logprobs(
-    model: torch.nn.Module,
-    prompt_ids: Sequence[Ids],
-    response_ids: Sequence[Ids],
-    chunk_size: int = 512,
-    temperature: float = 1.0,
-    packed: bool = False,
-    return_entropy: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """``logp_BT[b, t] = log π(response_b[t] | prompt_b, response_b[:t])``, float32, zero-padded right.
-
-    One forward of the base model over ``prompt + response`` (right-padded, or ``packed`` into
-    one row with per-sequence position ids), then log-probs only at the response positions.
-    Works in train or eval mode; differentiable when grad is enabled. A model without a base
-    model / linear ``lm_head`` falls back to ``model(...).logits`` (the full logits: more memory).
-    With ``return_entropy`` also returns ``entropy_BT`` of the (tempered) token distributions.
-    """
-    prompts = [_as_list(p) for p in prompt_ids]
-    responses = [_as_list(r) for r in response_ids]
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        if not p or not r:
-            raise DataError(
-                f"sequence {b}: the prompt and the response each need at least one token"
-            )
-    device = _model_device(model)
-    B = len(prompts)
-    lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
-    T = max(len(r) for r in responses)
-    # flat position (in the model's (rows × L) output) of the hidden state that predicts each response token
-    pred_pos: list[int] = []
-    out_pos: list[int] = []  # flat position in logp_BT
-    if packed:
-        L = sum(lengths)
-        ids = torch.zeros(1, L, dtype=torch.long)
-        pos = torch.zeros(1, L, dtype=torch.long)
-        offset = 0
-        for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-            n = len(p) + len(r)
-            ids[0, offset : offset + n] = torch.tensor(p + r)
-            pos[0, offset : offset + n] = torch.arange(n)
-            pred_pos.extend(range(offset + len(p) - 1, offset + n - 1))
-            out_pos.extend(range(b * T, b * T + len(r)))
-            offset += n
-        inputs = {"input_ids": ids, "position_ids": pos}
-    else:
-        L = max(lengths)
-        ids = torch.zeros(B, L, dtype=torch.long)
-        mask = torch.zeros(B, L, dtype=torch.long)
-        for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-            n = len(p) + len(r)
-            ids[b, :n] = torch.tensor(p + r)
-            mask[b, :n] = 1
-            pred_pos.extend(range(b * L + len(p) - 1, b * L + n - 1))
-            out_pos.extend(range(b * T, b * T + len(r)))
-        # Right padding: real tokens sit at positions 0..n-1 and never attend to the padding.
-        inputs = {"input_ids": ids, "attention_mask": mask}
-    inputs = {k: _to_device(v, device) for k, v in inputs.items()}
-    pred_idx = _to_device(torch.tensor(pred_pos, dtype=torch.long), device)
-    out_idx = _to_device(torch.tensor(out_pos, dtype=torch.long), device)
-    targets_N = _to_device(
-        torch.tensor([t for r in responses for t in r], dtype=torch.long), device
-    )
-
-    found = output_head(model)
-    if found is not None:
-        base, head = found
-        hidden = base(**inputs, use_cache=False).last_hidden_state
-        hidden_NH = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pred_idx)
-        # A ZeRO-3-partitioned head keeps only a shard outside its forward: call the module.
-        partitioned = hasattr(head.weight, "ds_id")
-        result = token_logprobs(
-            hidden_NH,
-            head.module if partitioned else head.weight,
-            targets_N,
-            chunk_size=chunk_size,
-            temperature=temperature,
-            softcap=head.softcap,
-            bias_V=None if partitioned else head.bias,
-            scale=head.scale,
-            return_entropy=return_entropy,
-        )
-    else:
-        # Fallback: the model computes every logit itself (whatever transform it applies).
-        logits = model(**inputs, use_cache=False).logits
-        logits_NV = logits.reshape(-1, logits.shape[-1]).index_select(0, pred_idx)
-        z_NV = logits_NV.float() / temperature
-        lsm_NV = torch.log_softmax(z_NV, dim=-1)
-        logp = lsm_NV.gather(-1, targets_N.unsqueeze(-1)).squeeze(-1)
-        result = (logp, -(lsm_NV.exp() * lsm_NV).sum(-1)) if return_entropy else logp
-    logp_N, ent_N = result if return_entropy else (result, None)
-    logp_BT = logp_N.new_zeros(B * T).index_copy(0, out_idx, logp_N).view(B, T)
-    if ent_N is None:
-        return logp_BT
-    return logp_BT, ent_N.new_zeros(B * T).index_copy(0, out_idx, ent_N).view(B, T)
 
 
 # ------------------------------------------------------------------------------- the scorer

@@ -62,6 +62,8 @@ def in_process() -> bool:
 class VLLMEngine:
     """Offline vLLM engine with the rollout interface (see module docstring)."""
 
+    needs_weight_sync = True  # vLLM holds its own copy of the policy weights
+
     def __init__(
         self,
         model: str | Path,
@@ -200,11 +202,12 @@ class VLLMEngine:
     # -- memory --------------------------------------------------------------------------------
 
     def sleep(self, level: int = 1) -> None:
-        """Free accelerator memory (level 1: offload weights, drop KV cache; level 2: drop both)."""
+        """Free accelerator memory (level 1: offload weights, drop KV cache; level 2: drop both).
+
+        A no-op when the engine was created without sleep mode (the CPU build has none).
+        """
         if not self.sleep_enabled:
-            raise ConfigError(
-                "vLLM sleep mode is off: create the engine with enable_sleep_mode=True (GPU only)"
-            )
+            return
         self.llm.sleep(level=level)
         self.asleep = True
 

@@ -1,8 +1,16 @@
-"""Settings of ``tcopd train`` (a frozen dataclass; YAML + flags, see tcopd/config.py).
+"""Settings of ``tcopd train`` (a frozen dataclass; YAML + flags, see tcopd/config.py) and recipes.
 
-Defaults follow the paper / G-OPD where they give a value (batch 128 prompts, β = 1, ε = 0.2,
-dual-clip 3, 50 steps, 16k response tokens, lr 1e-6); ``--toy`` swaps in a preset sized for a
-laptop CPU (:data:`TOY_PRESET`), under whatever the user sets explicitly.
+The dataclass defaults are tcopd's own (docs/train.md has the table with the source of every
+value). A *recipe* is a named bundle of settings put under whatever the user sets explicitly:
+
+- ``toy`` (what ``--toy`` uses): sized for a laptop CPU on the toy world;
+- ``paper``: the TC-OPD paper's §4 settings (batch 128, 50 steps, 16k tokens, BF16, several
+  off-policy updates per batch, micro-batch 1 ⇒ per-sequence averaging), with G-OPD's script
+  values where the paper is silent;
+- ``gopd``: what G-OPD's released scripts run (one on-policy update per batch of 1024 prompts
+  × 1 sample, lr 1e-5, weight decay 0.01, per-sequence averaging).
+
+The resolved ``config.yaml`` of a run records the recipe and every resulting value.
 """
 
 from __future__ import annotations
@@ -36,7 +44,11 @@ class TrainConfig:
     data: str | None = field(None, help="Training prompts (prepared parquet/jsonl).")
     eval_data: str | None = field(None, help="Held-out prompts for periodic evaluation.")
     toy: bool = field(
-        False, help="Use the toy world's student, teachers and data (built if absent)."
+        False,
+        help="Use the toy world's student, teachers and data (built if absent); implies --recipe toy.",
+    )
+    recipe: Literal["toy", "paper", "gopd"] | None = field(
+        None, help="Named settings under your own: toy, paper, gopd (docs/train.md)."
     )
     template: Literal["chat", "plain"] = field(
         "chat", help="Prompt template: the tokenizer's chat template or plain text."
@@ -46,7 +58,9 @@ class TrainConfig:
     samples_per_prompt: int = field(4, help="Rollouts per prompt.")
     max_response_tokens: int = field(16384, help="Maximum new tokens per rollout.")
     max_prompt_tokens: int = field(2048, help="Prompts longer than this are skipped (counted).")
-    temperature: float = field(1.0, help="Rollout sampling temperature.")
+    temperature: float = field(
+        1.0, help="Rollout temperature τ; every model is scored at τ too (docs/algorithm.md)."
+    )
     top_p: float = field(1.0, help="Rollout top-p.")
     lr: float = field(1e-6, help="AdamW learning rate.")
     weight_decay: float = field(0.0, help="AdamW weight decay.")
@@ -105,26 +119,84 @@ class TrainConfig:
     grade_timeout_s: float = field(10.0, help="Per-sample grading limit (ungraded past it).")
     tensorboard: bool = field(False, help="Also log metrics to TensorBoard (RUN_DIR/tb).")
 
+    def __post_init__(self) -> None:
+        """Reject impossible values before anything is loaded or initialised."""
+        positive = (
+            "steps batch_size samples_per_prompt max_response_tokens max_prompt_tokens "
+            "ppo_epochs mini_batches eval_n train_token_budget score_token_budget "
+            "rollout_token_budget chunk_size grader_workers keep_checkpoints"
+        ).split()
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "temperature", "is_cap", "clip_eps", "grade_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        for name in ("weight_decay", "grad_clip", "eval_every", "eval_prompts", "save_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ConfigError(f"dual_clip must be > 1 (or null: off), got {self.dual_clip}")
 
-# A laptop-sized run on the toy world. Measured (docs/performance.md): with 4 off-policy updates per
-# batch at lr 1e-3, TC-OPD(1.5,-0.5) lifted toy-math accuracy from ~31% to 78% by step 30
-# (1 update at 3e-4: 32%).
-TOY_PRESET: dict[str, Any] = {
-    "template": "plain",
-    "steps": 40,
-    "batch_size": 32,
-    "samples_per_prompt": 4,
-    "max_response_tokens": 96,
-    "max_prompt_tokens": 256,
-    "lr": 1e-3,
-    "mini_batches": 4,
-    "save_every": 10,
-    "eval_n": 1,
-    "eval_prompts": 100,
-    "train_token_budget": 8192,
-    "score_token_budget": 16384,
-    "rollout_token_budget": 65536,
+
+# Named bundles of settings (docs/train.md: the table, with the source of every value).
+RECIPES: dict[str, dict[str, Any]] = {
+    # A laptop-sized run on the toy world. Measured (docs/performance.md): with 4 off-policy
+    # updates per batch at lr 1e-3, TC-OPD(1.5,-0.5) lifted toy-math accuracy from ~31% to 78%.
+    "toy": {
+        "template": "plain",
+        "steps": 40,
+        "batch_size": 32,
+        "samples_per_prompt": 4,
+        "max_response_tokens": 96,
+        "max_prompt_tokens": 256,
+        "lr": 1e-3,
+        "mini_batches": 4,
+        "save_every": 10,
+        "eval_n": 1,
+        "eval_prompts": 100,
+        "train_token_budget": 8192,
+        "score_token_budget": 16384,
+        "rollout_token_budget": 65536,
+    },
+    # The TC-OPD paper (§4 "Training Settings"), G-OPD's scripts where the paper is silent.
+    "paper": {
+        "batch_size": 128,
+        "steps": 50,
+        "max_response_tokens": 16384,
+        "samples_per_prompt": 1,
+        "ppo_epochs": 1,
+        "mini_batches": 4,
+        "aggregation": "seq-mean-token-mean",
+        "lr": 1e-5,
+        "weight_decay": 0.01,
+        "grad_clip": 1.0,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "dtype": "bfloat16",
+        "engine": "vllm",
+    },
+    # G-OPD's released scripts (its verl v0.6.1 fork): on-policy, one update per batch.
+    "gopd": {
+        "batch_size": 1024,
+        "samples_per_prompt": 1,
+        "ppo_epochs": 1,
+        "mini_batches": 1,
+        "aggregation": "seq-mean-token-mean",
+        "lr": 1e-5,
+        "weight_decay": 0.01,
+        "grad_clip": 1.0,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "dtype": "bfloat16",
+        "engine": "vllm",
+    },
 }
+TOY_PRESET = RECIPES["toy"]  # the name earlier versions used
 
 # Settings that may differ between a run and its --resume (everything else must match).
 RESUMABLE_CHANGES = {
@@ -139,11 +211,14 @@ RESUMABLE_CHANGES = {
 
 
 def load_train_config(path: str | None, flags: dict[str, Any]) -> TrainConfig:
-    """YAML (optional), then flags; ``toy: true`` puts :data:`TOY_PRESET` under both."""
+    """YAML (optional), then flags, over the recipe's settings (``toy: true`` implies ``toy``)."""
     values: dict[str, Any] = read_yaml(path) if path else {}
     values.update({k: v for k, v in flags.items() if v is not None})
-    if values.get("toy"):
-        values = {**TOY_PRESET, **values}
+    recipe = values.get("recipe") or ("toy" if values.get("toy") else None)
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+        values = {**RECIPES[recipe], **values, "recipe": recipe}
     if "out" not in values:
         raise ConfigError("no run directory: pass --out RUN_DIR")
     return build(TrainConfig, values)

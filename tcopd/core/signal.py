@@ -1,0 +1,103 @@
+"""The training signal, in one place: scored log-probs → ``(mask, old, ref, teacher, reward, A)``.
+
+``tcopd train``, ``tcopd score`` and the GPU check all call :func:`training_signal`, so the
+reward a run trains on is, token for token, the reward ``tcopd score`` writes (SPEC §1).
+
+Per token t of response b (shape legend in docs/algorithm.md):
+
+    lam_BK[b]   = Λ[domain_b]  over *every configured* teacher (λ = 0 ones included)
+    w_BK        = lam_BK / K_eff(normalization)          (objective.teacher_weights)
+    r(b, t)     = Σ_{k active} w_bk · (lp_k − lp_ref)     (objective.contrastive_reward, eq. 11)
+    A(b, t)     = r − β·(lp_old − lp_ref) [+ outcome bonus]   (objective.advantage)
+
+Building ``lam_BK`` over every configured teacher before dropping the inactive columns is what
+makes ``teacher_normalization="all"`` count a λ = 0 teacher in K (the paper's literal 1/K),
+while that teacher is never loaded or scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tcopd.core.objective import advantage, contrastive_reward, outcome_bonus, teacher_weights
+from tcopd.core.teachers import TeacherSpec, lambda_matrix
+
+
+def pad_right(rows: Sequence[torch.Tensor | Sequence[float]], T: int) -> torch.Tensor:
+    """Stack 1-D float rows into ``(B, T)`` float32, zero-padded on the right."""
+    out = torch.zeros(len(rows), T, dtype=torch.float32)
+    for b, r in enumerate(rows):
+        r = torch.as_tensor(r, dtype=torch.float32)
+        out[b, : r.numel()] = r
+    return out
+
+
+@dataclass(frozen=True)
+class Signal:
+    """Everything the loss and the metrics need, padded to ``T`` = the longest response.
+
+    ``teacher_KBT`` holds the *active* teachers in ``names`` order; ``lam_BK`` the λ of those
+    teachers per response (after the domain table, before normalisation).
+    """
+
+    names: tuple[str, ...]
+    mask_BT: torch.Tensor
+    old_BT: torch.Tensor
+    ref_BT: torch.Tensor
+    teacher_KBT: torch.Tensor
+    lam_BK: torch.Tensor
+    reward_BT: torch.Tensor
+    adv_BT: torch.Tensor
+
+    def logratio_sums(self) -> dict[str, torch.Tensor]:
+        """``Σ_bt mask · (lp_k − lp_ref)`` per active teacher (the ``logratio/<name>`` metric)."""
+        d_KBT = (self.teacher_KBT - self.ref_BT.unsqueeze(0)) * self.mask_BT
+        return {name: d_KBT[k].sum() for k, name in enumerate(self.names)}
+
+
+def training_signal(
+    old: Sequence[torch.Tensor],
+    ref: Sequence[torch.Tensor],
+    teachers: Mapping[str, Sequence[torch.Tensor]],
+    specs: Sequence[TeacherSpec],
+    *,
+    domains: Sequence[str | None],
+    table: Mapping[str, Mapping[str, float]] | None = None,
+    normalization: str = "active",
+    beta: float = 1.0,
+    correct_B: torch.Tensor | None = None,
+    group_B: torch.Tensor | None = None,
+    outcome_weight: float = 0.0,
+) -> Signal:
+    """The per-token reward and advantage of B responses (module docstring for the formulas).
+
+    ``old``, ``ref`` and each ``teachers[name]`` are B rows of per-token log-probs (row b has
+    ``len(response_b)`` entries). ``specs`` are *all* configured teachers; ``teachers`` holds the
+    scored (active) ones, a subset. ``correct_B`` / ``group_B`` feed the optional outcome bonus.
+    Raises ``ValueError`` naming the quantity when anything is not finite.
+    """
+    active = [s for s in specs if s.name in teachers]
+    if not active:
+        raise ValueError("no scored teacher: at least one teacher needs a non-zero λ")
+    T = max((len(r) for r in old), default=0)
+    mask_BT = pad_right([torch.ones(len(r)) for r in old], T)
+    old_BT, ref_BT = pad_right(old, T), pad_right(ref, T)
+    teacher_KBT = torch.stack([pad_right(teachers[s.name], T) for s in active])
+    lam_all_BK = lambda_matrix(specs, domains, table)
+    w_all_BK = teacher_weights(lam_all_BK, normalization)  # type: ignore[arg-type]
+    cols = [i for i, s in enumerate(specs) if s.name in teachers]
+    reward_BT = contrastive_reward(teacher_KBT, ref_BT, w_all_BK[:, cols]) * mask_BT
+    bonus_B = None
+    if outcome_weight and correct_B is not None and group_B is not None:
+        bonus_B = outcome_bonus(correct_B, group_B, outcome_weight)
+    adv_BT = advantage(reward_BT, old_BT, ref_BT, mask_BT, beta, bonus_B)
+    for name, t in (("reward", reward_BT), ("advantage", adv_BT), ("old log-prob", old_BT)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"non-finite {name} in this batch")
+    names = tuple(s.name for s in active)
+    return Signal(
+        names, mask_BT, old_BT, ref_BT, teacher_KBT, lam_all_BK[:, cols], reward_BT, adv_BT
+    )

@@ -1,0 +1,54 @@
+"""Checkpoints: DeepSpeed state + an HF model directory, committed atomically; resume from them.
+
+A checkpoint is written into a temporary directory and renamed into place by rank 0 only when
+complete (``runtime/checkpoint.py``), so a run killed mid-save keeps its previous checkpoint.
+Resuming restores weights, optimizer state and every RNG, then re-syncs the rollout engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tcopd.errors import ConfigError
+from tcopd.pipelines.train.rollout import sync
+from tcopd.pipelines.train.setup import Trainer
+from tcopd.runtime import checkpoint as ckpt
+from tcopd.runtime import distributed
+
+
+def save(tr: Trainer, run_dir: Path, step: int) -> Path:
+    """Checkpoint after ``step`` completed steps; returns its directory."""
+    tr.emit(phase="checkpoint", step=step - 1)
+    root = ckpt.checkpoint_root(run_dir)
+    tmp = ckpt.begin(run_dir, step) if tr.dist.is_main else root / f".tmp-{ckpt.step_name(step)}"
+    distributed.barrier()
+    tr.engine.save(tmp, {"step": step})
+    state_dict = tr.engine.full_state_dict()
+    final = root / ckpt.step_name(step)
+    if tr.dist.is_main:
+        ckpt.save_hf(tr.engine.module, tr.tokenizer, state_dict, tmp / "model")
+        state = {
+            "step": step,
+            "seed": tr.cfg.seed,
+            "rng": ckpt.rng_state(),
+            "world_size": tr.dist.world_size,
+        }
+        final = ckpt.commit(run_dir, tmp, step, state, keep=tr.cfg.keep_checkpoints)
+    distributed.barrier()
+    return final
+
+
+def restore(tr: Trainer, run_dir: Path) -> int:
+    """Load the latest checkpoint of ``run_dir``; returns the number of steps it completed."""
+    path = ckpt.latest_checkpoint(run_dir)
+    if path is None:
+        return 0
+    state = ckpt.read_state(path)
+    if state.get("world_size", 1) != tr.dist.world_size:
+        raise ConfigError(
+            f"--resume: the run was saved with {state['world_size']} process(es), now {tr.dist.world_size}"
+        )
+    tr.engine.load(path)
+    ckpt.set_rng_state(state["rng"])
+    sync(tr)
+    return int(state["step"])

@@ -1,0 +1,73 @@
+"""Training prompts: loading, and which prompts each step takes (deterministic by seed).
+
+The data order is a seeded permutation per epoch; step ``s`` takes the next ``batch_size``
+prompts of that stream, and rank ``r`` of ``W`` takes its contiguous share. A step therefore
+depends only on (seed, step) and the weights, so a resumed run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from tcopd.errors import DataError
+from tcopd.runtime.datasets import load_prepared
+from tcopd.runtime.prompts import render_prompt
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Tokenised prompts of a prepared data file, with their gold answers and domains."""
+
+    ids: list[list[int]]
+    golds: list[str]
+    domains: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_prompts(path: str, tokenizer: Any, template: str, max_prompt_tokens: int) -> Prompts:
+    """Token ids, gold answers and domains of a prepared data file; over-long prompts skipped."""
+    ids, golds, domains, skipped = [], [], [], 0
+    for row in load_prepared(path):
+        text = render_prompt(row["prompt"], tokenizer, template)
+        toks = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(toks) > max_prompt_tokens:
+            skipped += 1
+            continue
+        ids.append(list(toks))
+        golds.append(str(row["reward_model"]["ground_truth"]))
+        domains.append(row.get("domain"))
+    if not ids:
+        raise DataError(
+            f"{path}: no prompt fits max_prompt_tokens={max_prompt_tokens} ({skipped} skipped)"
+        )
+    return Prompts(ids, golds, domains)
+
+
+def data_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The seeded permutation of ``n`` prompts for ``epoch``."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def step_prompts(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Indices of the prompts of ``step`` (0-based): consecutive slices of per-epoch permutations."""
+    out: list[int] = []
+    pos = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, n)
+        order = data_order(n, seed, epoch)
+        take = min(batch_size - len(out), n - offset)
+        out.extend(order[offset : offset + take])
+        pos += take
+    return out
+
+
+def rank_share(indices: list[int], rank: int, world_size: int) -> list[int]:
+    """Rank ``rank``'s contiguous share of a step's prompts (batch_size is divisible by W)."""
+    per_rank = len(indices) // world_size
+    return indices[rank * per_rank : (rank + 1) * per_rank]

@@ -1,0 +1,217 @@
+"""``tcopd train``'s loop: set up, then steps, evaluations and checkpoints (SPEC §1, §5).
+
+The step itself is in ``step.py`` (its docstring lists the phases and their modules).
+
+Choices:
+
+- Determinism: the data order and every step's sampling seed derive from (seed, step)
+  (``data.py``), so a step depends only on the weights and optimizer state; resuming from a
+  checkpoint reproduces an uninterrupted run (one process).
+- ``metrics.jsonl`` is written by rank 0, one row per step, flushed as it goes; on resume the
+  rows past the checkpoint are dropped.
+- Multi-process: each rank takes ``batch_size / world`` prompts; metrics are summed over ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tcopd.config import build, read_yaml, to_dict, write_resolved
+from tcopd.errors import ConfigError
+from tcopd.pipelines.train import checkpointing
+from tcopd.pipelines.train.config import TrainConfig, resume_conflicts
+from tcopd.pipelines.train.evaluate import evaluate
+from tcopd.pipelines.train.setup import Trainer, build_trainer, teachers_of
+from tcopd.pipelines.train.step import train_step
+from tcopd.runtime import checkpoint as ckpt
+from tcopd.runtime import distributed
+from tcopd.runtime.io import JsonlAppender, read_jsonl_tolerant, write_jsonl
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps_done: int
+    last_metrics: dict[str, Any]
+    final_model: Path | None
+    weights_digest: str = ""  # sha256 of this rank's full weights (replicas must agree)
+
+
+def resolve_toy(cfg: TrainConfig, progress: Progress | None = None) -> TrainConfig:
+    """Fill the toy world's paths into a ``toy: true`` config (building the world if absent).
+
+    Default teachers: the math expert, and the code anti-expert when two λ are given; default
+    data: the toy *math* train and test sets (the paper's single-task setting).
+    """
+    if not cfg.toy:
+        return cfg
+    teachers_given = bool(cfg.expert or cfg.anti_expert or cfg.teacher)
+    two = bool(cfg.lambdas) and len(cfg.lambdas.split(",")) >= 2
+    if cfg.student and cfg.data and teachers_given:
+        return cfg  # everything given explicitly: no need to touch (or build) the toy world
+    from tcopd.runtime.toy import ensure_toy
+
+    if progress:
+        progress({"phase": "toy world (building on first use)"})
+    world = ensure_toy()
+    return replace(
+        cfg,
+        student=cfg.student or str(world.student),
+        expert=cfg.expert or (None if teachers_given else str(world.expert)),
+        anti_expert=cfg.anti_expert
+        or (None if teachers_given or not two else str(world.anti_expert)),
+        data=cfg.data or str(world.train_files["math"]),
+        eval_data=cfg.eval_data or str(world.test_files["math"]),
+    )
+
+
+def load_resume_config(run_dir: Path, flags: dict[str, Any]) -> TrainConfig:
+    """The saved config of ``run_dir``, with the flags that may change (steps, ...) applied."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+    saved = read_yaml(path)
+    saved.pop("teachers", None)
+    saved.pop("world_size", None)
+    conflicts = resume_conflicts(saved, flags)
+    if conflicts:
+        raise ConfigError(
+            f"--resume {run_dir}: flags conflict with the run's config ({'; '.join(conflicts)})"
+        )
+    cfg = build(TrainConfig, {**saved, "out": str(run_dir)})
+    changes = build(TrainConfig, {**saved, **_given(flags), "out": str(run_dir)})
+    return replace(cfg, **{k: getattr(changes, k) for k in _given(flags) if k != "out"})
+
+
+def _given(flags: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flags.items() if v is not None and k != "out"}
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """What can be checked without loading anything: paths given, teachers and λ well-formed."""
+    if not cfg.student:
+        raise ConfigError("no student: pass --student PATH (or --toy)")
+    if not cfg.data:
+        raise ConfigError(
+            "no training data: pass --data FILE (prepared with `tcopd prepare`), or --toy"
+        )
+    teachers_of(cfg)
+
+
+def run(
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train; see the module docstring. ``resume``: continue the run in ``cfg.out``."""
+    cfg = resolve_toy(cfg, progress)
+    check_inputs(cfg)
+    run_dir = Path(cfg.out)
+    if not resume:
+        _check_new_run_dir(run_dir, overwrite)
+    dist = distributed.init_distributed(cfg.device)
+
+    def emit(**event: Any) -> None:
+        if dist.is_main and progress is not None:
+            progress(event)
+
+    tr = build_trainer(cfg, dist, emit)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = to_dict(cfg) | {
+            "teachers": [to_dict(s) for s in tr.specs],
+            "world_size": dist.world_size,
+        }
+        write_resolved(resolved, run_dir / "config.yaml")
+    start = checkpointing.restore(tr, run_dir) if resume else 0
+    try:
+        row = _loop(tr, run_dir, start)
+    finally:
+        tr.grader.close()
+    final = ckpt.latest_checkpoint(run_dir)
+    digest = weights_digest(tr.engine.full_state_dict())
+    if dist.distributed:
+        distributed.shutdown()  # under a launcher: tear the group down together, not at exit
+    return TrainResult(run_dir, cfg.steps, row, final / "model" if final else None, digest)
+
+
+def _loop(tr: Trainer, run_dir: Path, start: int) -> dict[str, Any]:
+    """Steps ``start..steps-1``: metrics row, evaluation and checkpoint when due."""
+    cfg = tr.cfg
+    metrics_path = run_dir / "metrics.jsonl"
+    if tr.dist.is_main:
+        kept = [r for r in read_jsonl_tolerant(metrics_path) if r.get("step", 0) <= start]
+        write_jsonl(metrics_path, kept)
+    tb = _tensorboard(run_dir) if cfg.tensorboard and tr.dist.is_main else None
+    row: dict[str, Any] = {}
+    with JsonlAppender(metrics_path) if tr.dist.is_main else _Nothing() as appender:
+        for step in range(start, cfg.steps):
+            row = train_step(tr, step)
+            last = step + 1 == cfg.steps
+            if tr.eval_data is not None and (_due(cfg.eval_every, step) or last):
+                row.update(evaluate(tr, step))
+            appender.write(row)
+            if tb is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and math.isfinite(v):
+                        tb.add_scalar(k, v, row["step"])
+            tr.emit(phase="done step", step=step, metrics=row)
+            if _due(cfg.save_every, step) or last:
+                checkpointing.save(tr, run_dir, step + 1)
+    return row
+
+
+def _due(every: int, step: int) -> bool:
+    return bool(every) and (step + 1) % every == 0
+
+
+class _Nothing:
+    """A do-nothing appender for ranks other than 0."""
+
+    def __enter__(self) -> _Nothing:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+
+def _check_new_run_dir(out: Path, overwrite: bool) -> None:
+    if (out / "config.yaml").exists() or (out / "metrics.jsonl").exists():
+        if not overwrite:
+            raise ConfigError(
+                f"{out} already holds a run: pass --resume {out} to continue it, or --overwrite to replace it"
+            )
+        shutil.rmtree(out)
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names and float32 bytes of every tensor (replicas must agree)."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        h.update(k.encode())
+        h.update(state_dict[k].float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ConfigError(
+            f"--tensorboard needs the tensorboard package: pip install 'tcopd[tensorboard]' ({e})"
+        )
+    return SummaryWriter(str(run_dir / "tb"))

@@ -1,0 +1,99 @@
+"""Phase 7, metrics: one row of ``metrics.jsonl`` per step, from named sums over ranks.
+
+Every mean is a global one: this rank's sums (tokens, reward, …) are all-reduced by name and
+divided once. Times are this rank's (rank 0 writes the row). ``timer`` records phase times.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from tcopd.core.signal import Signal
+from tcopd.pipelines.train.grade import Grades
+from tcopd.pipelines.train.rollout import Rollouts
+from tcopd.pipelines.train.score import Scores
+from tcopd.pipelines.train.setup import Trainer
+from tcopd.runtime.scorer import peak_memory_gb
+
+
+@contextmanager
+def timer(name: str, times: dict[str, float]) -> Iterator[None]:
+    """Add the wall time of the ``with`` block to ``times[name]`` (seconds)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+
+
+def step_row(
+    tr: Trainer,
+    step: int,
+    batch: Rollouts,
+    scores: Scores,
+    grades: Grades,
+    signal: Signal,
+    is_BT: torch.Tensor | None,
+    update: dict[str, float],
+    times: dict[str, float],
+) -> dict[str, Any]:
+    """The metrics of step ``step`` (0-based; the row says ``step + 1``)."""
+    m = signal.mask_BT
+    local = {
+        "tokens": float(m.sum()),
+        "responses": float(len(batch.completions)),
+        "reward": float((signal.reward_BT * m).sum()),
+        "kl_ref": float(((signal.old_BT - signal.ref_BT) * m).sum()),
+        "neg_logp_old": float(-(signal.old_BT * m).sum()),
+        "entropy": sum(float(e.sum()) for e in scores.entropy),
+        "correct": float(grades.correct_B.sum()),
+        "truncated": float(sum(c.finish_reason == "length" for c in batch.completions)),
+        "ungraded": float(grades.ungraded),
+        "is_weight": float((is_BT * m).sum()) if is_BT is not None else 0.0,
+        **{f"logratio/{k}": float(v) for k, v in signal.logratio_sums().items()},
+    }
+    s = tr.reduce.sum(local)
+    ntok, nseq = s["tokens"], s["responses"]
+    peak = tr.reduce.max(
+        {
+            "len": float(max(len(r) for r in batch.responses)),
+            "is": float(is_BT.max()) if is_BT is not None else 0.0,
+        }
+    )
+    return {
+        "step": step + 1,
+        "loss": update["loss"],
+        "reward_mean": s["reward"] / ntok,
+        **{f"logratio/{n}": s[f"logratio/{n}"] / ntok for n in signal.names},
+        "kl_ref": s["kl_ref"] / ntok,
+        "neg_logp_old": s["neg_logp_old"] / ntok,
+        "entropy": s["entropy"] / ntok,
+        "clip_fraction": update["clip_fraction"],
+        "approx_kl_old": update["approx_kl"],
+        "grad_norm": update["grad_norm"],
+        "is_weight_mean": s["is_weight"] / ntok if is_BT is not None else None,
+        "is_weight_max": peak["is"] if is_BT is not None else None,
+        "response_len_mean": ntok / nseq,
+        "response_len_max": peak["len"],
+        "truncated_fraction": s["truncated"] / nseq,
+        "rollout_accuracy": s["correct"] / nseq,
+        "ungraded": int(s["ungraded"]),
+        "responses": int(nseq),
+        **{f"time_{k}_s": v for k, v in times.items()},
+        "tokens_per_s": ntok / times["step"],
+        "peak_mem_gb": peak_memory(tr),
+    }
+
+
+def peak_memory(tr: Trainer) -> dict[str, float]:
+    """Peak memory per device, keyed ``rank<r>:<device>`` when there are several ranks."""
+    mine = peak_memory_gb(tr.dist.device)
+    if not tr.dist.distributed:
+        return mine
+    parts = tr.reduce.gather({f"rank{tr.dist.rank}:{k}": v for k, v in mine.items()})
+    return {k: v for d in parts for k, v in d.items()}  # type: ignore[union-attr]

@@ -1,0 +1,70 @@
+"""Phase 1, rollout (and phase 6, sync): sample responses, then push new weights to the sampler.
+
+Sampling settings come from the config (every knob explicit, SPEC §4); the engine's own
+sampling log-probs are requested when the truncated IS weight is on. Empty responses are
+dropped (there is nothing to score). The engine is woken before and put to sleep after
+generation (vLLM frees its KV cache for the update; no-ops for HF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tcopd.errors import TrainingError
+from tcopd.pipelines.train.data import rank_share, step_prompts
+from tcopd.pipelines.train.setup import Trainer
+from tcopd.runtime.rollout import Completion, SamplingParams
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """This rank's non-empty completions of one step, with what grading and λ need per response."""
+
+    completions: list[Completion]
+    golds: list[str]
+    domains: list[str | None]
+
+    @property
+    def prompts(self) -> list[list[int]]:
+        return [c.prompt_ids for c in self.completions]
+
+    @property
+    def responses(self) -> list[list[int]]:
+        return [c.response_ids for c in self.completions]
+
+
+def sampling_params(tr: Trainer, step: int) -> SamplingParams:
+    cfg, W, R = tr.cfg, tr.dist.world_size, tr.dist.rank
+    return SamplingParams(
+        n=cfg.samples_per_prompt,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_response_tokens,
+        seed=(cfg.seed * 1_000_003 + step) * W + R,
+        stop=(),
+        logprobs=cfg.truncated_is,
+    )
+
+
+def rollout(tr: Trainer, step: int) -> Rollouts:
+    """Sample ``samples_per_prompt`` responses to each of this rank's prompts of ``step``."""
+    cfg = tr.cfg
+    idx = step_prompts(len(tr.data), cfg.batch_size, cfg.seed, step)
+    idx = rank_share(idx, tr.dist.rank, tr.dist.world_size)
+    tr.rollout.wake()
+    comps = tr.rollout.generate([tr.data.ids[i] for i in idx], sampling_params(tr, step))
+    tr.rollout.sleep()
+    comps = [c for c in comps if c.response_ids]
+    if not comps:
+        raise TrainingError("every rollout was empty")
+    return Rollouts(
+        comps,
+        [tr.data.golds[idx[c.prompt_index]] for c in comps],
+        [tr.data.domains[idx[c.prompt_index]] for c in comps],
+    )
+
+
+def sync(tr: Trainer) -> None:
+    """Give the rollout engine the updated weights, when it samples from a copy of its own."""
+    if tr.rollout.needs_weight_sync:
+        tr.rollout.update_weights(tr.engine.full_state_dict())

@@ -1,0 +1,40 @@
+"""Phase 3, score: per-token log-probs of the rollouts under π_old, π_ref and every active teacher.
+
+π_old is the student *at rollout time*, scored by the trainer (not the rollout engine's
+log-probs, which differ slightly: those only enter the truncated IS weight). Every model is
+scored at the rollout temperature (docs/algorithm.md), so π_θ / π_old is a ratio of the same
+tempered policy the samples came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tcopd.pipelines.train.rollout import Rollouts
+from tcopd.pipelines.train.setup import Trainer
+from tcopd.runtime.forward import batched_response_logprobs
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Rows of per-token values, one per response (CPU, float32)."""
+
+    old: list[torch.Tensor]
+    entropy: list[torch.Tensor]  # of π_old's (tempered) distribution at each position
+    models: dict[str, list[torch.Tensor]]  # "reference" and each active teacher
+
+
+def score(tr: Trainer, batch: Rollouts) -> Scores:
+    cfg = tr.cfg
+    old, entropy = batched_response_logprobs(
+        tr.policy,
+        batch.prompts,
+        batch.responses,
+        cfg.score_token_budget,
+        cfg.chunk_size,
+        temperature=cfg.temperature,
+    )
+    scored = tr.scorer.score(batch.prompts, batch.responses)
+    return Scores(old, entropy, scored.logprobs)

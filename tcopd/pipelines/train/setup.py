@@ -1,0 +1,200 @@
+"""Set-up: everything a training step uses, built once (models, scorer, engines, grader, data).
+
+Choices:
+
+- π_ref defaults to a frozen copy of the student's initial weights.
+- Only teachers with a non-zero λ (for some domain) are loaded (:func:`active_teachers`); with
+  ``teacher_placement="shard"`` each lives on one rank, with ``offload`` in CPU memory.
+- The HF rollout engine samples with the training module itself (nothing to sync) — except
+  under ZeRO-3, where the module's parameters are partitioned and every forward is a
+  collective: it then samples from a full copy that is synced after every step. vLLM always
+  holds its own copy (``needs_weight_sync``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tcopd.core.objective import PPOLoss
+from tcopd.core.teachers import (
+    TeacherSpec,
+    active_teachers,
+    build_teacher_specs,
+    validate_lambda_table,
+)
+from tcopd.errors import ConfigError
+from tcopd.pipelines.train.config import TrainConfig
+from tcopd.pipelines.train.data import Prompts, load_prompts
+from tcopd.pipelines.train.update import UpdateSettings
+from tcopd.runtime import distributed
+from tcopd.runtime.distributed import DistInfo, Reduce
+from tcopd.runtime.engine import TrainEngine
+from tcopd.runtime.grading import Grader
+from tcopd.runtime.models import check_same_tokenizer, load_causal_lm, load_tokenizer
+from tcopd.runtime.rollout import RolloutEngine, make_engine
+from tcopd.runtime.scorer import Scorer
+
+Emit = Callable[..., None]
+
+
+@dataclass
+class Trainer:
+    """The components of a run; the step's phases read what they need from here."""
+
+    cfg: TrainConfig
+    dist: DistInfo
+    reduce: Reduce
+    emit: Emit  # progress events, rank 0 only
+    tokenizer: Any
+    specs: list[TeacherSpec]  # every configured teacher
+    table: dict[str, dict[str, float]]  # the per-domain λ table, validated
+    engine: TrainEngine
+    policy: torch.nn.Module  # the weights the rollouts come from (π_old is scored on it)
+    scorer: Scorer  # π_ref and the active teachers
+    rollout: RolloutEngine
+    grader: Grader
+    data: Prompts
+    eval_data: Prompts | None
+    loss_fn: PPOLoss
+    update: UpdateSettings
+
+
+def teachers_of(cfg: TrainConfig) -> tuple[list[TeacherSpec], dict, list[TeacherSpec]]:
+    """``(all specs, validated λ table, active specs)`` of a config (cheap: no model loaded)."""
+    specs = build_teacher_specs(cfg.expert, cfg.anti_expert, cfg.lambdas, cfg.teacher)
+    table = validate_lambda_table(cfg.lambda_table, specs)
+    return specs, table, active_teachers(specs, table)
+
+
+def model_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+
+
+def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
+    """Load the models and start the engines (see the module docstring)."""
+    specs, table, active = teachers_of(cfg)
+    if cfg.batch_size % dist.world_size:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} is not divisible by the {dist.world_size} ranks"
+        )
+    dtype = model_dtype(cfg, dist.device)
+    emit(phase="loading models")
+    tokenizer = load_tokenizer(cfg.student)
+    student = load_causal_lm(cfg.student, dtype=dtype, device=dist.device)
+    if cfg.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+        student.config.use_cache = False
+    scorer = _scorer(cfg, dist, tokenizer, student, active, dtype)
+    data = load_prompts(cfg.data, tokenizer, cfg.template, cfg.max_prompt_tokens)
+    eval_data = (
+        load_prompts(cfg.eval_data, tokenizer, cfg.template, cfg.max_prompt_tokens)
+        if cfg.eval_data
+        else None
+    )
+    separate = cfg.engine == "hf" and cfg.zero_stage == 3  # see the module docstring
+    rollout_copy = copy.deepcopy(student).requires_grad_(False) if separate else None
+    emit(phase="starting DeepSpeed")
+    torch.manual_seed(cfg.seed)
+    engine = TrainEngine(
+        student,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        zero_stage=cfg.zero_stage,
+        bf16=dtype == torch.bfloat16,
+        grad_clip=cfg.grad_clip,
+        offload_optimizer=cfg.offload_optimizer,
+        offload_params=cfg.offload_params,
+    )
+    policy = rollout_copy if rollout_copy is not None else engine.module
+    return Trainer(
+        cfg=cfg,
+        dist=dist,
+        reduce=Reduce(dist),
+        emit=emit,
+        tokenizer=tokenizer,
+        specs=specs,
+        table=table,
+        engine=engine,
+        policy=policy,
+        scorer=scorer,
+        rollout=_rollout_engine(cfg, dist, tokenizer, policy, separate),
+        grader=Grader(workers=cfg.grader_workers, timeout_s=cfg.grade_timeout_s),
+        data=data,
+        eval_data=eval_data,
+        loss_fn=PPOLoss(cfg.clip_eps, cfg.clip_eps_high, cfg.dual_clip, cfg.aggregation),
+        update=UpdateSettings(
+            cfg.ppo_epochs,
+            cfg.mini_batches,
+            cfg.train_token_budget,
+            cfg.chunk_size,
+            cfg.temperature,
+        ),
+    )
+
+
+def _scorer(
+    cfg: TrainConfig,
+    dist: DistInfo,
+    tokenizer: Any,
+    student: torch.nn.Module,
+    active: list[TeacherSpec],
+    dtype: torch.dtype,
+) -> Scorer:
+    """π_ref and the active teachers, placed as ``teacher_placement`` says."""
+    if cfg.reference:
+        check_same_tokenizer(tokenizer, load_tokenizer(cfg.reference), "reference")
+        reference = load_causal_lm(cfg.reference, dtype=dtype, device=dist.device)
+    else:
+        reference = copy.deepcopy(student)
+    reference.requires_grad_(False)
+    owner: dict[str, int] = {}
+    if cfg.teacher_placement == "shard":
+        owner = distributed.round_robin_owners([s.name for s in active], dist.world_size)
+    teachers: dict[str, torch.nn.Module] = {}
+    for spec in active:
+        check_same_tokenizer(tokenizer, load_tokenizer(spec.path), spec.name)
+        if owner.get(spec.name, dist.rank) == dist.rank:
+            place = torch.device("cpu") if cfg.teacher_placement == "offload" else dist.device
+            teachers[spec.name] = load_causal_lm(spec.path, dtype=dtype, device=place)
+            teachers[spec.name].requires_grad_(False)
+    scorer = Scorer(
+        {"reference": reference, **teachers},
+        placement=cfg.teacher_placement,
+        device=dist.device,
+        token_budget=cfg.score_token_budget,
+        chunk_size=cfg.chunk_size,
+        temperature=cfg.temperature,
+        teacher_owner=owner or None,
+    )
+    if cfg.teacher_placement == "offload":
+        reference.to(dist.device)  # π_ref is needed every step; only teachers are offloaded
+    return scorer
+
+
+def _rollout_engine(
+    cfg: TrainConfig, dist: DistInfo, tokenizer: Any, policy: torch.nn.Module, separate: bool
+) -> RolloutEngine:
+    if cfg.engine == "hf":
+        return make_engine(
+            "hf",
+            policy,
+            tokenizer,
+            device=dist.device,
+            token_budget=cfg.rollout_token_budget,
+            needs_weight_sync=separate,
+        )
+    return make_engine(
+        "vllm",
+        cfg.student,
+        tokenizer,
+        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        enable_sleep_mode=cfg.vllm_sleep,
+    )

@@ -1,0 +1,66 @@
+"""One training step, phase by phase (SPEC §1, §5):
+
+1. rollout     — sample responses to this step's prompts            (rollout.py)
+2. grade       — math-verify, in worker processes, overlapping 3    (grade.py)
+3. score       — π_old, π_ref and the active teachers               (score.py)
+4. advantages  — contrastive reward, advantage, IS weight           (advantages.py → core/signal.py)
+5. update      — PPO epochs × mini-batches through DeepSpeed        (update.py → core/objective.py)
+6. sync        — new weights to the rollout engine, if it has a copy (rollout.py)
+7. metrics     — one row of metrics.jsonl, summed over ranks        (metrics.py)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tcopd.errors import TrainingError
+from tcopd.pipelines.train import grade
+from tcopd.pipelines.train.advantages import advantages
+from tcopd.pipelines.train.metrics import step_row, timer
+from tcopd.pipelines.train.rollout import rollout, sync
+from tcopd.pipelines.train.score import score
+from tcopd.pipelines.train.setup import Trainer
+from tcopd.pipelines.train.update import UpdateBatch, ppo_update
+
+
+def train_step(tr: Trainer, step: int) -> dict[str, Any]:
+    """Run step ``step`` (0-based) and return its metrics row; errors name the step."""
+    try:
+        return _phases(tr, step)
+    except TrainingError as e:
+        raise TrainingError(f"step {step + 1}: {e}; the last checkpoint is kept") from e
+
+
+def _phases(tr: Trainer, step: int) -> dict[str, Any]:
+    times: dict[str, float] = {}
+    with timer("step", times):
+        tr.emit(phase="rollout", step=step)
+        with timer("rollout", times):
+            batch = rollout(tr, step)
+        grade.submit(tr.grader, batch)
+        tr.emit(phase="scoring", step=step)
+        with timer("scoring", times):
+            scores = score(tr, batch)
+        with timer("grade_wait", times):
+            grades = grade.collect(tr.grader, batch)
+        signal, is_BT = advantages(tr, batch, scores, grades)
+        tr.emit(phase="update", step=step)
+        with timer("update", times):
+            upd = ppo_update(
+                tr.engine,
+                UpdateBatch(
+                    batch.prompts,
+                    batch.responses,
+                    signal.mask_BT,
+                    signal.old_BT,
+                    signal.adv_BT,
+                    is_BT,
+                ),
+                tr.loss_fn,
+                tr.update,
+                seed=tr.cfg.seed * 7919 + step,
+                reduce=tr.reduce,
+            )
+        with timer("sync", times):
+            sync(tr)
+    return step_row(tr, step, batch, scores, grades, signal, is_BT, upd, times)
