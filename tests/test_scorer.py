@@ -9,9 +9,11 @@ import torch
 from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
 from tcopd.errors import ConfigError, DataError, ModelError
+from tcopd.runtime import forward as rf
 from tcopd.runtime import models as rm
 from tcopd.runtime import scorer as rs
-from tcopd.runtime.scorer import Scorer, model_response_logprobs
+from tcopd.runtime.forward import model_response_logprobs
+from tcopd.runtime.scorer import Scorer
 
 TOL = 1e-5
 
@@ -134,7 +136,7 @@ class LogitsOnly(torch.nn.Module):
 
 def test_fallback_without_output_head(world, batch):
     model = rm.load_causal_lm(world["tied"])
-    assert rs.output_head(LogitsOnly(model)) is None
+    assert rf.output_head(LogitsOnly(model)) is None
     P, R = batch
     with torch.no_grad():
         logp = model_response_logprobs(LogitsOnly(model), P, R)

@@ -111,7 +111,7 @@ def small_world(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("toy") / "world"
     seen = []
-    world = ensure_toy(root, seed=5, size="small", progress=lambda *a: seen.append(a))
+    world = ensure_toy(root, seed=5, size="small", progress=seen.append)
     return world, seen
 
 
@@ -122,7 +122,7 @@ def test_small_build_artefacts_load_with_transformers(small_world):
     from tcopd.runtime.datasets import load_prepared
 
     world, seen = small_world
-    assert {s[0] for s in seen} >= {"data", "student", "expert", "anti_expert", "table"}
+    assert {e.phase for e in seen} >= {"data", "student", "expert", "anti_expert", "table"}
     tok = AutoTokenizer.from_pretrained(str(world.tokenizer))
     for name, path in world.models.items():
         model = AutoModelForCausalLM.from_pretrained(str(path))

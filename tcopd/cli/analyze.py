@@ -17,6 +17,7 @@ from tcopd.pipelines.analyze import curves as curves_pipeline
 from tcopd.pipelines.analyze import length as length_pipeline
 from tcopd.pipelines.analyze import phrases as phrases_pipeline
 from tcopd.pipelines.analyze.tables import Table, format_value, render, resolve_format, write_table
+from tcopd.progress import Event
 
 analyze_app = typer.Typer(
     help="Tables and figures from run files: response length, phrase rates, training curves, cost.",
@@ -80,8 +81,8 @@ def _with_progress(label: str, enabled: bool, fn):
     with Progress(console=err_console, transient=True) as bar:
         task = bar.add_task(label, total=None)
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def update(event: Event) -> None:
+            bar.update(task, completed=event.done, total=event.total)
 
         return fn(update)
 

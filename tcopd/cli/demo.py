@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -10,6 +10,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from tcopd.cli.analyze import show
 from tcopd.cli.main import app
 from tcopd.cli.options import console
+from tcopd.progress import Event
 
 
 @app.command("demo")
@@ -61,12 +62,12 @@ def demo_cmd(
     ) as bar:
         task = bar.add_task("starting", total=None)
 
-        def on_event(event: dict[str, Any]) -> None:
-            parts = [str(event.get("phase", "")), str(event.get("detail", ""))]
-            if "step" in event and isinstance(event["step"], int):
-                parts.append(f"step {event['step'] + 1}")
-            if "done" in event and "total" in event:
-                parts.append(f"{event['done']}/{event['total']}")
+        def on_event(event: Event) -> None:
+            parts = [event.phase, event.detail]
+            if event.step is not None:
+                parts.append(f"step {event.step + 1}")
+            if event.done is not None and event.total is not None:
+                parts.append(f"{event.done}/{event.total}")
             bar.update(task, description=" · ".join(p for p in parts if p))
 
         result = demo.run(cfg, on_event)

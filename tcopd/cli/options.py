@@ -64,11 +64,13 @@ DeviceOpt = Annotated[
 
 
 # ---------------------------------------------------------------- flags generated from a config
-def _flag_annotation(name: str, tp: Any, help: str) -> Any | None:
+def _flag_annotation(name: str, tp: Any, help: str, flag: str | None = None) -> Any | None:
     """``Annotated[type | None, typer.Option(...)]`` for a config field, or None (YAML only)."""
-    flag = "--" + name.replace("_", "-")
+    flag = flag or "--" + name.replace("_", "-")
     args = [a for a in get_args(tp) if a is not type(None)]
-    base = args[0] if get_origin(tp) in (Union, UnionType) and len(args) == 1 else tp
+    base = tp
+    if get_origin(tp) in (Union, UnionType):
+        base = args[0] if len(args) == 1 else (str if str in args else None)
     if get_origin(base) is Literal:
         choices = ", ".join(str(c) for c in get_args(base))
         return Annotated[
@@ -95,12 +97,15 @@ def yaml_only(cls: type) -> list[str]:
     ]
 
 
-def config_flags(cls: type, *, skip: tuple[str, ...] = ()):
+def config_flags(
+    cls: type, *, skip: tuple[str, ...] = (), flag_names: dict[str, str] | None = None
+):
     """Decorate ``fn(flags: dict, **own)`` into a typer command with one flag per field of ``cls``.
 
     Each flag's help is the field's own (``tcopd.config.field``); every flag defaults to None
     ("not given"), so ``flags`` holds exactly what the user typed, ready for the YAML merge.
     ``fn``'s own keyword parameters (``--config``, ``--resume``, ...) are kept as they are.
+    ``flag_names`` renames a field's flag (``{"teachers": "--teacher"}``).
     """
     hints = typing.get_type_hints(cls, include_extras=False)
 
@@ -113,7 +118,8 @@ def config_flags(cls: type, *, skip: tuple[str, ...] = ()):
         for f in dataclasses.fields(cls):
             if f.name in skip:
                 continue
-            ann = _flag_annotation(f.name, hints[f.name], f.metadata.get("help", ""))
+            help = f.metadata.get("help", "")
+            ann = _flag_annotation(f.name, hints[f.name], help, (flag_names or {}).get(f.name))
             if ann is None:
                 continue
             names.append(f.name)

@@ -13,6 +13,7 @@ from tcopd.cli.main import app
 from tcopd.cli.options import ConfigOpt, SeedOpt, console, err_console
 from tcopd.config import load_config
 from tcopd.pipelines import prepare as pipeline
+from tcopd.progress import Event
 
 
 @app.command("prepare")
@@ -114,10 +115,10 @@ def prepare(
     ) as bar:
         tasks: dict[str, int] = {}
 
-        def progress(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bar.add_task(label, total=total)
-            bar.update(tasks[label], completed=done, total=total)
+        def progress(event: Event) -> None:
+            if event.phase not in tasks:
+                tasks[event.phase] = bar.add_task(event.phase, total=event.total)
+            bar.update(tasks[event.phase], completed=event.done, total=event.total)
 
         result = pipeline.run(cfg, progress=progress)
     _render(result)

@@ -2,78 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from typing import Any
 
-import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from tcopd.cli.main import app
-from tcopd.cli.options import (
-    AntiExpertOpt,
-    ConfigOpt,
-    DeviceOpt,
-    ExpertOpt,
-    LambdasOpt,
-    NormalizationOpt,
-    ReferenceOpt,
-    StudentOpt,
-    TeacherOpt,
-    console,
-    err_console,
-)
-from tcopd.config import help_of, load_config
+from tcopd.cli.options import ConfigOpt, config_flags, console, err_console
+from tcopd.config import load_config
 from tcopd.pipelines import score as pipeline
 from tcopd.pipelines.score import ScoreConfig
+from tcopd.progress import Event
 
 
-def _opt(name: str, key: str):
-    return typer.Option(name, help=help_of(ScoreConfig, key))
-
-
-@app.command("score")
-def score(
-    student: StudentOpt = None,
-    reference: ReferenceOpt = None,
-    expert: ExpertOpt = None,
-    anti_expert: AntiExpertOpt = None,
-    lambdas: LambdasOpt = None,
-    teacher: TeacherOpt = None,
-    input: Annotated[Path | None, _opt("--input", "input")] = None,
-    output: Annotated[Path | None, _opt("--output", "output")] = None,
-    teacher_normalization: NormalizationOpt = None,
-    beta: Annotated[float | None, _opt("--beta", "beta")] = None,
-    temperature: Annotated[float | None, _opt("--temperature", "temperature")] = None,
-    chunk_size: Annotated[int | None, _opt("--chunk-size", "chunk_size")] = None,
-    token_budget: Annotated[int | None, _opt("--token-budget", "token_budget")] = None,
-    device: DeviceOpt = None,
-    dtype: Annotated[str | None, _opt("--dtype", "dtype")] = None,
-    placement: Annotated[str | None, _opt("--placement", "placement")] = None,
-    packing: Annotated[str | None, _opt("--packing", "packing")] = None,
-    config: ConfigOpt = None,
-) -> None:
+@app.command("score", epilog="Set lambda_table (per-domain λ) in the --config YAML.")
+@config_flags(ScoreConfig, flag_names={"teachers": "--teacher"})
+def score(flags: dict[str, Any], config: ConfigOpt = None) -> None:
     """Score rollouts under the student, the reference and every teacher; add reward and advantage."""
-    overrides = {
-        "student": student,
-        "reference": reference,
-        "expert": expert,
-        "anti_expert": anti_expert,
-        "lambdas": lambdas,
-        "teachers": teacher or None,
-        "input": str(input) if input else None,
-        "output": str(output) if output else None,
-        "teacher_normalization": teacher_normalization,
-        "beta": beta,
-        "temperature": temperature,
-        "chunk_size": chunk_size,
-        "token_budget": token_budget,
-        "device": device,
-        "dtype": dtype,
-        "placement": placement,
-        "packing": packing,
-    }
-    cfg = load_config(ScoreConfig, config, overrides)
+    cfg = load_config(ScoreConfig, config, flags)
     with Progress(
         TextColumn("scoring"),
         BarColumn(),
@@ -85,8 +31,8 @@ def score(
     ) as bar:
         task = bar.add_task("score", total=None)
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def progress(event: Event) -> None:
+            bar.update(task, completed=event.done, total=event.total)
 
         summary = pipeline.run(cfg, progress=progress)
     if summary.output is None:  # a non-zero rank under torchrun: rank 0 reports

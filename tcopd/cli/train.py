@@ -20,6 +20,7 @@ from tcopd.cli.main import app
 from tcopd.cli.options import ConfigOpt, config_flags, console, yaml_only
 from tcopd.errors import ConfigError
 from tcopd.pipelines.train import TrainConfig
+from tcopd.progress import Event
 
 _YAML_ONLY = ", ".join(yaml_only(TrainConfig))
 
@@ -111,18 +112,18 @@ class _Display:
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        step = event.get("step")
-        if "metrics" in event:
-            m = event["metrics"]
+    def __call__(self, event: Event) -> None:
+        step = event.step
+        if event.metrics is not None:
+            m = event.metrics
             self.progress.update(
                 self.task,
                 completed=m["step"],
                 reward=f"{m['reward_mean']:+.3f}",
                 acc=f"{m['rollout_accuracy']:.2f}",
             )
-        if event.get("phase"):
-            label = event["phase"] if step is None else f"{event['phase']} (step {step + 1})"
-            if step is not None and "metrics" not in event:
+        if event.phase:
+            label = event.phase if step is None else f"{event.phase} (step {step + 1})"
+            if step is not None and event.metrics is None:
                 self.progress.update(self.task, completed=step)
             self.progress.update(self.task, phase=label)

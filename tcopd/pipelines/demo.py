@@ -17,9 +17,9 @@ which differences the noise cannot separate. Everything lands under ``--out`` (d
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -27,9 +27,8 @@ from typing import Any
 
 from tcopd.config import field, to_dict, write_resolved
 from tcopd.pipelines.analyze import Row, Table, render, write_table
+from tcopd.progress import Event, Progress
 from tcopd.runtime.io import atomic_write_text, write_json
-
-Progress = Callable[[dict[str, Any]], None]
 
 # (run name, λ of the expert, λ of the anti-expert or None): the paper's Table 1 rows.
 METHODS: tuple[tuple[str, float, float | None], ...] = (
@@ -88,10 +87,11 @@ def _train_flags(
 
 
 def _evaluate(
-    cfg: DemoConfig, model: Path, out: Path, world: Any, progress: Progress
+    cfg: DemoConfig, model: Path, out: Path, world: Any, name: str, progress: Progress
 ) -> dict[str, Any]:
     from tcopd.pipelines import eval as eval_pipeline
 
+    progress(Event("eval", detail=name))
     if (out / "summary.json").is_file():
         import json
 
@@ -111,9 +111,6 @@ def _evaluate(
 
 def run(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
     """See the module docstring."""
-    from tcopd.pipelines import train as train_pipeline
-    from tcopd.pipelines.analyze import cost, curves, length
-    from tcopd.pipelines.train.config import load_train_config
     from tcopd.runtime.toy import ensure_toy
 
     progress = progress or (lambda event: None)
@@ -123,42 +120,69 @@ def run(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, out / "demo_config.yaml")
-
-    progress({"phase": "toy world", "detail": "building (first run only)"})
+    progress(Event("toy world", detail="building (first run only)"))
     world = ensure_toy(root=cfg.toy_dir, seed=cfg.seed, size="small" if cfg.small else "full")
-
     summaries: dict[str, dict[str, Any]] = {}
-    samples: dict[str, Path] = {}
     for name, model in (
         ("student", world.student),
         ("expert", world.expert),
         ("anti-expert", world.anti_expert),
     ):
-        progress({"phase": "eval", "detail": name})
-        summaries[name] = _evaluate(cfg, model, out / "eval" / name, world, progress)
-        samples[name] = out / "eval" / name / "samples.jsonl"
-
+        summaries[name] = _evaluate(cfg, model, out / "eval" / name, world, name, progress)
     run_dirs: dict[str, Path] = {}
     for name, lam_e, lam_a in METHODS:
-        run_dir = out / "train" / name
-        run_dirs[name] = run_dir
-        done = run_dir / "checkpoints" / "latest"
-        if not done.is_file():
-            progress({"phase": "train", "detail": name})
-            tcfg = load_train_config(None, _train_flags(cfg, world, lam_e, lam_a, run_dir))
-            train_pipeline.run(
-                tcfg,
-                overwrite=True,
-                progress=lambda e, n=name: progress({"phase": "train", "detail": n, **e}),
-            )
-        final = run_dir / "checkpoints" / done.read_text().strip() / "model"
-        progress({"phase": "eval", "detail": name})
-        summaries[name] = _evaluate(cfg, final, out / "eval" / name, world, progress)
-        samples[name] = out / "eval" / name / "samples.jsonl"
+        run_dirs[name] = out / "train" / name
+        final = _train(cfg, world, lam_e, lam_a, run_dirs[name], name, progress)
+        summaries[name] = _evaluate(cfg, final, out / "eval" / name, world, name, progress)
+    progress(Event("tables", detail="Tables 1-3, Figure 2"))
+    acc = {n: (float(s["mean_at_n"]), float(s["stderr"])) for n, s in summaries.items()}
+    tables, fig = _tables(cfg, out, summaries, acc, run_dirs)
+    notes = _notes(acc)
+    wall = time.perf_counter() - t0
+    report = out / "report.md"
+    atomic_write_text(report, _report(cfg, *tables, fig.png, fig.summary, notes, wall))
+    write_json(
+        out / "demo_summary.json",
+        {"accuracy": acc, "wall_s": wall, "config": to_dict(cfg), "notes": notes},
+    )
+    return DemoResult(out, *tables, fig.png, report, acc, wall, notes)
 
-    progress({"phase": "tables", "detail": "Tables 1-3, Figure 2"})
+
+def _train(
+    cfg: DemoConfig,
+    world: Any,
+    lam_e: float,
+    lam_a: float | None,
+    run_dir: Path,
+    name: str,
+    progress: Progress,
+) -> Path:
+    """Train one method (unless its run finished before); returns its final HF model directory."""
+    from tcopd.pipelines import train as train_pipeline
+
+    done = run_dir / "checkpoints" / "latest"
+    if not done.is_file():
+        progress(Event("train", detail=name))
+        tcfg = train_pipeline.load_train_config(
+            None, _train_flags(cfg, world, lam_e, lam_a, run_dir)
+        )
+        train_pipeline.run(
+            tcfg, overwrite=True, progress=lambda e: progress(dataclasses.replace(e, detail=name))
+        )
+    return run_dir / "checkpoints" / done.read_text().strip() / "model"
+
+
+def _tables(
+    cfg: DemoConfig,
+    out: Path,
+    summaries: dict[str, dict[str, Any]],
+    acc: dict[str, tuple[float, float]],
+    run_dirs: dict[str, Path],
+) -> tuple[tuple[Table, Table, Table], Any]:
+    """Tables 1-3 (written as CSV and JSON) and the Figure 2 analogue."""
+    from tcopd.pipelines.analyze import cost, curves, length
+
     names = list(summaries)
-    acc = {n: (float(summaries[n]["mean_at_n"]), float(summaries[n]["stderr"])) for n in names}
     table1 = Table(
         title=f"Table 1 (toy): toy-math mean@{cfg.eval_n} (%), ± standard error",
         columns=tuple(names),
@@ -170,16 +194,14 @@ def run(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
         ),
         row_header="model",
     )
-    table2 = cost.run(
-        cost.CostConfig(runs=[str(run_dirs[n]) for n in run_dirs], names=list(run_dirs))
-    ).table
-    table3 = length.run(
-        length.LengthConfig(samples=[str(samples[n]) for n in names], names=names)
-    ).table
+    runs, methods = [str(run_dirs[n]) for n in run_dirs], list(run_dirs)
+    table2 = cost.run(cost.CostConfig(runs=runs, names=methods)).table
+    samples = [str(out / "eval" / n / "samples.jsonl") for n in names]
+    table3 = length.run(length.LengthConfig(samples=samples, names=names)).table
     fig = curves.run(
         curves.CurvesConfig(
-            runs=[str(run_dirs[n]) for n in run_dirs],
-            names=list(run_dirs),
+            runs=runs,
+            names=methods,
             metric="rollout_accuracy",
             out=str(out / "figure2_rollout_accuracy.png"),
             smooth=3,
@@ -192,17 +214,7 @@ def run(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
     ):
         write_table(t, out / f"{stem}.csv", "csv")
         write_table(t, out / f"{stem}.json", "json")
-    notes = _notes(acc)
-    wall = time.perf_counter() - t0
-    report = out / "report.md"
-    atomic_write_text(
-        report, _report(cfg, table1, table2, table3, fig.png, fig.summary, notes, wall)
-    )
-    write_json(
-        out / "demo_summary.json",
-        {"accuracy": acc, "wall_s": wall, "config": to_dict(cfg), "notes": notes},
-    )
-    return DemoResult(out, table1, table2, table3, fig.png, report, acc, wall, notes)
+    return (table1, table2, table3), fig
 
 
 def _notes(acc: dict[str, tuple[float, float]]) -> list[str]:

@@ -17,13 +17,13 @@ Choices:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tcopd.config import field as setting
 from tcopd.errors import ConfigError
+from tcopd.progress import Progress
 from tcopd.runtime import datasets as ds
 from tcopd.runtime.io import write_jsonl, write_parquet
 from tcopd.runtime.prompts import (
@@ -34,7 +34,6 @@ from tcopd.runtime.prompts import (
 )
 
 NAMES = (*ds.SOURCES, "file", "toy")
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

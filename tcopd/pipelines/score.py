@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 
 from tcopd.config import field, write_resolved
 from tcopd.core.objective import NORMALIZATIONS
@@ -39,11 +37,10 @@ from tcopd.core.teachers import (
     validate_lambda_table,
 )
 from tcopd.errors import ConfigError, DataError
+from tcopd.progress import Progress
 from tcopd.runtime import distributed, models
 from tcopd.runtime.io import read_rows, write_rows
 from tcopd.runtime.scorer import Scorer
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -99,6 +96,14 @@ class ScoreConfig:
         "auto", help="Padding-free packing: auto (with flash-attention), on, off (right padding)."
     )
 
+    def __post_init__(self) -> None:
+        if self.teacher_normalization not in NORMALIZATIONS:
+            raise ConfigError(f"teacher_normalization must be one of {', '.join(NORMALIZATIONS)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.chunk_size < 1 or self.token_budget < 1:
+            raise ConfigError("chunk_size and token_budget must be positive integers")
+
 
 @dataclass(frozen=True)
 class ScoreSummary:
@@ -137,12 +142,6 @@ def _check_config(config: ScoreConfig) -> None:
             raise ConfigError(
                 f"missing --{key.replace('_', '-')}: tcopd score needs --student, --input and --output"
             )
-    if config.teacher_normalization not in NORMALIZATIONS:
-        raise ConfigError(f"teacher_normalization must be one of {', '.join(NORMALIZATIONS)}")
-    if config.temperature <= 0:
-        raise ConfigError(f"temperature must be > 0, got {config.temperature}")
-    if config.chunk_size < 1 or config.token_budget < 1:
-        raise ConfigError("chunk_size and token_budget must be positive integers")
 
 
 def _id_list(value: Any, where: str, key: str) -> list[int]:
@@ -195,12 +194,37 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
     """Score every row of ``config.input``; write ``config.output`` and its resolved config."""
     _check_config(config)
     specs, active, table = _teachers(config)
-    reference = config.reference or config.student
-    named_paths = {"student": config.student, "reference": reference} | {
-        s.name: s.path for s in active
+    named_paths = {"student": config.student, "reference": config.reference or config.student}
+    named_paths |= {s.name: s.path for s in active}
+    rows = _check_models_and_rows(config, named_paths)  # 1. cheap checks, before any load
+    info, owner = _placement(config, active)  # 2. where things run
+    mine = rows[info.rank :: info.world_size]
+    scorer = _load_scorer(config, named_paths, info, owner)  # 3. load and score
+    t0 = time.perf_counter()
+    result = scorer.score(
+        [r.prompt_ids for r in mine], [r.response_ids for r in mine], progress=progress
+    )
+    logprobs = dict(result.logprobs)
+    logprobs.setdefault("reference", logprobs["student"])  # π_ref is the student
+    out_rows, signal = _rewards(config, specs, active, table, mine, logprobs)  # 4. SPEC §1
+    local = {
+        "rows": out_rows,
+        "tokens": int(signal.mask_BT.sum().item()),
+        "reward_sum": float((signal.reward_BT * signal.mask_BT).sum()),
+        "adv_sum": float((signal.adv_BT * signal.mask_BT).sum()),
+        "ratio_sums": {k: float(v) for k, v in signal.logratio_sums().items()},
+        "stats": result.stats,
     }
+    parts = distributed.Reduce(info).gather(local)
+    summary = _summarise(config, parts, time.perf_counter() - t0, specs, active, named_paths, info)
+    if info.is_main:
+        summary = _write(config, parts, specs, named_paths["reference"], info, summary)
+    distributed.barrier()
+    return summary
 
-    # 1. Cheap checks first: every model directory is a causal-LM config, every tokenizer matches.
+
+def _check_models_and_rows(config: ScoreConfig, named_paths: dict[str, str]) -> list[_Row]:
+    """Every model directory is a causal-LM config, every tokenizer matches; the rows are valid."""
     configs = {name: models.load_causal_lm_config(path) for name, path in named_paths.items()}
     student_tok = models.load_tokenizer(config.student)
     checked = {config.student}
@@ -210,21 +234,26 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
             checked.add(path)
     vocab = min(int(c.vocab_size) for c in configs.values() if getattr(c, "vocab_size", None))
     limits = [m for m in (models.max_positions(c) for c in configs.values()) if m]
-    rows = _read_rows(config.input, student_tok, vocab, min(limits) if limits else None)
+    return _read_rows(config.input, student_tok, vocab, min(limits) if limits else None)
 
-    # 2. Where things run.
-    if config.placement == "shard":
-        info = distributed.init_distributed(config.device)
-    else:
-        info = distributed.DistInfo(device=distributed.pick_device(config.device))
-    owner = (
-        distributed.round_robin_owners([s.name for s in active], info.world_size)
-        if config.placement == "shard"
-        else {}
-    )
-    mine = rows[info.rank :: info.world_size]
 
-    # 3. Load (each rank: student, reference, and the teachers it hosts) and score.
+def _placement(
+    config: ScoreConfig, active: list[TeacherSpec]
+) -> tuple[distributed.DistInfo, dict[str, int]]:
+    """This process's rank and device, and which rank hosts each teacher (``shard`` only)."""
+    if config.placement != "shard":
+        return distributed.DistInfo(device=distributed.pick_device(config.device)), {}
+    info = distributed.init_distributed(config.device)
+    return info, distributed.round_robin_owners([s.name for s in active], info.world_size)
+
+
+def _load_scorer(
+    config: ScoreConfig,
+    named_paths: dict[str, str],
+    info: distributed.DistInfo,
+    owner: dict[str, int],
+) -> Scorer:
+    """Each rank loads the student, the reference and the teachers it hosts."""
     attn = models.default_attn_implementation(info.device)
     load_device = "cpu" if config.placement == "offload" else info.device
     loaded: dict[str, torch.nn.Module] = {}
@@ -234,7 +263,7 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
         if owner.get(name, info.rank) != info.rank:
             continue
         loaded[name] = models.load_causal_lm(path, config.dtype, load_device, attn)
-    scorer = Scorer(
+    return Scorer(
         loaded,
         placement=config.placement,
         device=info.device,
@@ -244,47 +273,30 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
         teacher_owner=owner or None,
         packing=config.packing,
     )
-    t0 = time.perf_counter()
-    result = scorer.score(
-        [r.prompt_ids for r in mine], [r.response_ids for r in mine], progress=progress
-    )
-    logprobs = dict(result.logprobs)
-    if "reference" not in logprobs:
-        logprobs["reference"] = logprobs["student"]
 
-    # 4. Reward and advantage (SPEC §1), then the output rows.
-    out_rows, signal = _rewards(config, specs, active, table, mine, logprobs)
-    mask_BT = signal.mask_BT
-    local = {
-        "rows": out_rows,
-        "tokens": int(mask_BT.sum().item()),
-        "reward_sum": float((signal.reward_BT * mask_BT).sum()),
-        "adv_sum": float((signal.adv_BT * mask_BT).sum()),
-        "ratio_sums": {k: float(v) for k, v in signal.logratio_sums().items()},
-        "stats": result.stats,
-    }
-    parts = [local]
-    if info.distributed:
-        parts = [None] * info.world_size
-        dist.all_gather_object(parts, local)
-    seconds = time.perf_counter() - t0
-    summary = _summarise(config, parts, seconds, specs, active, named_paths, info)
-    if info.is_main:
-        all_rows = sorted((r for p in parts for r in p["rows"]), key=lambda r: r[0])
-        out = write_rows(config.output, [r for _, r in all_rows])
-        resolved = dataclasses.replace(
-            config,
-            reference=reference,
-            expert=None,
-            anti_expert=None,
-            lambdas=None,
-            teachers=[f"{s.name}={s.path}:{s.lam!r}" for s in specs],
-            device=str(info.device) if config.placement != "shard" else config.device,
-        )
-        cfg = write_resolved(resolved, f"{config.output}.config.yaml")
-        summary = dataclasses.replace(summary, output=out, config_path=cfg)
-    distributed.barrier()
-    return summary
+
+def _write(
+    config: ScoreConfig,
+    parts: list[Any],
+    specs: list[TeacherSpec],
+    reference: str,
+    info: distributed.DistInfo,
+    summary: ScoreSummary,
+) -> ScoreSummary:
+    """Rank 0: the output rows in input order, and the resolved config next to them."""
+    all_rows = sorted((r for p in parts for r in p["rows"]), key=lambda r: r[0])
+    out = write_rows(config.output, [r for _, r in all_rows])
+    resolved = dataclasses.replace(
+        config,
+        reference=reference,
+        expert=None,
+        anti_expert=None,
+        lambdas=None,
+        teachers=[f"{s.name}={s.path}:{s.lam!r}" for s in specs],
+        device=str(info.device) if config.placement != "shard" else config.device,
+    )
+    cfg = write_resolved(resolved, f"{config.output}.config.yaml")
+    return dataclasses.replace(summary, output=out, config_path=cfg)
 
 
 def _rewards(

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from tcopd.core.batching import padded_tokens, plan_packed, plan_padded
 from tcopd.errors import ConfigError, DataError, ModelError
+from tcopd.progress import Event, Progress
 from tcopd.runtime.forward import Ids, _as_list, model_response_logprobs, uses_varlen_attention
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 Placement = Literal["local", "offload", "shard"]
 Packing = Literal["auto", "on", "off"]
 PLACEMENTS = ("local", "offload", "shard")
-Progress = Callable[[int, int], None]
 
 
 # ------------------------------------------------------------------------------- the scorer
@@ -138,7 +138,7 @@ class Scorer:
     ) -> ScoreResult:
         """Log-probs of each response under each of ``names`` (default: all); see the class doc.
 
-        ``progress(done, total)`` is called after each micro-batch, in model-tokens.
+        ``progress`` gets an ``Event("scoring", done, total)`` after each micro-batch, in model-tokens.
         """
         prompts = [_as_list(p) for p in prompt_ids]
         responses = [_as_list(r) for r in response_ids]
@@ -332,4 +332,4 @@ class _Ticker:
     def __call__(self, n: int) -> None:
         self.done += n
         if self.progress is not None:
-            self.progress(self.done, self.total)
+            self.progress(Event("scoring", self.done, self.total))

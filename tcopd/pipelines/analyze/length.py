@@ -28,6 +28,7 @@ from tcopd.pipelines.analyze.sources import (
     tokenizer_counter,
 )
 from tcopd.pipelines.analyze.tables import Row, Table, unique_names
+from tcopd.progress import Event
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def run(config: LengthConfig, progress: Progress | None = None) -> LengthResult:
             length_stats(load_samples(p, need=("finish_reason", "correct"), count_tokens=count))
         )
         if progress:
-            progress(i + 1, len(paths))
+            progress(Event("reading", i + 1, len(paths)))
     rows = tuple(Row(label, tuple(c[label] for c in columns), fmt) for label, fmt in ROWS)
     source = f"tokenizer {config.tokenizer}" if config.tokenizer else "num_tokens"
     notes = (

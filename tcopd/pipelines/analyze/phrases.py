@@ -24,6 +24,7 @@ from tcopd.config import field
 from tcopd.errors import ConfigError
 from tcopd.pipelines.analyze.sources import Progress, load_samples, tokenizer_counter
 from tcopd.pipelines.analyze.tables import Row, Table, unique_names
+from tcopd.progress import Event
 
 DEFAULT_PHRASES: tuple[str, ...] = ("let's", "we should", "step 1", "wait", "define")
 
@@ -88,7 +89,7 @@ def run(config: PhrasesConfig, progress: Progress | None = None) -> PhrasesResul
         for k, pat in enumerate(patterns):
             rates[k].append(1000.0 * count_phrase(pat, texts) / total if total else None)
         if progress:
-            progress(i + 1, len(paths))
+            progress(Event("reading", i + 1, len(paths)))
     rows = [Row("(total tokens)", tuple(totals), "d")]
     rows += [Row(ph, tuple(r), ".3f") for ph, r in zip(phrases, rates, strict=True)]
     notes = ("rate = occurrences per 1,000 response tokens; case-insensitive, whole words",)

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from tcopd.errors import ConfigError, DataError
+from tcopd.progress import Progress  # noqa: F401  (the analyze pipelines import it from here)
 from tcopd.runtime.grading import extract_boxed
 from tcopd.runtime.io import iter_jsonl
-
-Progress = Callable[[int, int], None]  # (done, total)
 
 # ---------------------------------------------------------------------------------------------
 # samples.jsonl

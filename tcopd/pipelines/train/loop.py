@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,10 @@ from tcopd.pipelines.train.config import TrainConfig, resume_conflicts
 from tcopd.pipelines.train.evaluate import evaluate
 from tcopd.pipelines.train.setup import Trainer, build_trainer, teachers_of
 from tcopd.pipelines.train.step import train_step
+from tcopd.progress import Event, Progress
 from tcopd.runtime import checkpoint as ckpt
 from tcopd.runtime import distributed
 from tcopd.runtime.io import JsonlAppender, read_jsonl_tolerant, write_jsonl
-
-Progress = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -62,7 +60,7 @@ def resolve_toy(cfg: TrainConfig, progress: Progress | None = None) -> TrainConf
     from tcopd.runtime.toy import ensure_toy
 
     if progress:
-        progress({"phase": "toy world (building on first use)"})
+        progress(Event("toy world (building on first use)"))
     world = ensure_toy()
     return replace(
         cfg,
@@ -122,9 +120,9 @@ def run(
         _check_new_run_dir(run_dir, overwrite)
     dist = distributed.init_distributed(cfg.device)
 
-    def emit(**event: Any) -> None:
+    def emit(phase: str, **fields: Any) -> None:
         if dist.is_main and progress is not None:
-            progress(event)
+            progress(Event(phase, **fields))
 
     tr = build_trainer(cfg, dist, emit)
     if dist.is_main:

@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from tcopd.errors import DataError
+from tcopd.progress import Event, Progress
 from tcopd.runtime.io import atomic_write_text, write_json, write_jsonl, write_parquet
 from tcopd.runtime.prompts import render_prompt
 from tcopd.runtime.rows import make_row
 from tcopd.runtime.toy import problems as P
 from tcopd.runtime.toy.tokenizer import build_tokenizer
 
-Progress = Callable[[str, int, int], None]
 BUILD_VERSION = 2  # 2: no chat template on the toy tokenizer
 DOMAINS = ("math", "code")
 MODEL_NAMES = ("student", "expert", "anti_expert")
@@ -288,7 +288,11 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
     from tcopd.runtime.toy.training import encode, new_model, train_sft
 
     t0 = time.time()
-    note = progress or (lambda *_: None)
+
+    def note(phase: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(Event(phase, done, total))
+
     note("data", 0, 1)
     data = make_corpora(seed, s)
     for split in ("train", "test"):
@@ -420,7 +424,7 @@ def measure_table(
     with Grader(workers=1, timeout_s=10.0) as grader:
         for k, (name, model) in enumerate(models.items()):
             if progress:
-                progress("table", k, len(models))
+                progress(Event("table", k, len(models)))
             engine = HFEngine(model, tokenizer, device="cpu", token_budget=16384)
             completions = engine.generate(prompt_ids, sampling)
             verdicts = grader.grade(golds, [c.text for c in completions])
@@ -438,7 +442,7 @@ def measure_table(
                 "example": completions[0].text,
             }
         if progress:
-            progress("table", len(models), len(models))
+            progress(Event("table", len(models), len(models)))
     m = out["models"]
     if {"student", "expert", "anti_expert"} <= set(m):
         out["checks"] = {

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-Progress = Callable[[str, int, int], None]
+from tcopd.progress import Event, Progress
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,6 @@ def train_sft(
         opt.step()
         losses.append(loss.item())
         if progress is not None:
-            progress(label, step + 1, steps)
+            progress(Event(label, step + 1, steps))
     model.eval()
     return losses
