@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import yaml
 
 from tcopd.errors import ConfigError
+from tcopd.runtime.io import atomic_write_text
 
 C = TypeVar("C")
 
@@ -182,7 +183,6 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def write_resolved(config: Any, path: str | Path) -> Path:
     """Write the resolved configuration as YAML (atomically) and return its path."""
-    from tcopd.runtime.io import atomic_write_text
 
     return atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 

@@ -19,6 +19,7 @@ from rich.table import Table
 from tcopd.cli.main import app
 from tcopd.cli.options import ConfigOpt, config_flags, console, yaml_only
 from tcopd.errors import ConfigError
+from tcopd.pipelines import train as pipeline
 from tcopd.pipelines.train import TrainConfig
 from tcopd.progress import Event
 
@@ -52,7 +53,6 @@ def train_cmd(
     [cyan]tcopd train --student S --expert E --anti-expert A --lambdas 1.5,-0.5 --data d.parquet --out runs/x[/cyan];
     [cyan]tcopd train --recipe paper --student S --expert E --anti-expert A --lambdas 1.5,-0.5 ...[/cyan]
     """
-    from tcopd.pipelines import train as pipeline
 
     out = flags.get("out")
     if resume is not None:

@@ -18,6 +18,7 @@ which differences the noise cannot separate. Everything lands under ``--out`` (d
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from tcopd.config import field, to_dict, write_resolved
-from tcopd.pipelines.analyze import Row, Table, render, write_table
+from tcopd.pipelines import eval as eval_pipeline
+from tcopd.pipelines import train as train_pipeline
+from tcopd.pipelines.analyze import Row, Table, cost, curves, length, render, write_table
 from tcopd.progress import Event, Progress
 from tcopd.runtime.io import atomic_write_text, write_json
+from tcopd.runtime.toy import ensure_toy
 
 # (run name, λ of the expert, λ of the anti-expert or None): the paper's Table 1 rows.
 METHODS: tuple[tuple[str, float, float | None], ...] = (
@@ -89,12 +93,9 @@ def _train_flags(
 def _evaluate(
     cfg: DemoConfig, model: Path, out: Path, world: Any, name: str, progress: Progress
 ) -> dict[str, Any]:
-    from tcopd.pipelines import eval as eval_pipeline
 
     progress(Event("eval", detail=name))
     if (out / "summary.json").is_file():
-        import json
-
         return json.loads((out / "summary.json").read_text())
     config = eval_pipeline.EvalConfig(
         data=str(world.test_files["math"]),
@@ -111,7 +112,6 @@ def _evaluate(
 
 def run(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
     """See the module docstring."""
-    from tcopd.runtime.toy import ensure_toy
 
     progress = progress or (lambda event: None)
     t0 = time.perf_counter()
@@ -158,7 +158,6 @@ def _train(
     progress: Progress,
 ) -> Path:
     """Train one method (unless its run finished before); returns its final HF model directory."""
-    from tcopd.pipelines import train as train_pipeline
 
     done = run_dir / "checkpoints" / "latest"
     if not done.is_file():
@@ -180,7 +179,6 @@ def _tables(
     run_dirs: dict[str, Path],
 ) -> tuple[tuple[Table, Table, Table], Any]:
     """Tables 1-3 (written as CSV and JSON) and the Figure 2 analogue."""
-    from tcopd.pipelines.analyze import cost, curves, length
 
     names = list(summaries)
     table1 = Table(

@@ -26,12 +26,15 @@ from tcopd.errors import ConfigError
 from tcopd.progress import Progress
 from tcopd.runtime import datasets as ds
 from tcopd.runtime.io import write_jsonl, write_parquet
+from tcopd.runtime.models import load_tokenizer
 from tcopd.runtime.prompts import (
     DEFAULT_INSTRUCTION,
     PLAIN_FORMAT,
     check_plain_format,
     render_prompt,
 )
+from tcopd.runtime.toy import default_root, ensure_toy
+from tcopd.runtime.toy.build import read_manifest
 
 NAMES = (*ds.SOURCES, "file", "toy")
 
@@ -156,14 +159,11 @@ def _tokenizer(config: PrepareConfig) -> Any:
         raise ConfigError(
             "--template chat needs --tokenizer PATH (a tokenizer with a chat template)"
         )
-    from tcopd.runtime.models import load_tokenizer
 
     return load_tokenizer(config.tokenizer)
 
 
 def _run_toy(config: PrepareConfig, progress: Progress | None) -> PrepareResult:
-    from tcopd.runtime.toy import default_root, ensure_toy
-    from tcopd.runtime.toy.build import read_manifest
 
     root = Path(config.out) if config.out else default_root()
     size = "small" if config.small else "full"

@@ -15,6 +15,7 @@ at a complete one.
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
 import json
@@ -42,7 +43,6 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    import ast
 
     random.setstate(_tuplify(ast.literal_eval(state["python"])))
     blob = torch.load(io.BytesIO(base64.b64decode(state["torch"])), weights_only=False)

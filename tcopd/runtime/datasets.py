@@ -48,6 +48,8 @@ from tcopd.errors import DataError
 from tcopd.runtime.io import read_rows
 from tcopd.runtime.prompts import DEFAULT_INSTRUCTION
 from tcopd.runtime.rows import make_row
+from tcopd.runtime.toy import ensure_toy
+from tcopd.runtime.toy.build import read_manifest
 
 REQUIRED_FIELDS = ("data_source", "prompt", "ability", "reward_model", "extra_info", "domain")
 SOURCES = ("deepmath", "gopd-math", "aime24", "aime25", "math500")
@@ -476,11 +478,8 @@ def load_benchmark(name: str, from_path: str | Path | None = None) -> list[dict[
     toy-code. ``from_path`` is a prepared file, or a local copy in the Hub's layout (aime/math500),
     or a toy world's directory (toy)."""
     if name in ("toy", "toy-code"):
-        from tcopd.runtime.toy import ensure_toy
-
         if from_path is not None and Path(from_path).is_file():  # a prepared copy of it
             return load_prepared(from_path)
-        from tcopd.runtime.toy.build import read_manifest
 
         # A built world is used as it is (whatever its seed and size); none there: build the default.
         manifest = read_manifest(Path(from_path)) if from_path is not None else None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,6 @@ def _ensure_process_group() -> None:
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
-    import socket
 
     import deepspeed
 

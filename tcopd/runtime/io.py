@@ -7,12 +7,16 @@ so an interrupted run never leaves a truncated file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tcopd.errors import DataError
 
@@ -98,24 +102,18 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
                 return [(i, r) for i, r in enumerate(data, 1)]
         return list(iter_jsonl(p))
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         try:
             table = pq.read_table(p)
         except Exception as e:  # pyarrow raises several types for a bad file
             raise DataError(f"{p}: not a readable parquet file ({e})")
         return [(i, r) for i, r in enumerate(table.to_pylist(), 1)]
     if suffix == ".csv":
-        import csv
-
         with open(p, newline="") as f:
             return [(i, dict(r)) for i, r in enumerate(csv.DictReader(f), 1)]
     raise DataError(f"{p}: unsupported file type {suffix!r}; use .jsonl, .json, .parquet or .csv")
 
 
 def write_parquet(path: str | Path, rows: list[Mapping[str, Any]]) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist([dict(r) for r in rows])
     with atomic_path(path) as tmp:

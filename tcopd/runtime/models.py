@@ -17,6 +17,9 @@ import torch
 
 from tcopd.errors import ConfigError, ModelError
 
+# transformers is imported inside the functions below: its Auto classes take ~1 s to import and
+# every CLI command imports this module at start-up (through its pipeline's config).
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,

@@ -43,9 +43,21 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from tcopd.errors import ConfigError, ModelError
+from tcopd.runtime import models
 
 FinishReason = Literal["stop", "length"]
 
@@ -201,11 +213,6 @@ class _LogprobRecorder(LogitsProcessor):
 
 def _warpers(sampling: SamplingParams) -> list[Any]:
     """The warpers transformers applies when sampling, in its order (temperature, top-k, top-p)."""
-    from transformers.generation.logits_process import (
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
 
     out: list[Any] = []
     if sampling.greedy:
@@ -270,7 +277,6 @@ class HFEngine:
         dtype: str | torch.dtype = "float32",
         needs_weight_sync: bool = False,
     ):
-        from tcopd.runtime import models
 
         self.needs_weight_sync = needs_weight_sync
 
@@ -350,7 +356,6 @@ class HFEngine:
     def _generate_batch(
         self, prompts: list[list[int]], items: list[tuple[int, int]], sampling: SamplingParams
     ) -> list[Completion]:
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         B, L = len(prompts), max(len(p) for p in prompts)
         ids_BL = torch.full((B, L), self.pad_id, dtype=torch.long)

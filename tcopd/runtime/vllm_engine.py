@@ -37,8 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from tcopd.errors import ConfigError, ModelError, TcopdError
+from tcopd.runtime import models
 from tcopd.runtime.rollout import Completion, SamplingParams, batch_seed
 
 INSTALL_HINT = (
@@ -89,7 +91,6 @@ class VLLMEngine:
             raise ConfigError(
                 f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}"
             )
-        from tcopd.runtime import models
 
         hf_config = models.load_config(model)  # ModelError for a non-model path, before vLLM starts
         self.tied = bool(getattr(hf_config, "tie_word_embeddings", False))
@@ -219,7 +220,6 @@ class VLLMEngine:
 
 def load_checkpoint_dir(directory: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of the ``*.safetensors`` files of an HF checkpoint directory."""
-    from safetensors.torch import load_file
 
     files = sorted(Path(directory).glob("*.safetensors"))
     if not Path(directory).is_dir() or not files:
@@ -234,7 +234,6 @@ def load_checkpoint_dir(directory: str | Path) -> dict[str, torch.Tensor]:
 
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], directory: str | Path) -> Path:
     """Write ``state_dict`` as ``model.safetensors`` (tied tensors are copied apart)."""
-    from safetensors.torch import save_file
 
     seen: set[int] = set()
     tensors = {}

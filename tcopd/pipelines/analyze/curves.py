@@ -23,6 +23,7 @@ from tcopd.config import field
 from tcopd.errors import ConfigError, DataError
 from tcopd.pipelines.analyze.sources import Run, is_number, load_run, numeric_metrics
 from tcopd.pipelines.analyze.tables import Row, Table, unique_names
+from tcopd.runtime.plots import plot_curves
 
 XY = tuple[list[int], list[float]]
 
@@ -97,7 +98,6 @@ def _png_path(out: str | None, metric: str) -> Path:
 
 
 def run(config: CurvesConfig) -> CurvesResult:
-    from tcopd.runtime.plots import plot_curves
 
     if config.smooth < 1:
         raise ConfigError(f"--smooth must be ≥ 1 (a window in points), got {config.smooth}")

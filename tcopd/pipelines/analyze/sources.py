@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tcopd.config import read_yaml
 from tcopd.errors import ConfigError, DataError
 from tcopd.progress import Progress  # noqa: F401  (the analyze pipelines import it from here)
 from tcopd.runtime.grading import extract_boxed
@@ -163,8 +164,6 @@ def load_run(path: str | Path, *, need_config: bool = False) -> Run:
     config = None
     cp = d / "config.yaml"
     if cp.is_file():
-        from tcopd.config import read_yaml
-
         try:
             config = read_yaml(cp)
         except ConfigError as e:

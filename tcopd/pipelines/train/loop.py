@@ -34,6 +34,7 @@ from tcopd.progress import Event, Progress
 from tcopd.runtime import checkpoint as ckpt
 from tcopd.runtime import distributed
 from tcopd.runtime.io import JsonlAppender, read_jsonl_tolerant, write_jsonl
+from tcopd.runtime.toy import ensure_toy
 
 
 @dataclass
@@ -57,7 +58,6 @@ def resolve_toy(cfg: TrainConfig, progress: Progress | None = None) -> TrainConf
     two = bool(cfg.lambdas) and len(cfg.lambdas.split(",")) >= 2
     if cfg.student and cfg.data and teachers_given:
         return cfg  # everything given explicitly: no need to touch (or build) the toy world
-    from tcopd.runtime.toy import ensure_toy
 
     if progress:
         progress(Event("toy world (building on first use)"))
@@ -116,9 +116,10 @@ def run(
     cfg = resolve_toy(cfg, progress)
     check_inputs(cfg)
     run_dir = Path(cfg.out)
-    if not resume:
-        _check_new_run_dir(run_dir, overwrite)
     dist = distributed.init_distributed(cfg.device)
+    if not resume:
+        _check_new_run_dir(run_dir, overwrite, remove=dist.is_main)
+        distributed.barrier()  # no rank starts writing while rank 0 still removes the old run
 
     def emit(phase: str, **fields: Any) -> None:
         if dist.is_main and progress is not None:
@@ -187,13 +188,15 @@ class _Nothing:
         pass
 
 
-def _check_new_run_dir(out: Path, overwrite: bool) -> None:
+def _check_new_run_dir(out: Path, overwrite: bool, remove: bool) -> None:
+    """Refuse an ``out`` that holds a run, unless ``overwrite`` (then rank 0 ``remove`` s it)."""
     if (out / "config.yaml").exists() or (out / "metrics.jsonl").exists():
         if not overwrite:
             raise ConfigError(
                 f"{out} already holds a run: pass --resume {out} to continue it, or --overwrite to replace it"
             )
-        shutil.rmtree(out)
+        if remove:
+            shutil.rmtree(out)
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:

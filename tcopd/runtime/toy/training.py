@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from tcopd.progress import Event, Progress
 
@@ -39,7 +40,6 @@ MODEL_SIZES = {
 
 def new_model(tokenizer, size: str, seed: int, max_positions: int = 256):
     """A freshly initialised Qwen3ForCausalLM (float32) for ``tokenizer``'s vocabulary."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     s = MODEL_SIZES[size]
     config = Qwen3Config(
