@@ -12,7 +12,7 @@ from rich.table import Table
 from tcopd.cli.main import app
 from tcopd.cli.options import ConfigOpt, DeviceOpt, SeedOpt, console, err_console
 from tcopd.config import load_config
-from tcopd.pipelines.eval import BENCHMARKS, EvalConfig, EvalResult, run
+from tcopd.pipelines.eval import BENCHMARKS, EvalConfig, EvalResult, ModelRun, run
 
 
 @app.command("eval")
@@ -131,6 +131,8 @@ def eval_command(
                     err_console.print(
                         f"[yellow]warning:[/yellow] skipped {ev['skipped']} problem(s) whose prompt exceeds the model's context"
                     )
+            elif ev["event"] == "warning":
+                err_console.print(f"[yellow]warning:[/yellow] {ev['message']}")
             elif ev["event"] == "graded":
                 bar.update(state["task"], completed=ev["done"])
             elif ev["event"] == "generated" and ev["seconds"] > 0:
@@ -140,18 +142,30 @@ def eval_command(
     _render(result)
 
 
+def _label(run: ModelRun) -> str:
+    """A run's name in the table: the model's directory name; a re-graded run names its file."""
+    src = run.summary.get("regraded_from")
+    model = run.summary.get("model")
+    if src is None:
+        return Path(str(run.model)).name
+    return f"{Path(str(model)).name} ({src})" if model else str(src)
+
+
 def _render(result: EvalResult) -> None:
     first = result.runs[0].summary
-    n = first["n"]
-    title = f"{first.get('benchmark')}: mean@{n} and pass@{n} in %, ± standard error over {first['problems']} problems"
+    # n varies across problems only for files graded elsewhere (--from-samples)
+    n = first["n"] if first["n"] is not None else "n"
+    k = list(first["pass_at_k"])[-1]
+    n_range = "" if first["n"] is not None else f" (n = {first['n_min']}–{first['n_max']})"
+    title = f"{first.get('benchmark')}: mean@{n}{n_range} and pass@{k} in %, ± standard error over {first['problems']} problems"
     table = Table(title=title)
     table.add_column("model", overflow="fold")
-    for col in (f"mean@{n}", f"pass@{n}", "mean tokens", "truncated", "ungraded"):
+    for col in (f"mean@{n}", f"pass@{k}", "mean tokens", "truncated", "ungraded"):
         table.add_column(col, justify="right")
     for r in result.runs:
         s = r.summary
         table.add_row(
-            Path(str(r.model)).name if r.model else "-",
+            _label(r),
             f"{s['mean_at_n']:.2f} ± {s['stderr']:.2f}",
             f"{list(s['pass_at_k'].values())[-1]:.1f}",
             f"{s['mean_tokens']:.0f}",
@@ -161,7 +175,7 @@ def _render(result: EvalResult) -> None:
     console.print(table)
     for r in result.runs:
         pass_k = "  ".join(f"@{k} {v:.1f}" for k, v in r.summary["pass_at_k"].items())
-        console.print(f"{Path(str(r.model)).name if r.model else '-'} pass@k: {pass_k}")
+        console.print(f"{_label(r)} pass@k: {pass_k}")
         console.print(f"wrote {r.out_dir / 'samples.jsonl'} and {r.out_dir / 'summary.json'}")
         if r.summary.get("skipped_too_long"):
             console.print(

@@ -25,7 +25,12 @@ Algorithm choices:
 - Metrics (``core.metrics``): mean@n and pass@k as percentages, the standard error of mean@n
   across problems, ungraded samples counted as not correct and reported.
 - Several models: each gets ``out/<name>/``, plus ``out/comparison.json``.
-- ``from_samples``: re-grade an existing ``samples.jsonl`` without a model.
+- ``from_samples``: re-grade an existing ``samples.jsonl`` without a model. Every sample counts,
+  also when problems have different numbers of samples n_p (files graded elsewhere): mean@n is
+  then the mean over problems of each problem's own mean, pass@k is reported for k up to the
+  smallest n_p, and one ``warning`` progress event names the range. A repeated
+  ``(problem_id, sample_index)`` is an error (it would otherwise be counted once, silently). With
+  no model known, the run is named by its source file.
 """
 
 from __future__ import annotations
@@ -239,9 +244,17 @@ def _check_sample_rows(
 
 
 def summarize_samples(
-    rows: Sequence[dict[str, Any]], problem_order: Sequence[str], n: int, header: dict[str, Any]
+    rows: Sequence[dict[str, Any]],
+    problem_order: Sequence[str],
+    n: int | None,
+    header: dict[str, Any],
 ) -> dict[str, Any]:
-    """summary.json content from sample rows (problems in ``problem_order``, ``n`` each)."""
+    """summary.json content from sample rows (problems in ``problem_order``).
+
+    ``n``: keep each problem's first n samples (a generation run's n); None: every sample, however
+    many each problem has. ``n`` in the summary is that common n, or None when n_p varies;
+    ``n_min`` / ``n_max`` give the range either way.
+    """
     by_problem: dict[str, dict[int, dict[str, Any]]] = {}
     for r in rows:
         by_problem.setdefault(str(r["problem_id"]), {})[int(r["sample_index"])] = r
@@ -257,9 +270,12 @@ def summarize_samples(
     if not correct:
         raise DataError("no graded samples to summarise")
     s = metrics.summarize(correct)
+    n_min, n_max = min(map(len, correct)), max(map(len, correct))
     return {
         **header,
-        "n": n,
+        "n": n if n is not None else (n_min if n_min == n_max else None),
+        "n_min": n_min,
+        "n_max": n_max,
         "problems": s["problems"],
         "samples": s["samples"],
         "mean_at_n": 100.0 * s["mean_at_n"],
@@ -444,6 +460,22 @@ def _evaluate_model(
     return summary
 
 
+def _samples_per_problem(rows: Sequence[tuple[int, dict[str, Any]]], path: Path) -> dict[str, int]:
+    """n_p per problem, in file order; a repeated ``(problem_id, sample_index)`` is an error."""
+    first_line: dict[tuple[str, int], int] = {}
+    per_problem: dict[str, int] = {}
+    for lineno, row in rows:
+        key = (str(row["problem_id"]), int(row["sample_index"]))
+        if key in first_line:
+            raise DataError(
+                f"{path}:{lineno}: problem {key[0]!r} sample_index {key[1]} appears again "
+                f"(first on line {first_line[key]}); each (problem_id, sample_index) must be unique"
+            )
+        first_line[key] = lineno
+        per_problem[key[0]] = per_problem.get(key[0], 0) + 1
+    return per_problem
+
+
 def regrade(config: EvalConfig, progress: Progress | None = None) -> EvalResult:
     """Re-grade ``config.from_samples`` into ``config.out`` (no model needed)."""
     from tcopd.runtime.grading import Grader, extract_boxed
@@ -456,6 +488,7 @@ def regrade(config: EvalConfig, progress: Progress | None = None) -> EvalResult:
     _check_sample_rows(rows, src, ("problem_id", "sample_index", "response", "gold"))
     if not rows:
         raise DataError(f"{src}: no samples")
+    per_problem = _samples_per_problem(rows, src)
     out_dir = Path(config.out or src.parent / "regraded")
     old_summary = src.parent / "summary.json"
     header: dict[str, Any] = {"benchmark": src.stem, "model": None}
@@ -479,6 +512,15 @@ def regrade(config: EvalConfig, progress: Progress | None = None) -> EvalResult:
                 "skipped": 0,
             }
         )
+    n_min, n_max = min(per_problem.values()), max(per_problem.values())
+    if n_min != n_max and progress:
+        progress(
+            {
+                "event": "warning",
+                "message": f"samples per problem vary from {n_min} to {n_max}: mean@n uses every "
+                f"sample (each problem's own mean); pass@k reported for k ≤ {n_min}",
+            }
+        )
     graded: list[dict[str, Any]] = []
     with Grader(config.grader_workers, config.grade_timeout_s) as grader:
         for i, (_, row) in enumerate(rows):
@@ -496,21 +538,12 @@ def regrade(config: EvalConfig, progress: Progress | None = None) -> EvalResult:
         new["extracted"] = extract_boxed(str(row["response"]))
         new["correct"] = verdicts[i]
         graded.append(new)
-    order: list[str] = []
-    for r in graded:
-        pid = str(r["problem_id"])
-        if pid not in order:
-            order.append(pid)
-    per_problem = {pid: 0 for pid in order}
-    for r in graded:
-        per_problem[str(r["problem_id"])] += 1
-    n = min(per_problem.values())
     io.write_jsonl(out_dir / "samples.jsonl", graded)
-    summary = summarize_samples(graded, order, n, header)
+    summary = summarize_samples(graded, list(per_problem), None, header)
     summary["regraded_from"] = str(src)
     summary["wall_s"] = time.monotonic() - t_start
     io.write_json(out_dir / "summary.json", summary)
-    return EvalResult([ModelRun(str(header["model"]), out_dir, summary)])
+    return EvalResult([ModelRun(header["model"] or str(src), out_dir, summary)])
 
 
 def run(config: EvalConfig, progress: Progress | None = None) -> EvalResult:
