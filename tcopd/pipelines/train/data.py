@@ -3,6 +3,11 @@
 The data order is a seeded permutation per epoch; step ``s`` takes the next ``batch_size``
 prompts of that stream, and rank ``r`` of ``W`` takes its contiguous share. A step therefore
 depends only on (seed, step) and the weights, so a resumed run reproduces an uninterrupted one.
+
+Every seed the loop derives comes from one mixer, :func:`derived_seed` (splitmix64, the HF
+engine's own :func:`~tcopd.runtime.rollout.batch_seed`), each purpose on its own stream so that
+two purposes never share a seed: the data order per epoch, the sampling per (step, rank), the
+update's mini-batch shuffles per step.
 """
 
 from __future__ import annotations
@@ -14,6 +19,14 @@ from typing import Any
 from tcopd.errors import DataError
 from tcopd.runtime.datasets import load_prepared
 from tcopd.runtime.prompts import render_prompt
+from tcopd.runtime.rollout import batch_seed
+
+STREAMS = {"data": 1, "sampling": 2, "update": 3}
+
+
+def derived_seed(seed: int, stream: str, index: int, rank: int = 0) -> int:
+    """The seed of ``stream`` (data, sampling, update) for ``index`` (epoch or step) on ``rank``."""
+    return batch_seed(seed * len(STREAMS) + STREAMS[stream] - 1, index, rank)
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,7 @@ def load_prompts(path: str, tokenizer: Any, template: str, max_prompt_tokens: in
 def data_order(n: int, seed: int, epoch: int) -> list[int]:
     """The seeded permutation of ``n`` prompts for ``epoch``."""
     order = list(range(n))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    random.Random(derived_seed(seed, "data", epoch)).shuffle(order)
     return order
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tcopd.errors import TrainingError
-from tcopd.pipelines.train.data import rank_share, step_prompts
+from tcopd.pipelines.train.data import derived_seed, rank_share, step_prompts
 from tcopd.pipelines.train.setup import Trainer
 from tcopd.runtime.rollout import Completion, SamplingParams
 
@@ -34,13 +34,13 @@ class Rollouts:
 
 
 def sampling_params(tr: Trainer, step: int) -> SamplingParams:
-    cfg, W, R = tr.cfg, tr.dist.world_size, tr.dist.rank
+    cfg = tr.cfg
     return SamplingParams(
         n=cfg.samples_per_prompt,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         max_new_tokens=cfg.max_response_tokens,
-        seed=(cfg.seed * 1_000_003 + step) * W + R,
+        seed=derived_seed(cfg.seed, "sampling", step, tr.dist.rank),
         stop=(),
         logprobs=cfg.truncated_is,
     )

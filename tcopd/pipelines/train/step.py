@@ -16,6 +16,7 @@ from typing import Any
 from tcopd.errors import TrainingError
 from tcopd.pipelines.train import grade
 from tcopd.pipelines.train.advantages import advantages
+from tcopd.pipelines.train.data import derived_seed
 from tcopd.pipelines.train.metrics import step_row, timer
 from tcopd.pipelines.train.rollout import rollout, sync
 from tcopd.pipelines.train.score import score
@@ -58,7 +59,7 @@ def _phases(tr: Trainer, step: int) -> dict[str, Any]:
                 ),
                 tr.loss_fn,
                 tr.update,
-                seed=tr.cfg.seed * 7919 + step,
+                seed=derived_seed(tr.cfg.seed, "update", step),
                 reduce=tr.reduce,
             )
         with timer("sync", times):
