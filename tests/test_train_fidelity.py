@@ -147,3 +147,38 @@ def test_bad_values_are_refused_before_anything_loads(world, tmp_path, capsys):
     ):
         code, _, err = run_cli(_args(world, tmp_path / "b", *extra), capsys)
         assert code == 1 and needle in err, err
+
+
+def test_opd_on_policy_skips_ref_and_old_forwards_and_trains_the_same(world, tmp_path, capsys):
+    """OPD (λ = β = 1) with one update per batch: π_ref is not scored (its terms cancel) and π_old
+    comes from the update's forward; the weights equal those of a run that scores both."""
+    import torch
+    from safetensors.torch import load_file
+
+    def weights(run):
+        latest = (run / "checkpoints" / "latest").read_text().strip()
+        return load_file(next((run / "checkpoints" / latest / "model").glob("*.safetensors")))
+
+    rows = {}
+    for mode in ("auto", "always"):
+        args = _args(world, tmp_path / mode, "--mini-batches", "1", "--score-reference", mode)
+        args = [a for a in args if a not in ("--anti-expert", str(world.anti_expert))]
+        args[args.index("--lambdas") + 1] = "1"
+        code, _, err = run_cli(args, capsys)
+        assert code == 0, err
+        rows[mode] = _rows(tmp_path / mode)[0]
+    assert rows["auto"]["kl_ref"] is None and rows["always"]["kl_ref"] is not None
+    assert rows["auto"]["is_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+    a, b = weights(tmp_path / "auto"), weights(tmp_path / "always")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_no_grade_leaves_accuracy_null(world, tmp_path, capsys):
+    code, _, err = run_cli(_args(world, tmp_path / "ng", "--no-grade"), capsys)
+    assert code == 0, err
+    assert _rows(tmp_path / "ng")[0]["rollout_accuracy"] is None
+    code, _, err = run_cli(
+        _args(world, tmp_path / "ng2", "--no-grade", "--outcome-weight", "0.5"), capsys
+    )
+    assert code == 1 and "outcome_weight needs graded rollouts" in err

@@ -256,3 +256,63 @@ def test_update_does_not_depend_on_the_token_budget():
         assert losses[64, agg]["loss"] == pytest.approx(losses[4096, agg]["loss"], abs=1e-6)
     for k in weights[64]:
         torch.testing.assert_close(weights[64][k], weights[4096][k], atol=1e-6, rtol=0)
+
+
+def test_reference_cancels_exactly_when_the_weights_sum_to_beta():
+    from tcopd.core.signal import reference_cancels, training_signal
+
+    one = [TeacherSpec("expert", "e", 1.0)]
+    two = [TeacherSpec("expert", "e", 1.5), TeacherSpec("anti_expert", "a", -0.5)]
+    assert reference_cancels(one, {}, "active", 1.0)  # OPD
+    assert not reference_cancels([TeacherSpec("expert", "e", 1.5)], {}, "active", 1.0)  # G-OPD
+    assert not reference_cancels(two, {}, "active", 1.0)  # (1.5 − 0.5)/2 = 0.5 ≠ 1
+    assert reference_cancels(two, {}, "none", 1.0)  # 1.5 − 0.5 = 1
+    assert not reference_cancels(two, {"code": {"expert": 1.5}}, "none", 1.0)  # one row breaks it
+    # and when it cancels, any π_ref gives the same advantage (π_old standing in included)
+    g = torch.Generator().manual_seed(0)
+    old, ref, lp = ([-torch.rand(5, generator=g)] for _ in range(3))
+    a = training_signal(old, ref, {"expert": lp}, one, domains=[None]).adv_BT
+    b = training_signal(old, old, {"expert": lp}, one, domains=[None]).adv_BT
+    torch.testing.assert_close(a, b)
+
+
+def test_on_policy_old_from_the_update_forward_equals_a_separate_forward():
+    """One epoch × one mini-batch: π_old taken (detached) from the update's forward gives the same
+    weights, π_old and entropy as scoring π_old in a separate forward first."""
+    from tcopd.core.objective import truncated_is_weight
+    from tcopd.core.signal import pad_right
+    from tcopd.pipelines.train.update import OnPolicy, UpdateBatch, UpdateSettings, ppo_update
+    from tcopd.runtime.distributed import Reduce
+    from tcopd.runtime.engine import TrainEngine
+    from tcopd.runtime.forward import batched_response_logprobs
+
+    base = _batch()
+    g = torch.Generator().manual_seed(5)
+    partial = base.adv_BT  # the advantage without its −β·lp_old term
+    rollout = base.old_logp_BT + 0.01 * torch.randn(base.old_logp_BT.shape, generator=g)
+    settings = UpdateSettings(epochs=1, mini_batches=1, token_budget=64)
+    # (a) a separate π_old forward, then the usual update
+    engine = TrainEngine(_tiny_model(), lr=1e-3, zero_stage=2, grad_clip=0.0)
+    old_rows, ent_rows = batched_response_logprobs(
+        engine.module, base.prompt_ids, base.response_ids, 4096, 512
+    )
+    T = base.mask_BT.shape[1]
+    old = pad_right(old_rows, T)
+    adv = (partial - 1.5 * old) * base.mask_BT
+    isw = truncated_is_weight(old, rollout, 5.0) * base.mask_BT
+    batch_a = UpdateBatch(base.prompt_ids, base.response_ids, base.mask_BT, old, adv, isw)
+    out_a = ppo_update(engine, batch_a, PPOLoss(), settings, 0, Reduce())
+    weights_a = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    # (b) π_old from the update's forward
+    engine = TrainEngine(_tiny_model(), lr=1e-3, zero_stage=2, grad_clip=0.0)
+    zeros = torch.zeros_like(base.mask_BT)
+    op = OnPolicy(1.5, rollout, 5.0, zeros, zeros.clone())
+    batch_b = UpdateBatch(
+        base.prompt_ids, base.response_ids, base.mask_BT, zeros, partial, None, op
+    )
+    out_b = ppo_update(engine, batch_b, PPOLoss(), settings, 0, Reduce())
+    torch.testing.assert_close(op.old_logp_BT, old, atol=1e-5, rtol=0)
+    torch.testing.assert_close(op.entropy_BT, pad_right(ent_rows, T), atol=1e-5, rtol=0)
+    assert out_a["loss"] == pytest.approx(out_b["loss"], abs=1e-6)
+    for k, v in engine.module.state_dict().items():
+        torch.testing.assert_close(v, weights_a[k], atol=1e-6, rtol=0)

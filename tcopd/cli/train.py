@@ -120,7 +120,7 @@ class _Display:
                 self.task,
                 completed=m["step"],
                 reward=f"{m['reward_mean']:+.3f}",
-                acc=f"{m['rollout_accuracy']:.2f}",
+                acc="-" if m["rollout_accuracy"] is None else f"{m['rollout_accuracy']:.2f}",
             )
         if event.phase:
             label = event.phase if step is None else f"{event.phase} (step {step + 1})"

@@ -101,3 +101,21 @@ def training_signal(
     return Signal(
         names, mask_BT, old_BT, ref_BT, teacher_KBT, lam_all_BK[:, cols], reward_BT, adv_BT
     )
+
+
+def reference_cancels(
+    specs: Sequence[TeacherSpec],
+    table: Mapping[str, Mapping[str, float]] | None,
+    normalization: str,
+    beta: float,
+) -> bool:
+    """True when π_ref drops out of the advantage for every domain: ``Σ_k w_k = β``.
+
+    ``A = Σ_k w_k (lp_k − lp_ref) − β (lp_old − lp_ref) = Σ_k w_k lp_k − β lp_old +
+    (β − Σ_k w_k) lp_ref``, so π_ref need not be scored then (e.g. OPD: one teacher, λ = β = 1).
+    Checked for the default λ row and every row of the per-domain table.
+    """
+    rows = [[s.lam for s in specs]]
+    rows += [[row.get(s.name, 0.0) for s in specs] for row in (table or {}).values()]
+    w_RK = teacher_weights(torch.tensor(rows, dtype=torch.float64), normalization)  # type: ignore[arg-type]
+    return bool(torch.all((w_RK.sum(-1) - beta).abs() < 1e-12))

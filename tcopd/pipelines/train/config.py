@@ -71,6 +71,10 @@ class TrainConfig:
     clip_eps_high: float | None = field(None, help="Upper clip (default: ε).")
     dual_clip: float | None = field(3.0, help="Dual-clip c for negative advantages (null: off).")
     beta: float = field(1.0, help="KL coefficient β in A = r − β(lp_old − lp_ref).")
+    score_reference: Literal["auto", "always"] = field(
+        "auto",
+        help="auto: skip scoring π_ref when its terms cancel (Σ_k w_k = β, e.g. OPD); always: score it.",
+    )
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = field(
         "token-mean", help="Loss aggregation."
     )
@@ -115,6 +119,9 @@ class TrainConfig:
     chunk_size: int = field(
         512, help="Tokens per chunk of the output projection (log-probs without T×V logits)."
     )
+    grade: bool = field(
+        True, help="Grade rollouts (rollout_accuracy); --no-grade skips the grading pool's work."
+    )
     grader_workers: int = field(2, help="math-verify worker processes.")
     grade_timeout_s: float = field(10.0, help="Per-sample grading limit (ungraded past it).")
     tensorboard: bool = field(False, help="Also log metrics to TensorBoard (RUN_DIR/tb).")
@@ -139,6 +146,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.outcome_weight and not self.grade:
+            raise ConfigError("outcome_weight needs graded rollouts: drop --no-grade")
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise ConfigError(f"dual_clip must be > 1 (or null: off), got {self.dual_clip}")
 

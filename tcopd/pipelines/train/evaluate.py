@@ -12,7 +12,7 @@ from tcopd.runtime.rollout import SamplingParams
 
 
 def evaluate(tr: Trainer, step: int) -> dict[str, float]:
-    assert tr.eval_data is not None
+    assert tr.eval_data is not None and tr.grader is not None
     cfg = tr.cfg
     n = cfg.eval_prompts or len(tr.eval_data)
     ids, golds = tr.eval_data.ids[:n], tr.eval_data.golds[:n]

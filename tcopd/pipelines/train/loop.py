@@ -137,7 +137,8 @@ def run(
     try:
         row = _loop(tr, run_dir, start)
     finally:
-        tr.grader.close()
+        if tr.grader is not None:
+            tr.grader.close()
     final = ckpt.latest_checkpoint(run_dir)
     digest = weights_digest(tr.engine.full_state_dict())
     if dist.distributed:

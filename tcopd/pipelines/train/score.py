@@ -23,18 +23,27 @@ class Scores:
 
     old: list[torch.Tensor]
     entropy: list[torch.Tensor]  # of π_old's (tempered) distribution at each position
-    models: dict[str, list[torch.Tensor]]  # "reference" and each active teacher
+    models: dict[str, list[torch.Tensor]]  # "reference" (π_old when it cancels) and each teacher
 
 
-def score(tr: Trainer, batch: Rollouts) -> Scores:
+def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
+    """``with_old=False`` (on-policy): π_old comes from the update's forward (update.py); its
+    rows are zeros until the update fills them in place."""
     cfg = tr.cfg
-    old, entropy = batched_response_logprobs(
-        tr.policy,
-        batch.prompts,
-        batch.responses,
-        cfg.score_token_budget,
-        cfg.chunk_size,
-        temperature=cfg.temperature,
-    )
-    scored = tr.scorer.score(batch.prompts, batch.responses)
-    return Scores(old, entropy, scored.logprobs)
+    if with_old:
+        old, entropy = batched_response_logprobs(
+            tr.policy,
+            batch.prompts,
+            batch.responses,
+            cfg.score_token_budget,
+            cfg.chunk_size,
+            temperature=cfg.temperature,
+        )
+    else:
+        old = [torch.zeros(len(r)) for r in batch.responses]
+        entropy = [torch.zeros(len(r)) for r in batch.responses]
+    scored = dict(tr.scorer.score(batch.prompts, batch.responses).logprobs)
+    # π_ref cancels (setup.py): π_old stands in for it — the same list, so that on-policy the
+    # update's filling of π_old (in place) fills the stand-in too
+    scored.setdefault("reference", old)
+    return Scores(old, entropy, scored)

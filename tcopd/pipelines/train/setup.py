@@ -2,7 +2,9 @@
 
 Choices:
 
-- π_ref defaults to a frozen copy of the student's initial weights.
+- π_ref defaults to a frozen copy of the student's initial weights. It is not loaded at all when
+  its terms cancel in the advantage (``Σ_k w_k = β`` in every domain, e.g. OPD) and
+  ``score_reference`` is ``auto``: the score phase then stands π_old in for it.
 - Only teachers with a non-zero λ (for some domain) are loaded (:func:`active_teachers`); with
   ``teacher_placement="shard"`` each lives on one rank, with ``offload`` in CPU memory.
 - The HF rollout engine samples with the training module itself (nothing to sync) — except
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 
 from tcopd.core.objective import PPOLoss
+from tcopd.core.signal import reference_cancels
 from tcopd.core.teachers import (
     TeacherSpec,
     active_teachers,
@@ -55,13 +58,14 @@ class Trainer:
     table: dict[str, dict[str, float]]  # the per-domain λ table, validated
     engine: TrainEngine
     policy: torch.nn.Module  # the weights the rollouts come from (π_old is scored on it)
-    scorer: Scorer  # π_ref and the active teachers
+    scorer: Scorer  # π_ref (unless it cancels) and the active teachers
+    grader: Grader | None  # None: --no-grade and nothing to evaluate
     rollout: RolloutEngine
-    grader: Grader
     data: Prompts
     eval_data: Prompts | None
     loss_fn: PPOLoss
     update: UpdateSettings
+    scores_reference: bool  # False: π_ref cancels in the advantage and is not scored
 
 
 def teachers_of(cfg: TrainConfig) -> tuple[list[TeacherSpec], dict, list[TeacherSpec]]:
@@ -91,7 +95,10 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable()
         student.config.use_cache = False
-    scorer = _scorer(cfg, dist, tokenizer, student, active, dtype)
+    skip_ref = cfg.score_reference == "auto" and reference_cancels(
+        specs, table, cfg.teacher_normalization, cfg.beta
+    )
+    scorer = _scorer(cfg, dist, tokenizer, student, active, dtype, with_reference=not skip_ref)
     data = load_prompts(cfg.data, tokenizer, cfg.template, cfg.max_prompt_tokens)
     eval_data = (
         load_prompts(cfg.eval_data, tokenizer, cfg.template, cfg.max_prompt_tokens)
@@ -125,7 +132,11 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         policy=policy,
         scorer=scorer,
         rollout=_rollout_engine(cfg, dist, tokenizer, policy, separate),
-        grader=Grader(workers=cfg.grader_workers, timeout_s=cfg.grade_timeout_s),
+        grader=(
+            Grader(workers=cfg.grader_workers, timeout_s=cfg.grade_timeout_s)
+            if cfg.grade or eval_data is not None
+            else None
+        ),
         data=data,
         eval_data=eval_data,
         loss_fn=PPOLoss(cfg.clip_eps, cfg.clip_eps_high, cfg.dual_clip, cfg.aggregation),
@@ -136,6 +147,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
             cfg.chunk_size,
             cfg.temperature,
         ),
+        scores_reference=not skip_ref,
     )
 
 
@@ -146,14 +158,17 @@ def _scorer(
     student: torch.nn.Module,
     active: list[TeacherSpec],
     dtype: torch.dtype,
+    with_reference: bool,
 ) -> Scorer:
-    """π_ref and the active teachers, placed as ``teacher_placement`` says."""
-    if cfg.reference:
+    """π_ref (when needed) and the active teachers, placed as ``teacher_placement`` says."""
+    models: dict[str, torch.nn.Module] = {}
+    if with_reference and cfg.reference:
         check_same_tokenizer(tokenizer, load_tokenizer(cfg.reference), "reference")
-        reference = load_causal_lm(cfg.reference, dtype=dtype, device=dist.device)
-    else:
-        reference = copy.deepcopy(student)
-    reference.requires_grad_(False)
+        models["reference"] = load_causal_lm(cfg.reference, dtype=dtype, device=dist.device)
+    elif with_reference:
+        models["reference"] = copy.deepcopy(student)
+    for m in models.values():
+        m.requires_grad_(False)
     owner: dict[str, int] = {}
     if cfg.teacher_placement == "shard":
         owner = distributed.round_robin_owners([s.name for s in active], dist.world_size)
@@ -165,7 +180,7 @@ def _scorer(
             teachers[spec.name] = load_causal_lm(spec.path, dtype=dtype, device=place)
             teachers[spec.name].requires_grad_(False)
     scorer = Scorer(
-        {"reference": reference, **teachers},
+        {**models, **teachers},
         placement=cfg.teacher_placement,
         device=dist.device,
         token_budget=cfg.score_token_budget,
@@ -173,8 +188,8 @@ def _scorer(
         temperature=cfg.temperature,
         teacher_owner=owner or None,
     )
-    if cfg.teacher_placement == "offload":
-        reference.to(dist.device)  # π_ref is needed every step; only teachers are offloaded
+    if cfg.teacher_placement == "offload" and "reference" in models:
+        models["reference"].to(dist.device)  # needed every step; only teachers are offloaded
     return scorer
 
 

@@ -21,7 +21,7 @@ from tcopd.pipelines.train.metrics import step_row, timer
 from tcopd.pipelines.train.rollout import rollout, sync
 from tcopd.pipelines.train.score import score
 from tcopd.pipelines.train.setup import Trainer
-from tcopd.pipelines.train.update import UpdateBatch, ppo_update
+from tcopd.pipelines.train.update import is_on_policy, update
 
 
 def train_step(tr: Trainer, step: int) -> dict[str, Any]:
@@ -34,34 +34,25 @@ def train_step(tr: Trainer, step: int) -> dict[str, Any]:
 
 def _phases(tr: Trainer, step: int) -> dict[str, Any]:
     times: dict[str, float] = {}
+    on_policy = is_on_policy(tr.update)  # π_old then comes from the update's own forward
     with timer("step", times):
-        tr.emit(phase="rollout", step=step)
+        tr.emit("rollout", step=step)
         with timer("rollout", times):
             batch = rollout(tr, step)
-        grade.submit(tr.grader, batch)
-        tr.emit(phase="scoring", step=step)
+        grade.submit(tr.grader, batch, tr.cfg.grade)
+        tr.emit("scoring", step=step)
         with timer("scoring", times):
-            scores = score(tr, batch)
+            scores = score(tr, batch, with_old=not on_policy)
         with timer("grade_wait", times):
-            grades = grade.collect(tr.grader, batch)
+            grades = grade.collect(tr.grader, batch, tr.cfg.grade)
         signal, is_BT = advantages(tr, batch, scores, grades)
-        tr.emit(phase="update", step=step)
+        tr.emit("update", step=step)
         with timer("update", times):
-            upd = ppo_update(
-                tr.engine,
-                UpdateBatch(
-                    batch.prompts,
-                    batch.responses,
-                    signal.mask_BT,
-                    signal.old_BT,
-                    signal.adv_BT,
-                    is_BT,
-                ),
-                tr.loss_fn,
-                tr.update,
-                seed=derived_seed(tr.cfg.seed, "update", step),
-                reduce=tr.reduce,
+            upd = update(
+                tr, batch, scores, signal, is_BT, derived_seed(tr.cfg.seed, "update", step)
             )
+        if on_policy:  # the same advantage, now with π_old known: for the metrics
+            signal, is_BT = advantages(tr, batch, scores, grades)
         with timer("sync", times):
             sync(tr)
     return step_row(tr, step, batch, scores, grades, signal, is_BT, upd, times)

@@ -12,6 +12,10 @@ Algorithm choices:
   with fewer micro-batches runs zero-loss dummies.
 - A non-finite loss or gradient norm is an error (the caller names the step; the last checkpoint
   on disk stays intact), never a silent corrupt update.
+- On-policy (one epoch, one mini-batch: a single optimizer step per batch) π_old *is* π_θ at
+  the time of the update, so its log-probs are taken from the update's own forward, detached
+  (as verl does), instead of a separate forward: ``batch.on_policy`` then carries what the
+  advantage's ``−β·lp_old`` term and the IS weight need, and receives π_old and its entropy.
 """
 
 from __future__ import annotations
@@ -24,12 +28,17 @@ from typing import TYPE_CHECKING
 import torch
 
 from tcopd.core.batching import plan_padded
-from tcopd.core.objective import PPOLoss
+from tcopd.core.objective import PPOLoss, truncated_is_weight
+from tcopd.core.signal import pad_right
 from tcopd.errors import TrainingError
 from tcopd.runtime.distributed import Reduce
 from tcopd.runtime.forward import model_response_logprobs
 
 if TYPE_CHECKING:
+    from tcopd.core.signal import Signal
+    from tcopd.pipelines.train.rollout import Rollouts
+    from tcopd.pipelines.train.score import Scores
+    from tcopd.pipelines.train.setup import Trainer
     from tcopd.runtime.engine import TrainEngine
 
 
@@ -45,8 +54,22 @@ class UpdateSettings:
 
 
 @dataclass
+class OnPolicy:
+    """π_old from the update's forward: ``A = adv_BT − β·lp_old``, IS weight per micro-batch."""
+
+    beta: float
+    rollout_logp_BT: torch.Tensor | None  # the engine's sampling log-probs (None: no IS weight)
+    is_cap: float
+    old_logp_BT: torch.Tensor  # filled by the update
+    entropy_BT: torch.Tensor  # filled by the update
+
+
+@dataclass
 class UpdateBatch:
-    """Everything the update needs, per response (B responses, T = longest response)."""
+    """Everything the update needs, per response (B responses, T = longest response).
+
+    With ``on_policy`` set, ``old_logp_BT`` is unused and ``adv_BT`` lacks the ``−β·lp_old`` term.
+    """
 
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
@@ -54,6 +77,53 @@ class UpdateBatch:
     old_logp_BT: torch.Tensor
     adv_BT: torch.Tensor
     is_weight_BT: torch.Tensor | None
+    on_policy: OnPolicy | None = None
+
+
+def is_on_policy(settings: UpdateSettings) -> bool:
+    """One optimizer step per batch: π_old is π_θ at update time."""
+    return settings.epochs == 1 and settings.mini_batches == 1
+
+
+def update(
+    tr: Trainer,
+    batch: Rollouts,
+    scores: Scores,
+    signal: Signal,
+    is_BT: torch.Tensor | None,
+    seed: int,
+) -> dict[str, float]:
+    """The update phase. On-policy, it also fills ``scores.old`` / ``scores.entropy`` in place."""
+    on_policy = None
+    if is_on_policy(tr.update):
+        comps = batch.completions
+        rollout_BT = None
+        if tr.cfg.truncated_is and all(c.logprobs is not None for c in comps):
+            rollout_BT = pad_right([c.logprobs for c in comps], signal.mask_BT.shape[1])
+        zeros = torch.zeros_like(signal.mask_BT)
+        on_policy = OnPolicy(tr.cfg.beta, rollout_BT, tr.cfg.is_cap, zeros, zeros.clone())
+        is_BT = None
+    stats = ppo_update(
+        tr.engine,
+        UpdateBatch(
+            batch.prompts,
+            batch.responses,
+            signal.mask_BT,
+            signal.old_BT,
+            signal.adv_BT,
+            is_BT,
+            on_policy,
+        ),
+        tr.loss_fn,
+        tr.update,
+        seed,
+        tr.reduce,
+    )
+    if on_policy is not None:
+        lengths = [len(r) for r in batch.responses]
+        scores.old[:] = [on_policy.old_logp_BT[b, :n] for b, n in enumerate(lengths)]
+        scores.entropy[:] = [on_policy.entropy_BT[b, :n] for b, n in enumerate(lengths)]
+    return stats
 
 
 def ppo_update(
@@ -140,23 +210,51 @@ def _micro_batch_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
     """π_θ's forward on responses ``idx`` and their loss under the mini-batch's global totals."""
     T = max(len(batch.response_ids[i]) for i in idx)
-    new_BT = model_response_logprobs(
+    on_policy = batch.on_policy is not None
+    out = model_response_logprobs(
         engine.module,
         [batch.prompt_ids[i] for i in idx],
         [batch.response_ids[i] for i in idx],
         settings.chunk_size,
         temperature=settings.temperature,
+        return_entropy=on_policy,
     )
+    new_BT, ent_BT = out if on_policy else (out, None)
     dev = new_BT.device
     mask = batch.mask_BT[idx, :T].to(dev)
+    old, adv = batch.old_logp_BT[idx, :T].to(dev), batch.adv_BT[idx, :T].to(dev)
     isw = batch.is_weight_BT[idx, :T].to(dev) if batch.is_weight_BT is not None else None
+    if batch.on_policy is not None:  # (spelled out for the type checker; = on_policy)
+        old, adv, isw = _on_policy_terms(batch.on_policy, idx, T, new_BT, ent_BT, mask, adv)
     loss, st = loss_fn(
         new_BT,
-        batch.old_logp_BT[idx, :T].to(dev),
-        batch.adv_BT[idx, :T].to(dev),
+        old,
+        adv,
         mask,
         isw,
         num_tokens=totals["tokens"],
         num_seqs=totals["seqs"],
     )
     return loss, st, float(mask.sum())
+
+
+def _on_policy_terms(
+    op: OnPolicy,
+    idx: list[int],
+    T: int,
+    new_BT: torch.Tensor,
+    ent_BT: torch.Tensor | None,
+    mask: torch.Tensor,
+    partial_adv: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(lp_old, A, IS weight)`` of one micro-batch with π_old = π_θ (detached); records π_old."""
+    old = new_BT.detach() * mask
+    adv = (partial_adv - op.beta * old) * mask
+    isw = None
+    if op.rollout_logp_BT is not None:
+        rollout = op.rollout_logp_BT[idx, :T].to(old.device)
+        isw = truncated_is_weight(old, rollout, op.is_cap) * mask
+    op.old_logp_BT[idx, :T] = old.cpu()
+    if ent_BT is not None:
+        op.entropy_BT[idx, :T] = (ent_BT.detach() * mask).cpu()
+    return old, adv, isw
