@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 import statistics
 
 import pytest
+import typer
+import yaml
 from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
-from tcopd.cli.main import main
+from tcopd.cli.main import app, main
+from tcopd.config import help_of
 from tcopd.errors import ConfigError, DataError, ModelError
 from tcopd.pipelines.eval import SAMPLE_FIELDS, EvalConfig, run
+from tcopd.progress import Event
 from tcopd.runtime.grading import Grader
 
 TIMING = ("wall_s", "tokens_per_s")
@@ -68,7 +74,8 @@ def strip_timing(summary: dict) -> dict:
 
 
 def test_eval_writes_rows_and_a_summary_that_follows_from_them(world, tmp_path):
-    res = run(config(world, tmp_path / "out"))
+    events: list[Event] = []
+    res = run(config(world, tmp_path / "out"), events.append)
     rows = read_rows(tmp_path / "out" / "samples.jsonl")
     assert len(rows) == len(PROBLEMS) * 3
     assert all(set(SAMPLE_FIELDS) <= set(r) for r in rows)
@@ -99,6 +106,15 @@ def test_eval_writes_rows_and_a_summary_that_follows_from_them(world, tmp_path):
     for key in ("benchmark", "model", "n", "ungraded", "sampling", "wall_s"):
         assert key in summary
     assert summary["sampling"]["top_k"] == 0 and summary["sampling"]["seed"] == 5
+    # progress: Events only, as every other pipeline (demo renders them with its own display)
+    assert all(isinstance(e, Event) for e in events)
+    name = world["model_a"].name
+    assert events[0] == Event("eval", 0, 9, detail=name)
+    graded = [e for e in events if e.phase == "graded"]
+    assert [(e.done, e.total, e.detail) for e in graded] == [(i, 9, name) for i in range(1, 10)]
+    generated = [e for e in events if e.phase == "generated"]
+    assert [(e.done, e.total) for e in generated] == [(1, 3), (2, 3), (3, 3)]
+    assert all(e.detail.endswith(" tok/s") for e in generated)
 
 
 class Interrupt(Exception):
@@ -110,8 +126,8 @@ def test_resume_after_interruption_gives_identical_summary(world, tmp_path):
 
     seen = {"graded": 0}
 
-    def stop_after_four(ev):
-        if ev["event"] == "graded":
+    def stop_after_four(event: Event) -> None:
+        if event.phase == "graded":
             seen["graded"] += 1
             if seen["graded"] == 4:
                 raise Interrupt()
@@ -123,7 +139,9 @@ def test_resume_after_interruption_gives_identical_summary(world, tmp_path):
     # a torn last line, as a kill mid-write leaves it
     with open(tmp_path / "cut" / "samples.jsonl", "a") as f:
         f.write('{"problem_id": "2", "sample_')
-    resumed = run(config(world, tmp_path / "cut")).runs[0].summary
+    events: list[Event] = []
+    resumed = run(config(world, tmp_path / "cut"), events.append).runs[0].summary
+    assert events[0].phase == "eval" and events[0].done == len(partial) and events[0].total == 9
     assert strip_timing(resumed) == strip_timing(full)
     rows = read_rows(tmp_path / "cut" / "samples.jsonl")
     assert len(rows) == 9  # nothing graded twice
@@ -227,6 +245,7 @@ def test_cli_two_models_comparison(world, tmp_path, capsys):
         str(world["model_b"]),
     ]
     argv += ["--n", "2", "--max-tokens", "4", "--out", str(out), "--temperature", "0"]
+    argv += ["--grade-timeout", "7"]
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 0
@@ -236,12 +255,53 @@ def test_cli_two_models_comparison(world, tmp_path, capsys):
     assert [c["name"] for c in comparison] == ["qwen3-s1-tied", "qwen3-s2-tied"]
     for name in ("qwen3-s1-tied", "qwen3-s2-tied"):
         assert (out / name / "summary.json").is_file() and (out / name / "samples.jsonl").is_file()
+    resolved = yaml.safe_load((out / "qwen3-s1-tied" / "config.yaml").read_text())
+    assert resolved["models"] == [str(world["model_a"]), str(world["model_b"])]
+    assert resolved["grade_timeout_s"] == 7.0 and resolved["temperature"] == 0.0
     # greedy: both samples of a problem are identical
     rows = read_rows(out / "qwen3-s1-tied" / "samples.jsonl")
     by = {}
     for r in rows:
         by.setdefault(r["problem_id"], set()).add(r["response"])
     assert all(len(v) == 1 for v in by.values())
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"n": 0}, "--n must be at least 1"),
+        ({"temperature": -0.5}, "--temperature must be >= 0"),
+        ({"top_p": 0.0}, "--top-p must be in (0, 1]"),
+        ({"top_p": 1.5}, "--top-p must be in (0, 1]"),
+        ({"top_k": -1}, "--top-k must be >= 0"),
+        ({"max_tokens": 0}, "--max-tokens must be at least 1"),
+        ({"limit": 0}, "--limit must be at least 1"),
+        ({"grader_workers": 0}, "--grader-workers must be at least 1"),
+        ({"grade_timeout_s": 0.0}, "--grade-timeout must be > 0"),
+        ({"token_budget": 0}, "--token-budget must be at least 1"),
+        ({"tensor_parallel_size": 0}, "--tensor-parallel-size must be at least 1"),
+        ({"gpu_memory_utilization": 1.5}, "--gpu-memory-utilization must be in (0, 1]"),
+        ({"dtype": "int8"}, "--dtype 'int8' is not supported"),
+    ],
+)
+def test_config_values_are_checked_when_the_config_is_built(bad, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        EvalConfig(benchmark="aime24", models=["m"], **bad)
+
+
+def test_cli_has_one_flag_per_config_field_with_the_fields_help():
+    import tcopd.cli.commands  # noqa: F401  (registers the subcommands on app)
+
+    command = typer.main.get_command(app).commands["eval"]  # type: ignore[attr-defined]
+    params = {opt: p for p in command.params for opt in p.opts}
+    renamed = {"models": "--model", "grade_timeout_s": "--grade-timeout"}
+    for f in dataclasses.fields(EvalConfig):
+        if f.name == "benchmark":  # the positional argument
+            assert params["benchmark"].help == help_of(EvalConfig, "benchmark")
+            continue
+        flag = renamed.get(f.name, "--" + f.name.replace("_", "-"))
+        assert params[flag].help.startswith(help_of(EvalConfig, f.name)), flag
+    assert params["--model"].multiple and "--config" in params
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 
 from tcopd.cli.main import main
 from tcopd.pipelines.eval import EvalConfig, run
+from tcopd.progress import Event
 
 # problem id -> (samples, indices of the correct ones)
 FIXTURE = {"A": (8, {1, 4, 6}), "B": (16, set(range(16))), "C": (3, set())}
@@ -62,7 +63,7 @@ def test_hand_numbers_are_what_we_think():
 def test_unequal_n_uses_every_sample(tmp_path):
     src = tmp_path / "graded.jsonl"
     write_samples(src)
-    events: list[dict] = []
+    events: list[Event] = []
     res = run(EvalConfig(from_samples=str(src), out=str(tmp_path / "re")), events.append)
     s = res.runs[0].summary
     h = hand_numbers()
@@ -79,7 +80,7 @@ def test_unequal_n_uses_every_sample(tmp_path):
     assert len((tmp_path / "re" / "samples.jsonl").read_text().splitlines()) == 27
     assert json.loads((tmp_path / "re" / "summary.json").read_text())["samples"] == 27
 
-    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    warnings = [e.detail for e in events if e.phase == "warning"]
     assert warnings == [
         "samples per problem vary from 3 to 16: mean@n uses every sample "
         "(each problem's own mean); pass@k reported for k ≤ 3"
@@ -98,11 +99,13 @@ def test_equal_n_keeps_n_and_warns_nothing(tmp_path):
             for i in range(2)
         )
     )
-    events: list[dict] = []
+    events: list[Event] = []
     s = run(EvalConfig(from_samples=str(src), out=str(tmp_path / "o")), events.append).runs[0]
     assert (s.summary["n"], s.summary["n_min"], s.summary["n_max"]) == (2, 2, 2)
     assert s.summary["mean_at_n"] == pytest.approx(50.0)
-    assert not [e for e in events if e["event"] == "warning"]
+    assert not [e for e in events if e.phase == "warning"]
+    assert events[0] == Event("eval", 0, 4, detail="re-grade")
+    assert [e.done for e in events if e.phase == "graded"] == [1, 2, 3, 4]
 
 
 def test_duplicate_sample_is_an_error_not_a_silent_drop(tmp_path):

@@ -10,106 +10,41 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tcopd.cli.main import app
-from tcopd.cli.options import ConfigOpt, DeviceOpt, SeedOpt, console, err_console
-from tcopd.config import load_config
-from tcopd.pipelines.eval import BENCHMARKS, EvalConfig, EvalResult, ModelRun, run
+from tcopd.cli.options import ConfigOpt, config_flags, console, err_console
+from tcopd.config import help_of, load_config
+from tcopd.pipelines.eval import EvalConfig, EvalResult, ModelRun, run
+from tcopd.progress import Event
 
 
-@app.command("eval")
+@app.command(
+    "eval",
+    epilog="Every flag is also a key of the --config YAML: its name with _ for - (--top-p: top_p), "
+    "except --model (models, a list) and --grade-timeout (grade_timeout_s); the argument is "
+    "benchmark. Outputs, resume and re-grading: docs/eval.md.",
+)
+@config_flags(
+    EvalConfig,
+    skip=("benchmark",),  # the positional argument
+    flag_names={"models": "--model", "grade_timeout_s": "--grade-timeout"},
+)
 def eval_command(
+    flags: dict[str, Any],
     benchmark: Annotated[
-        str | None, typer.Argument(help=f"Benchmark: {', '.join(BENCHMARKS)} (or use --data FILE).")
-    ] = None,
-    model: Annotated[
-        list[str] | None,
-        typer.Option("--model", help="Model directory or Hub id (repeat to compare models)."),
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option("--data", help="Prepared-format data file instead of a benchmark."),
-    ] = None,
-    n: Annotated[int | None, typer.Option("--n", help="Samples per problem (default 32).")] = None,
-    temperature: Annotated[
-        float | None,
-        typer.Option("--temperature", help="Sampling temperature (default 1.0; 0 = greedy)."),
-    ] = None,
-    top_p: Annotated[
-        float | None, typer.Option("--top-p", help="Nucleus mass (default 1.0 = off).")
-    ] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k (default 0 = off).")] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", help="Max new tokens (default 16384).")
-    ] = None,
-    engine: Annotated[str | None, typer.Option("--engine", help="hf (default) or vllm.")] = None,
-    seed: SeedOpt = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Output directory (default runs/eval-<benchmark>).")
-    ] = None,
-    template: Annotated[
-        str | None, typer.Option("--template", help="Prompt template: auto (default), chat, plain.")
-    ] = None,
-    tokenizer: Annotated[
-        str | None, typer.Option("--tokenizer", help="Tokenizer path (default: the model's).")
-    ] = None,
-    device: DeviceOpt = None,
-    dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32 (default), bfloat16, float16.")
-    ] = None,
-    token_budget: Annotated[
-        int | None, typer.Option("--token-budget", help="HF engine: tokens per generate call.")
-    ] = None,
-    grader_workers: Annotated[
-        int | None, typer.Option("--grader-workers", help="Grading processes (default 2).")
-    ] = None,
-    grade_timeout: Annotated[
-        float | None,
-        typer.Option("--grade-timeout", help="Seconds per graded sample (default 10)."),
-    ] = None,
-    too_long: Annotated[
         str | None,
-        typer.Option("--too-long", help="Prompt longer than the context: skip (default) or fail."),
-    ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N problems.")] = None,
-    from_samples: Annotated[
-        Path | None,
-        typer.Option("--from-samples", help="Re-grade this samples.jsonl (no model needed)."),
-    ] = None,
-    gpu_memory_utilization: Annotated[
-        float | None,
-        typer.Option("--gpu-memory-utilization", help="vLLM: GPU memory fraction (default 0.85)."),
-    ] = None,
-    tensor_parallel_size: Annotated[
-        int | None, typer.Option("--tensor-parallel-size", help="vLLM: TP size.")
+        typer.Argument(help=help_of(EvalConfig, "benchmark"), show_default=False),
     ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Sample n responses per problem, grade them (last \\boxed{}, math-verify), report mean@n ± stderr and pass@k."""
-    overrides: dict[str, Any] = {
-        "benchmark": benchmark,
-        "models": list(model) if model else None,
-        "data": str(data) if data else None,
-        "n": n,
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "max_tokens": max_tokens,
-        "engine": engine,
-        "seed": seed,
-        "out": str(out) if out else None,
-        "template": template,
-        "tokenizer": tokenizer,
-        "device": device,
-        "dtype": dtype,
-        "token_budget": token_budget,
-        "grader_workers": grader_workers,
-        "grade_timeout_s": grade_timeout,
-        "too_long": too_long,
-        "limit": limit,
-        "from_samples": str(from_samples) if from_samples else None,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "tensor_parallel_size": tensor_parallel_size,
-    }
-    cfg = load_config(EvalConfig, config, overrides)
+    """Sample n responses per problem, grade them (last \\boxed{}, math-verify), report mean@n ± stderr and pass@k.
+
+    [b]Examples[/b]: [cyan]tcopd eval aime24 --model M --n 32[/cyan];
+    [cyan]tcopd eval --data d.parquet --model A --model B[/cyan];
+    [cyan]tcopd eval --from-samples runs/eval-aime24/samples.jsonl --out runs/regraded[/cyan]
+    """
+    for path_flag in ("data", "out", "from_samples"):  # as typed Paths used to: ./a/ → a
+        if flags[path_flag] is not None:
+            flags[path_flag] = str(Path(flags[path_flag]))
+    cfg = load_config(EvalConfig, config, {**flags, "benchmark": benchmark})
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -121,22 +56,17 @@ def eval_command(
     ) as bar:
         state: dict[str, Any] = {"task": None}
 
-        def progress(ev: dict[str, Any]) -> None:
-            if ev["event"] == "start":
-                name = Path(str(ev["model"])).name if ev["model"] else "re-grade"
+        def progress(event: Event) -> None:
+            if event.phase == "eval":  # a model starts (done: samples kept from an earlier run)
                 state["task"] = bar.add_task(
-                    f"{name} samples", total=ev["total"], completed=ev["done"], rate=""
+                    f"{event.detail} samples", total=event.total, completed=event.done, rate=""
                 )
-                if ev.get("skipped"):
-                    err_console.print(
-                        f"[yellow]warning:[/yellow] skipped {ev['skipped']} problem(s) whose prompt exceeds the model's context"
-                    )
-            elif ev["event"] == "warning":
-                err_console.print(f"[yellow]warning:[/yellow] {ev['message']}")
-            elif ev["event"] == "graded":
-                bar.update(state["task"], completed=ev["done"])
-            elif ev["event"] == "generated" and ev["seconds"] > 0:
-                bar.update(state["task"], rate=f"{ev['tokens'] / ev['seconds']:.0f} tok/s")
+            elif event.phase == "warning":
+                err_console.print(f"[yellow]warning:[/yellow] {event.detail}")
+            elif event.phase == "graded":
+                bar.update(state["task"], completed=event.done)
+            elif event.phase == "generated" and event.detail:
+                bar.update(state["task"], rate=event.detail)
 
         result = run(cfg, progress)
     _render(result)

@@ -25,125 +25,61 @@ Algorithm choices:
 - Metrics (``core.metrics``): mean@n and pass@k as percentages, the standard error of mean@n
   across problems, ungraded samples counted as not correct and reported.
 - Several models: each gets ``out/<name>/``, plus ``out/comparison.json``.
-- ``from_samples``: re-grade an existing ``samples.jsonl`` without a model. Every sample counts,
-  also when problems have different numbers of samples n_p (files graded elsewhere): mean@n is
-  then the mean over problems of each problem's own mean, pass@k is reported for k up to the
-  smallest n_p, and one ``warning`` progress event names the range. A repeated
-  ``(problem_id, sample_index)`` is an error (it would otherwise be counted once, silently). With
-  no model known, the run is named by its source file.
+- ``from_samples``: re-grade an existing ``samples.jsonl`` without a model (``eval_samples``).
+  Every sample counts, also when problems have different numbers of samples n_p (files graded
+  elsewhere): mean@n is then the mean over problems of each problem's own mean, pass@k is
+  reported for k up to the smallest n_p, and one ``warning`` event names the range. A repeated
+  ``(problem_id, sample_index)`` is an error. With no model known, the run is named by its
+  source file.
+
+Progress (``tcopd.progress.Event``), per model: ``Event("eval", done, total, detail=name)`` when
+it starts (``done``: samples already in the file on resume), ``Event("warning", detail=message)``,
+``Event("generated", done, total, detail="N tok/s")`` after each problem's generate call (in
+problems) and ``Event("graded", done, total, detail=name)`` per verdict (in samples).
+
+The steps of one model: ``_plan`` (prompts, resume) → ``_sample_and_grade`` → ``_write_summary``.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from tcopd.config import field, to_dict, write_resolved
-from tcopd.core import metrics
+from tcopd.config import read_yaml, to_dict, write_resolved
 from tcopd.errors import ConfigError, DataError
-from tcopd.runtime import io
+from tcopd.pipelines.eval_config import IDENTITY_FIELDS, EvalConfig
+from tcopd.pipelines.eval_samples import (
+    SAMPLE_FIELDS,
+    grade_rows,
+    read_samples,
+    source_header,
+    summarize_samples,
+    varying_n_warning,
+)
+from tcopd.progress import Progress, report
+from tcopd.runtime import datasets, io, toy
+from tcopd.runtime import models as model_io
 from tcopd.runtime.datasets import BENCHMARKS
+from tcopd.runtime.grading import Grader, extract_boxed
+from tcopd.runtime.prompts import render_prompt
 
-SAMPLE_FIELDS = (
-    "problem_id",
-    "sample_index",
-    "prompt",
-    "response",
-    "num_tokens",
-    "finish_reason",
-    "gold",
-    "extracted",
-    "correct",
-)
-# Fields a run's identity depends on: resuming with any of them changed would mix two runs.
-IDENTITY_FIELDS = (
-    "benchmark",
-    "data",
-    "n",
-    "temperature",
-    "top_p",
-    "top_k",
-    "max_tokens",
-    "engine",
-    "seed",
-    "template",
-    "dtype",
-    "token_budget",
-    "limit",
-)
-
-Progress = Callable[[dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    benchmark: str | None = field(
-        None, help="Benchmark name: aime24, aime25, math500, toy or toy-code."
-    )
-    data: str | None = field(
-        None, help="Prepared-format data file (jsonl/json/parquet) instead of a benchmark."
-    )
-    models: tuple[str, ...] = field(
-        (), help="Model(s) to evaluate: local HF directory or Hub id; several → comparison."
-    )
-    tokenizer: str | None = field(None, help="Tokenizer path (default: each model's own).")
-    out: str | None = field(None, help="Output directory (default runs/eval-<benchmark>).")
-    n: int = field(32, help="Samples per problem.")
-    temperature: float = field(1.0, help="Sampling temperature (0 = greedy).")
-    top_p: float = field(1.0, help="Nucleus sampling mass (1.0 = off).")
-    top_k: int = field(0, help="Top-k truncation (0 = off; transformers' own default would be 50).")
-    max_tokens: int = field(16384, help="Maximum new tokens per response.")
-    engine: Literal["hf", "vllm"] = field("hf", help="Rollout engine: hf (transformers) or vllm.")
-    seed: int = field(0, help="Sampling seed (reaches the sampler; same seed → same samples).")
-    template: Literal["auto", "chat", "plain"] = field(
-        "auto",
-        help="Prompt template: chat (tokenizer's), plain, or auto (chat if the tokenizer has one).",
-    )
-    device: str | None = field(
-        None, help="HF engine device (default: cuda if available, else cpu)."
-    )
-    dtype: str = field("float32", help="Model dtype: float32, bfloat16 or float16.")
-    token_budget: int = field(
-        65536, help="HF engine: rows × (prompt + max_tokens) per generate call."
-    )
-    grader_workers: int = field(2, help="Grading worker processes.")
-    grade_timeout_s: float = field(
-        10.0, help="Wall-clock limit per graded sample (then: ungraded)."
-    )
-    too_long: Literal["skip", "fail"] = field(
-        "skip", help="A prompt longer than the model's context: skip or fail."
-    )
-    limit: int | None = field(None, help="Evaluate only the first N problems.")
-    from_samples: str | None = field(
-        None, help="Re-grade this samples.jsonl instead of generating."
-    )
-    gpu_memory_utilization: float = field(0.85, help="vLLM: fraction of GPU memory to use.")
-    tensor_parallel_size: int = field(1, help="vLLM: tensor-parallel GPUs.")
-
-    def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ConfigError(
-                f"--n must be at least 1 (got {self.n}): the number of samples per problem"
-            )
-        if self.max_tokens < 1:
-            raise ConfigError(f"--max-tokens must be at least 1 (got {self.max_tokens})")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be at least 1 (got {self.limit})")
-        if self.grade_timeout_s <= 0 or self.grader_workers < 1:
-            raise ConfigError("--grade-timeout must be > 0 and --grader-workers at least 1")
-        if self.from_samples is None:
-            if self.benchmark is None and self.data is None:
-                raise ConfigError(f"give a benchmark ({', '.join(BENCHMARKS)}) or --data FILE")
-            if self.benchmark is not None and self.benchmark not in BENCHMARKS:
-                raise ConfigError(
-                    f"unknown benchmark {self.benchmark!r}; known: {', '.join(BENCHMARKS)} (or --data FILE)"
-                )
-            if not self.models and not (self.benchmark or "").startswith("toy"):
-                raise ConfigError("--model is required (a local HF model directory or a Hub id)")
+__all__ = [
+    "BENCHMARKS",
+    "IDENTITY_FIELDS",
+    "SAMPLE_FIELDS",
+    "EvalConfig",
+    "EvalResult",
+    "ModelRun",
+    "Problem",
+    "load_problems",
+    "regrade",
+    "run",
+    "summarize_samples",
+]
 
 
 @dataclass
@@ -194,8 +130,6 @@ def _rows_to_problems(rows: Sequence[dict[str, Any]], source: str) -> list[Probl
 
 def load_problems(config: EvalConfig) -> tuple[str, list[Problem]]:
     """(benchmark label, problems) for a benchmark name or a prepared-format file."""
-    from tcopd.runtime import datasets
-
     if config.benchmark is not None:  # with --data: a local copy of that benchmark
         rows = datasets.load_benchmark(config.benchmark, from_path=config.data)
         label, source = config.benchmark, config.data or config.benchmark
@@ -213,8 +147,6 @@ def load_problems(config: EvalConfig) -> tuple[str, list[Problem]]:
 def _resolve_models(config: EvalConfig) -> list[str]:
     if config.models:
         return list(config.models)
-    from tcopd.runtime import toy
-
     return [str(toy.ensure_toy().student)]
 
 
@@ -229,65 +161,26 @@ def _run_names(models: Sequence[str]) -> list[str]:
     return names
 
 
-# ----------------------------------------------------------------------------------- summaries
+def _display_name(model: str) -> str:
+    """A model's name in progress events: its directory name (a Hub id: the part after '/')."""
+    return Path(model.rstrip("/")).name or model
 
 
-def _check_sample_rows(
-    rows: Sequence[tuple[int, dict[str, Any]]], path: Path, required: Sequence[str]
-) -> None:
-    for lineno, row in rows:
-        missing = [f for f in required if f not in row]
-        if missing:
-            raise DataError(
-                f"{path}:{lineno}: sample row lacks {', '.join(missing)}; each row needs {', '.join(required)}"
-            )
+# ------------------------------------------------------------------------ one model: the steps
 
 
-def summarize_samples(
-    rows: Sequence[dict[str, Any]],
-    problem_order: Sequence[str],
-    n: int | None,
-    header: dict[str, Any],
-) -> dict[str, Any]:
-    """summary.json content from sample rows (problems in ``problem_order``).
+@dataclass
+class _Plan:
+    """What one model's run has to do, from the prompts and the rows already in the file."""
 
-    ``n``: keep each problem's first n samples (a generation run's n); None: every sample, however
-    many each problem has. ``n`` in the summary is that common n, or None when n_p varies;
-    ``n_min`` / ``n_max`` give the range either way.
-    """
-    by_problem: dict[str, dict[int, dict[str, Any]]] = {}
-    for r in rows:
-        by_problem.setdefault(str(r["problem_id"]), {})[int(r["sample_index"])] = r
-    correct, tokens, truncated = [], [], 0
-    for pid in problem_order:
-        samples = by_problem.get(pid, {})
-        ordered = [samples[s] for s in sorted(samples)][:n]
-        if not ordered:
-            continue
-        correct.append([s["correct"] for s in ordered])
-        tokens.extend(int(s["num_tokens"]) for s in ordered)
-        truncated += sum(1 for s in ordered if s["finish_reason"] == "length")
-    if not correct:
-        raise DataError("no graded samples to summarise")
-    s = metrics.summarize(correct)
-    n_min, n_max = min(map(len, correct)), max(map(len, correct))
-    return {
-        **header,
-        "n": n if n is not None else (n_min if n_min == n_max else None),
-        "n_min": n_min,
-        "n_max": n_max,
-        "problems": s["problems"],
-        "samples": s["samples"],
-        "mean_at_n": 100.0 * s["mean_at_n"],
-        "stderr": 100.0 * s["stderr"],
-        "pass_at_k": {str(k): 100.0 * v for k, v in s["pass_at_k"].items()},
-        "mean_tokens": sum(tokens) / len(tokens),
-        "truncated_fraction": truncated / len(tokens),
-        "ungraded": s["ungraded"],
-    }
-
-
-# ---------------------------------------------------------------------------------------- eval
+    template: str  # resolved: chat or plain
+    context: int | None  # the model's context length (None: unknown)
+    kept: list[str]  # problem ids whose prompt fits the context
+    todo: list[tuple[Problem, str, list[int]]]  # (problem, prompt text, ids) with samples missing
+    done: set[tuple[str, int]]  # (problem_id, sample_index) already in samples.jsonl
+    skipped: int  # prompts longer than the context
+    total: int  # samples the summary will count
+    finished: int  # of those, already in the file
 
 
 def _sampling_header(config: EvalConfig, template: str) -> dict[str, Any]:
@@ -307,8 +200,6 @@ def _check_same_run(out_dir: Path, config: EvalConfig, model: str) -> None:
     path = out_dir / "config.yaml"
     if not path.exists() or not (out_dir / "samples.jsonl").exists():
         return
-    from tcopd.config import read_yaml
-
     old = read_yaml(path)
     new = {**{k: to_dict(config)[k] for k in IDENTITY_FIELDS}, "model": model}
     diff = [k for k, v in new.items() if old.get(k) != v]
@@ -326,32 +217,17 @@ def _resolve_template(template: str, tokenizer: Any) -> str:
     return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
 
 
-def _evaluate_model(
-    config: EvalConfig,
-    model: str,
-    label: str,
-    problems: list[Problem],
-    out_dir: Path,
-    progress: Progress | None,
-) -> dict[str, Any]:
-    from tcopd.runtime import models as model_io
-    from tcopd.runtime.grading import Grader, extract_boxed
-    from tcopd.runtime.prompts import render_prompt
-    from tcopd.runtime.rollout import SamplingParams, batch_seed, make_engine
+def _plan(config: EvalConfig, model: str, problems: list[Problem], out_dir: Path) -> _Plan:
+    """Tokenized prompts and the samples already in the file (resume).
 
-    t_start = time.monotonic()
-    _check_same_run(out_dir, config, model)
+    Cheap, and done before a model is loaded: bad data or a too-long prompt fails fast.
+    """
     tokenizer = model_io.load_tokenizer(config.tokenizer or model)
     template = _resolve_template(config.template, tokenizer)
-    samples_path = out_dir / "samples.jsonl"
-    done_rows = io.read_jsonl_tolerant(samples_path)
-    done = {(str(r["problem_id"]), int(r["sample_index"])) for r in done_rows}
-
-    # Prompts first (cheap), so that bad data fails before a model is loaded.
+    rows = io.read_jsonl_tolerant(out_dir / "samples.jsonl")
+    done = {(str(r["problem_id"]), int(r["sample_index"])) for r in rows}
     context = model_io.max_positions(model_io.load_config(model))
-    todo: list[tuple[Problem, str, list[int]]] = []
-    kept: list[str] = []
-    skipped = 0
+    plan = _Plan(template, context, [], [], done, skipped=0, total=0, finished=0)
     for prob in problems:
         text = render_prompt(prob.messages, tokenizer, template)
         ids = tokenizer(text, add_special_tokens=(template == "plain"))["input_ids"]
@@ -361,183 +237,188 @@ def _evaluate_model(
                     f"problem {prob.problem_id}: prompt has {len(ids)} tokens, the model's context is {context}; "
                     "use a model with a longer context, or --too-long skip"
                 )
-            skipped += 1
+            plan.skipped += 1
             continue
-        kept.append(prob.problem_id)
+        plan.kept.append(prob.problem_id)
         if any((prob.problem_id, s) not in done for s in range(config.n)):
-            todo.append((prob, text, ids))
+            plan.todo.append((prob, text, ids))
+    plan.total = len(plan.kept) * config.n
+    plan.finished = sum(1 for pid in plan.kept for s in range(config.n) if (pid, s) in done)
+    return plan
 
-    total = len(kept) * config.n
-    finished = sum(1 for pid in kept for s in range(config.n) if (pid, s) in done)
-    gen_tokens, gen_seconds = 0, 0.0
-    if progress:
-        progress(
-            {"event": "start", "model": model, "total": total, "done": finished, "skipped": skipped}
-        )
 
-    write_resolved(
-        {**to_dict(config), "model": model, "resolved_template": template}, out_dir / "config.yaml"
+def _sample_row(prob: Problem, prompt: str, completion: Any) -> dict[str, Any]:
+    """A samples.jsonl row (SAMPLE_FIELDS) awaiting its verdict."""
+    return {
+        "problem_id": prob.problem_id,
+        "sample_index": completion.sample_index,
+        "prompt": prompt,
+        "response": completion.text,
+        "num_tokens": completion.num_tokens,
+        "finish_reason": completion.finish_reason,
+        "gold": prob.gold,
+        "extracted": extract_boxed(completion.text),
+        "correct": None,
+    }
+
+
+class _Grading:
+    """Rows waiting for their verdict; each verdict appends its row and reports progress."""
+
+    def __init__(
+        self,
+        grader: Grader,
+        out: io.JsonlAppender,
+        plan: _Plan,
+        progress: Progress | None,
+        name: str,
+    ):
+        self.grader, self.out, self.progress, self.name = grader, out, progress, name
+        self.finished, self.total = plan.finished, plan.total
+        self.pending: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def submit(self, row: dict[str, Any]) -> None:
+        key = (row["problem_id"], row["sample_index"])
+        self.pending[key] = row
+        self.grader.submit(key, row["gold"], row["response"])
+
+    def drain(self, block: bool) -> None:
+        for key, verdict in self.grader.as_completed(block=block):
+            row = self.pending.pop(key)  # type: ignore[arg-type]
+            row["correct"] = verdict
+            self.out.write(row)
+            self.finished += 1
+            report(self.progress, "graded", done=self.finished, total=self.total, detail=self.name)
+
+
+def _engine(config: EvalConfig, model: str) -> Any:
+    """The rollout engine (hf or vllm) for ``model`` with the config's settings."""
+    # transformers is imported here, not at the top: `tcopd --help` should not pay for it
+    from tcopd.runtime.rollout import make_engine
+
+    return make_engine(
+        config.engine,
+        model,
+        config.tokenizer or model,
+        device=config.device,
+        token_budget=config.token_budget,
+        dtype=config.dtype,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        tensor_parallel_size=config.tensor_parallel_size,
     )
-    if todo:
-        engine = make_engine(
-            config.engine,
-            model,
-            config.tokenizer or model,
-            device=config.device,
-            token_budget=config.token_budget,
-            dtype=config.dtype,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            tensor_parallel_size=config.tensor_parallel_size,
-        )
-        pending: dict[tuple[str, int], dict[str, Any]] = {}
-        with (
-            Grader(config.grader_workers, config.grade_timeout_s) as grader,
-            io.JsonlAppender(samples_path) as out,
-        ):
 
-            def drain(block: bool) -> None:
-                nonlocal finished
-                for key, verdict in grader.as_completed(block=block):
-                    row = pending.pop(key)  # type: ignore[arg-type]
-                    row["correct"] = verdict
-                    out.write(row)
-                    finished += 1
-                    if progress:
-                        progress({"event": "graded", "done": finished, "total": total})
 
-            for prob, text, ids in todo:
-                room = (
-                    config.max_tokens
-                    if context is None
-                    else min(config.max_tokens, context - len(ids))
-                )
-                sampling = SamplingParams(
-                    n=config.n,
-                    temperature=config.temperature,
-                    top_p=config.top_p,
-                    top_k=config.top_k,
-                    max_new_tokens=room,
-                    seed=batch_seed(config.seed, prob.index, 0),
-                )
-                t0 = time.monotonic()
-                completions = engine.generate([ids], sampling)
-                gen_seconds += time.monotonic() - t0
-                for c in completions:
-                    key = (prob.problem_id, c.sample_index)
-                    gen_tokens += c.num_tokens
-                    if key in done:
-                        continue
-                    pending[key] = {
-                        "problem_id": prob.problem_id,
-                        "sample_index": c.sample_index,
-                        "prompt": text,
-                        "response": c.text,
-                        "num_tokens": c.num_tokens,
-                        "finish_reason": c.finish_reason,
-                        "gold": prob.gold,
-                        "extracted": extract_boxed(c.text),
-                        "correct": None,
-                    }
-                    grader.submit(key, prob.gold, c.text)
-                if progress:
-                    progress({"event": "generated", "tokens": gen_tokens, "seconds": gen_seconds})
-                drain(block=False)
-            drain(block=True)
-        engine = None
+def _sampling(config: EvalConfig, prob: Problem, room: int | None) -> Any:
+    """One problem's n samples, seeded by its position (so resuming is exact); ``room``: context left."""
+    from tcopd.runtime.rollout import SamplingParams, batch_seed  # transformers: see _engine
 
-    rows = io.read_jsonl_tolerant(samples_path)
-    header = {"benchmark": label, "model": model}
-    summary = summarize_samples(rows, kept, config.n, header)
+    return SamplingParams(
+        n=config.n,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        max_new_tokens=config.max_tokens if room is None else min(config.max_tokens, room),
+        seed=batch_seed(config.seed, prob.index, 0),
+    )
+
+
+def _sample_and_grade(
+    config: EvalConfig, model: str, plan: _Plan, out_dir: Path, progress: Progress | None
+) -> tuple[int, float]:
+    """Generate each problem's missing samples, grade them while the next problem generates.
+
+    Returns (tokens generated, seconds spent in generate calls).
+    """
+    engine = _engine(config, model)
+    tokens, seconds = 0, 0.0
+    with (
+        Grader(config.grader_workers, config.grade_timeout_s) as grader,
+        io.JsonlAppender(out_dir / "samples.jsonl") as out,
+    ):
+        grading = _Grading(grader, out, plan, progress, _display_name(model))
+        for i, (prob, text, ids) in enumerate(plan.todo):
+            room = None if plan.context is None else plan.context - len(ids)
+            t0 = time.monotonic()
+            completions = engine.generate([ids], _sampling(config, prob, room))
+            seconds += time.monotonic() - t0
+            tokens += sum(c.num_tokens for c in completions)
+            for c in completions:
+                if (prob.problem_id, c.sample_index) not in plan.done:
+                    grading.submit(_sample_row(prob, text, c))
+            rate = f"{tokens / seconds:.0f} tok/s" if seconds > 0 else ""
+            report(progress, "generated", done=i + 1, total=len(plan.todo), detail=rate)
+            grading.drain(block=False)
+        grading.drain(block=True)
+    return tokens, seconds
+
+
+def _write_summary(
+    config: EvalConfig,
+    model: str,
+    label: str,
+    plan: _Plan,
+    out_dir: Path,
+    generated: tuple[int, float],
+    wall_s: float,
+) -> dict[str, Any]:
+    """summary.json from the whole samples.jsonl (this run's rows and any earlier ones)."""
+    rows = io.read_jsonl_tolerant(out_dir / "samples.jsonl")
+    summary = summarize_samples(rows, plan.kept, config.n, {"benchmark": label, "model": model})
+    tokens, seconds = generated
     summary.update(
         {
-            "skipped_too_long": skipped,
-            "sampling": _sampling_header(config, template),
-            "wall_s": time.monotonic() - t_start,
-            "tokens_per_s": gen_tokens / gen_seconds if gen_seconds > 0 else None,
+            "skipped_too_long": plan.skipped,
+            "sampling": _sampling_header(config, plan.template),
+            "wall_s": wall_s,
+            "tokens_per_s": tokens / seconds if seconds > 0 else None,
         }
     )
     io.write_json(out_dir / "summary.json", summary)
     return summary
 
 
-def _samples_per_problem(rows: Sequence[tuple[int, dict[str, Any]]], path: Path) -> dict[str, int]:
-    """n_p per problem, in file order; a repeated ``(problem_id, sample_index)`` is an error."""
-    first_line: dict[tuple[str, int], int] = {}
-    per_problem: dict[str, int] = {}
-    for lineno, row in rows:
-        key = (str(row["problem_id"]), int(row["sample_index"]))
-        if key in first_line:
-            raise DataError(
-                f"{path}:{lineno}: problem {key[0]!r} sample_index {key[1]} appears again "
-                f"(first on line {first_line[key]}); each (problem_id, sample_index) must be unique"
-            )
-        first_line[key] = lineno
-        per_problem[key[0]] = per_problem.get(key[0], 0) + 1
-    return per_problem
+def _evaluate_model(
+    config: EvalConfig,
+    model: str,
+    label: str,
+    problems: list[Problem],
+    out_dir: Path,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """One model: plan (prompts, resume) → sample and grade → summary."""
+    t_start = time.monotonic()
+    _check_same_run(out_dir, config, model)
+    plan = _plan(config, model, problems, out_dir)
+    name = _display_name(model)
+    report(progress, "eval", done=plan.finished, total=plan.total, detail=name)
+    if plan.skipped:
+        message = f"skipped {plan.skipped} problem(s) whose prompt exceeds the model's context"
+        report(progress, "warning", detail=message)
+    resolved = {**to_dict(config), "model": model, "resolved_template": plan.template}
+    write_resolved(resolved, out_dir / "config.yaml")
+    generated = (0, 0.0)
+    if plan.todo:
+        generated = _sample_and_grade(config, model, plan, out_dir, progress)
+    wall_s = time.monotonic() - t_start
+    return _write_summary(config, model, label, plan, out_dir, generated, wall_s)
+
+
+# ------------------------------------------------------------------------------------- entry
 
 
 def regrade(config: EvalConfig, progress: Progress | None = None) -> EvalResult:
     """Re-grade ``config.from_samples`` into ``config.out`` (no model needed)."""
-    from tcopd.runtime.grading import Grader, extract_boxed
-
     t_start = time.monotonic()
     src = Path(config.from_samples)  # type: ignore[arg-type]
-    if not src.is_file():
-        raise DataError(f"samples file {str(src)!r} does not exist")
-    rows = list(io.iter_jsonl(src))
-    _check_sample_rows(rows, src, ("problem_id", "sample_index", "response", "gold"))
-    if not rows:
-        raise DataError(f"{src}: no samples")
-    per_problem = _samples_per_problem(rows, src)
+    rows, per_problem = read_samples(src)
     out_dir = Path(config.out or src.parent / "regraded")
-    old_summary = src.parent / "summary.json"
-    header: dict[str, Any] = {"benchmark": src.stem, "model": None}
-    if old_summary.is_file():
-        import json
-
-        try:
-            old = json.loads(old_summary.read_text())
-            header = {"benchmark": old.get("benchmark"), "model": old.get("model")}
-            if "sampling" in old:
-                header["sampling"] = old["sampling"]
-        except json.JSONDecodeError:
-            pass
-    if progress:
-        progress(
-            {
-                "event": "start",
-                "model": header["model"],
-                "total": len(rows),
-                "done": 0,
-                "skipped": 0,
-            }
-        )
-    n_min, n_max = min(per_problem.values()), max(per_problem.values())
-    if n_min != n_max and progress:
-        progress(
-            {
-                "event": "warning",
-                "message": f"samples per problem vary from {n_min} to {n_max}: mean@n uses every "
-                f"sample (each problem's own mean); pass@k reported for k ≤ {n_min}",
-            }
-        )
-    graded: list[dict[str, Any]] = []
-    with Grader(config.grader_workers, config.grade_timeout_s) as grader:
-        for i, (_, row) in enumerate(rows):
-            grader.submit(i, str(row["gold"]), str(row["response"]))
-        verdicts = {}
-        for k, v in grader.as_completed():
-            verdicts[k] = v
-            if progress:
-                progress({"event": "graded", "done": len(verdicts), "total": len(rows)})
-    for i, (_, row) in enumerate(rows):
-        new = {f: row.get(f) for f in SAMPLE_FIELDS}
-        new.update({k: v for k, v in row.items() if k not in new})
-        new["num_tokens"] = row.get("num_tokens", 0) or 0
-        new["finish_reason"] = row.get("finish_reason", "stop") or "stop"
-        new["extracted"] = extract_boxed(str(row["response"]))
-        new["correct"] = verdicts[i]
-        graded.append(new)
+    header = source_header(src)
+    name = _display_name(str(header["model"])) if header["model"] else "re-grade"
+    report(progress, "eval", done=0, total=len(rows), detail=name)
+    warning = varying_n_warning(per_problem)
+    if warning:
+        report(progress, "warning", detail=warning)
+    graded = grade_rows(rows, config.grader_workers, config.grade_timeout_s, progress, name)
     io.write_jsonl(out_dir / "samples.jsonl", graded)
     summary = summarize_samples(graded, list(per_problem), None, header)
     summary["regraded_from"] = str(src)
