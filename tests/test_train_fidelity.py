@@ -182,3 +182,17 @@ def test_no_grade_leaves_accuracy_null(world, tmp_path, capsys):
         _args(world, tmp_path / "ng2", "--no-grade", "--outcome-weight", "0.5"), capsys
     )
     assert code == 1 and "outcome_weight needs graded rollouts" in err
+
+
+def test_dense_loss_runs_and_bad_input_is_refused(world, tmp_path, capsys):
+    code, _, err = run_cli(_args(world, tmp_path / "d", "--loss", "dense"), capsys)
+    assert code == 0, err
+    row = _rows(tmp_path / "d")[0]
+    assert row["loss"] > 0  # β·KL ≥ 0 at every position
+    for extra, needle in (
+        (["--teacher-placement", "shard"], "--loss dense needs every teacher's hidden states"),
+        (["--chunk-size", str(10**9)], "lower --chunk-size"),
+        (["--outcome-weight", "0.5"], "--outcome-weight applies to the sampled loss only"),
+    ):
+        code, _, err = run_cli(_args(world, tmp_path / "bad", "--loss", "dense", *extra), capsys)
+        assert code == 1 and needle in err, err

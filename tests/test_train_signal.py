@@ -316,3 +316,64 @@ def test_on_policy_old_from_the_update_forward_equals_a_separate_forward():
     assert out_a["loss"] == pytest.approx(out_b["loss"], abs=1e-6)
     for k, v in engine.module.state_dict().items():
         torch.testing.assert_close(v, weights_a[k], atol=1e-6, rtol=0)
+
+
+def test_dense_update_equals_a_float64_full_logits_loss():
+    """One optimizer step of the dense loss (stored teacher/ref hidden states, chunked, through
+    the trainer's update) vs the same step from the naive float64 full-logits reverse KL to the
+    TC-OPD target: equal reported loss and equal weights after the step."""
+    from tcopd.core.dense import Head
+    from tcopd.core.objective import teacher_weights
+    from tcopd.pipelines.train.update import DenseTargets, UpdateSettings, ppo_update
+    from tcopd.runtime.distributed import Reduce
+    from tcopd.runtime.engine import TrainEngine
+    from tcopd.runtime.scorer import Scorer
+
+    base = _batch()
+    teachers = {"expert": _tiny_model(1), "anti_expert": _tiny_model(2)}
+    ref = _tiny_model(0)
+    scorer = Scorer({"reference": ref, **teachers}, token_budget=64)
+    hidden, raw = scorer.hidden_states(base.prompt_ids, base.response_ids, scorer.names)
+    heads = {n: Head(h.weight, h.bias, h.scale, h.softcap) for n, h in raw.items()}
+    w_BK = teacher_weights(torch.tensor([[1.5, -0.5]] * len(base.response_ids)), "active")
+    beta, tau = 1.0, 0.9
+    settings = UpdateSettings(
+        epochs=1, mini_batches=1, token_budget=64, chunk_size=7, temperature=tau
+    )
+    dense = DenseTargets(("expert", "anti_expert"), hidden, heads, w_BK, beta)
+    batch = dataclasses_replace(base, dense=dense)
+    engine = TrainEngine(_tiny_model(0), lr=1e-4, zero_stage=2, grad_clip=0.0)
+    out = ppo_update(engine, batch, PPOLoss(), settings, 0, Reduce())
+    weights = {k: v.clone() for k, v in engine.module.state_dict().items()}
+
+    def lsm64(model, p, r):
+        logits = model(torch.tensor([p + r])).logits[0, len(p) - 1 : len(p) + len(r) - 1]
+        return torch.log_softmax(logits.double() / tau, -1)
+
+    engine = TrainEngine(_tiny_model(0), lr=1e-4, zero_stage=2, grad_clip=0.0)
+    total, n_tok = 0.0, float(base.mask_BT.sum())
+    for p, r in zip(base.prompt_ids, base.response_ids):
+        with torch.no_grad():
+            lr_, le, la = (
+                lsm64(m, p, r) for m in (ref, teachers["expert"], teachers["anti_expert"])
+            )
+            target = torch.log_softmax(lr_ + (0.75 * (le - lr_) - 0.25 * (la - lr_)) / beta, -1)
+        ls = lsm64(engine.module, p, r)
+        kl = beta * (ls.exp() * (ls - target)).sum(-1)
+        loss = kl.sum() / n_tok  # token-mean over the mini-batch
+        engine.backward(loss.float())
+        total += float(loss)
+    engine.step()
+    assert out["loss"] == pytest.approx(total, abs=1e-5)
+    # (AdamW's first step is ≈ lr·sign(g): a small lr keeps float noise on g ≈ 0 below 1e-6,
+    # while a wrong gradient would move a weight the other way by ~2·lr)
+    start = _tiny_model(0).state_dict()
+    assert max(float((weights[k] - start[k]).abs().max()) for k in start) > 5e-5
+    for k, v in engine.module.state_dict().items():
+        torch.testing.assert_close(weights[k], v, atol=1e-6, rtol=0)
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)

@@ -73,9 +73,8 @@ def _flag_annotation(name: str, tp: Any, help: str, flag: str | None = None) -> 
         base = args[0] if len(args) == 1 else (str if str in args else None)
     if get_origin(base) is Literal:
         choices = ", ".join(str(c) for c in get_args(base))
-        return Annotated[
-            str | None, typer.Option(flag, help=f"{help} [{choices}]", show_default=False)
-        ]
+        help = f"{help} \\[{choices}]"  # escaped: rich would read [..] as markup and drop it
+        return Annotated[str | None, typer.Option(flag, help=help, show_default=False)]
     if base is bool:
         return Annotated[
             bool | None, typer.Option(f"{flag}/--no-{flag[2:]}", help=help, show_default=False)

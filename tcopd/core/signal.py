@@ -40,7 +40,8 @@ class Signal:
     """Everything the loss and the metrics need, padded to ``T`` = the longest response.
 
     ``teacher_KBT`` holds the *active* teachers in ``names`` order; ``lam_BK`` the λ of those
-    teachers per response (after the domain table, before normalisation).
+    teachers per response (after the domain table, before normalisation), ``w_BK`` their weights
+    ``λ / K_eff`` (what the reward and the dense loss use).
     """
 
     names: tuple[str, ...]
@@ -49,6 +50,7 @@ class Signal:
     ref_BT: torch.Tensor
     teacher_KBT: torch.Tensor
     lam_BK: torch.Tensor
+    w_BK: torch.Tensor
     reward_BT: torch.Tensor
     adv_BT: torch.Tensor
 
@@ -99,7 +101,15 @@ def training_signal(
             raise ValueError(f"non-finite {name} in this batch")
     names = tuple(s.name for s in active)
     return Signal(
-        names, mask_BT, old_BT, ref_BT, teacher_KBT, lam_all_BK[:, cols], reward_BT, adv_BT
+        names,
+        mask_BT,
+        old_BT,
+        ref_BT,
+        teacher_KBT,
+        lam_all_BK[:, cols],
+        w_all_BK[:, cols],
+        reward_BT,
+        adv_BT,
     )
 
 

@@ -122,6 +122,20 @@ def current() -> DistInfo:
     return DistInfo()
 
 
+def available_memory(device: torch.device) -> int:
+    """Bytes free on ``device``: CUDA's free memory, or the host's MemAvailable on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62  # unknown: do not refuse
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

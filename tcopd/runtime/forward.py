@@ -21,7 +21,7 @@ import torch
 
 from tcopd.core.batching import plan_padded
 from tcopd.core.logprobs import token_logprobs
-from tcopd.errors import DataError
+from tcopd.errors import DataError, ModelError
 
 Ids = Sequence[int] | torch.Tensor
 
@@ -114,36 +114,8 @@ def model_response_logprobs(
             )
     device = _model_device(model)
     B = len(prompts)
-    lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
     T = max(len(r) for r in responses)
-    # flat position (in the model's (rows × L) output) of the hidden state that predicts each response token
-    pred_pos: list[int] = []
-    out_pos: list[int] = []  # flat position in logp_BT
-    if packed:
-        L = sum(lengths)
-        ids = torch.zeros(1, L, dtype=torch.long)
-        pos = torch.zeros(1, L, dtype=torch.long)
-        offset = 0
-        for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-            n = len(p) + len(r)
-            ids[0, offset : offset + n] = torch.tensor(p + r)
-            pos[0, offset : offset + n] = torch.arange(n)
-            pred_pos.extend(range(offset + len(p) - 1, offset + n - 1))
-            out_pos.extend(range(b * T, b * T + len(r)))
-            offset += n
-        inputs = {"input_ids": ids, "position_ids": pos}
-    else:
-        L = max(lengths)
-        ids = torch.zeros(B, L, dtype=torch.long)
-        mask = torch.zeros(B, L, dtype=torch.long)
-        for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-            n = len(p) + len(r)
-            ids[b, :n] = torch.tensor(p + r)
-            mask[b, :n] = 1
-            pred_pos.extend(range(b * L + len(p) - 1, b * L + n - 1))
-            out_pos.extend(range(b * T, b * T + len(r)))
-        # Right padding: real tokens sit at positions 0..n-1 and never attend to the padding.
-        inputs = {"input_ids": ids, "attention_mask": mask}
+    inputs, pred_pos, out_pos = _batch_inputs(prompts, responses, packed)
     inputs = {k: _to_device(v, device) for k, v in inputs.items()}
     pred_idx = _to_device(torch.tensor(pred_pos, dtype=torch.long), device)
     out_idx = _to_device(torch.tensor(out_pos, dtype=torch.long), device)
@@ -182,6 +154,67 @@ def model_response_logprobs(
     if ent_N is None:
         return logp_BT
     return logp_BT, ent_N.new_zeros(B * T).index_copy(0, out_idx, ent_N).view(B, T)
+
+
+def _batch_inputs(
+    prompts: list[list[int]], responses: list[list[int]], packed: bool
+) -> tuple[dict[str, torch.Tensor], list[int], list[int]]:
+    """Model inputs for ``prompt + response`` rows, the flat positions (in the model's rows × L
+    output) of the hidden states that predict each response token, and each token's flat
+    position in a ``(B, T)`` result (T = the longest response)."""
+    B = len(prompts)
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+    T = max(len(r) for r in responses)
+    pred_pos: list[int] = []
+    out_pos: list[int] = []
+    if packed:
+        L = sum(lengths)
+        ids = torch.zeros(1, L, dtype=torch.long)
+        pos = torch.zeros(1, L, dtype=torch.long)
+        offset = 0
+        for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            n = len(p) + len(r)
+            ids[0, offset : offset + n] = torch.tensor(p + r)
+            pos[0, offset : offset + n] = torch.arange(n)
+            pred_pos.extend(range(offset + len(p) - 1, offset + n - 1))
+            out_pos.extend(range(b * T, b * T + len(r)))
+            offset += n
+        return {"input_ids": ids, "position_ids": pos}, pred_pos, out_pos
+    L = max(lengths)
+    ids = torch.zeros(B, L, dtype=torch.long)
+    mask = torch.zeros(B, L, dtype=torch.long)
+    for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        n = len(p) + len(r)
+        ids[b, :n] = torch.tensor(p + r)
+        mask[b, :n] = 1
+        pred_pos.extend(range(b * L + len(p) - 1, b * L + n - 1))
+        out_pos.extend(range(b * T, b * T + len(r)))
+    # Right padding: real tokens sit at positions 0..n-1 and never attend to the padding.
+    return {"input_ids": ids, "attention_mask": mask}, pred_pos, out_pos
+
+
+def response_hidden_states(
+    model: torch.nn.Module, prompt_ids: Sequence[Ids], response_ids: Sequence[Ids]
+) -> tuple[torch.Tensor, OutputHead]:
+    """``hidden_NH``: the final hidden states that predict each response token, responses
+    concatenated in order (N = Σ len(response_b)), and the model's output head. Differentiable
+    when grad is enabled (the dense loss's π_θ); raises ModelError for a model without a base
+    model and a linear head."""
+    found = output_head(model)
+    if found is None:
+        raise ModelError(
+            f"{type(model).__name__} exposes no base model and linear lm_head: the dense loss "
+            "needs hidden states and an output head"
+        )
+    base, head = found
+    prompts = [_as_list(p) for p in prompt_ids]
+    responses = [_as_list(r) for r in response_ids]
+    inputs, pred_pos, _ = _batch_inputs(prompts, responses, packed=False)
+    device = _model_device(model)
+    inputs = {k: _to_device(v, device) for k, v in inputs.items()}
+    hidden = base(**inputs, use_cache=False).last_hidden_state
+    pred_idx = _to_device(torch.tensor(pred_pos, dtype=torch.long), device)
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, pred_idx), head
 
 
 def batched_response_logprobs(

@@ -31,7 +31,14 @@ import torch.distributed as dist
 from tcopd.core.batching import padded_tokens, plan_packed, plan_padded
 from tcopd.errors import ConfigError, DataError, ModelError
 from tcopd.progress import Event, Progress
-from tcopd.runtime.forward import Ids, _as_list, model_response_logprobs, uses_varlen_attention
+from tcopd.runtime.forward import (
+    Ids,
+    OutputHead,
+    _as_list,
+    model_response_logprobs,
+    response_hidden_states,
+    uses_varlen_attention,
+)
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +191,39 @@ class Scorer:
         }
         return ScoreResult(out, stats)
 
+    def hidden_states(
+        self, prompt_ids: Sequence[Ids], response_ids: Sequence[Ids], names: Sequence[str]
+    ) -> tuple[dict[str, list[torch.Tensor]], dict[str, OutputHead]]:
+        """Final hidden states that predict each response token (``T_i × H`` per response, on
+        ``device``) and each model's output head (on ``device``): what the dense loss needs to
+        rebuild a model's full distributions chunk by chunk during the update, without keeping
+        T×V logits. ``local`` and ``offload`` placements only (``shard`` would move T×H tensors
+        between ranks: refused by the trainer's config check)."""
+        if self.placement == "shard":
+            raise ConfigError("hidden states need teacher_placement local or offload, not shard")
+        prompts = [_as_list(p) for p in prompt_ids]
+        responses = [_as_list(r) for r in response_ids]
+        lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+        hidden: dict[str, list[torch.Tensor]] = {}
+        heads: dict[str, OutputHead] = {}
+        for name in names:
+            model = self.models[name]
+            if self.placement == "offload":
+                model.to(self.device)
+            rows: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+            with torch.no_grad():  # not inference_mode: the update saves them for its backward
+                for idx in plan_padded(lengths, self.token_budget):
+                    h_NH, head = response_hidden_states(
+                        model, [prompts[i] for i in idx], [responses[i] for i in idx]
+                    )
+                    for i, part in zip(idx, h_NH.split([len(responses[i]) for i in idx])):
+                        rows[i] = part.clone()
+            hidden[name] = rows
+            heads[name] = _head_on(head, self.device)
+            if self.placement == "offload":
+                model.to("cpu")
+        return hidden, heads
+
     # -- internals -------------------------------------------------------------------------
     def _check_ids(self, prompts: list[list[int]], responses: list[list[int]]) -> None:
         vocab = min(
@@ -314,6 +354,13 @@ class Scorer:
         global_src = dist.get_global_rank(self.group, src) if self.group is not None else src
         dist.scatter_object_list(received, shares, src=global_src, group=self.group)
         return received[0]
+
+
+def _head_on(head: OutputHead, device: torch.device) -> OutputHead:
+    """A detached copy of ``head`` on ``device`` (an offloaded model's head stays usable)."""
+    weight = head.weight.detach().to(device)
+    bias = head.bias.detach().to(device) if head.bias is not None else None
+    return OutputHead(weight, bias, head.scale, head.softcap)
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:

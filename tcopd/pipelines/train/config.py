@@ -75,6 +75,11 @@ class TrainConfig:
         "auto",
         help="auto: skip scoring π_ref when its terms cancel (Σ_k w_k = β, e.g. OPD); always: score it.",
     )
+    loss: Literal["sampled", "dense"] = field(
+        "sampled",
+        help="sampled: the paper's per-token estimator (PPO clipped); dense: β·KL(π_θ ‖ p*) over "
+        "the whole vocabulary at every position (docs/algorithm.md).",
+    )
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = field(
         "token-mean", help="Loss aggregation."
     )
@@ -146,6 +151,13 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.loss == "dense" and self.teacher_placement == "shard":
+            raise ConfigError(
+                "--loss dense needs every teacher's hidden states on each rank: use "
+                "--teacher-placement local or offload (not shard)"
+            )
+        if self.loss == "dense" and self.outcome_weight:
+            raise ConfigError("--outcome-weight applies to the sampled loss only (--loss sampled)")
         if self.outcome_weight and not self.grade:
             raise ConfigError("outcome_weight needs graded rollouts: drop --no-grade")
         if self.dual_clip is not None and self.dual_clip <= 1:

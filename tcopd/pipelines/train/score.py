@@ -4,6 +4,10 @@
 log-probs, which differ slightly: those only enter the truncated IS weight). Every model is
 scored at the rollout temperature (docs/algorithm.md), so π_θ / π_old is a ratio of the same
 tempered policy the samples came from.
+
+With ``--loss dense`` the teachers (and π_ref) are run once for their final hidden states, kept
+for the update (which rebuilds their full distributions chunk by chunk); their sampled-token
+log-probs, for the reward and the metrics, come from those hidden states through each head.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from tcopd.core.dense import Head
+from tcopd.core.logprobs import token_logprobs
+from tcopd.pipelines.train.config import TrainConfig
 from tcopd.pipelines.train.rollout import Rollouts
 from tcopd.pipelines.train.setup import Trainer
 from tcopd.runtime.forward import batched_response_logprobs
@@ -24,6 +31,8 @@ class Scores:
     old: list[torch.Tensor]
     entropy: list[torch.Tensor]  # of π_old's (tempered) distribution at each position
     models: dict[str, list[torch.Tensor]]  # "reference" (π_old when it cancels) and each teacher
+    hidden: dict[str, list[torch.Tensor]] | None = None  # dense: T_i × H per response and model
+    heads: dict[str, Head] | None = None  # dense: each model's output head
 
 
 def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
@@ -42,8 +51,40 @@ def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
     else:
         old = [torch.zeros(len(r)) for r in batch.responses]
         entropy = [torch.zeros(len(r)) for r in batch.responses]
-    scored = dict(tr.scorer.score(batch.prompts, batch.responses).logprobs)
+    if cfg.loss == "dense":
+        hidden, heads = _hidden_states(tr, batch)
+        scored = {n: _sampled_logprobs(hidden[n], heads[n], batch, cfg) for n in hidden}
+    else:
+        hidden = heads = None
+        scored = dict(tr.scorer.score(batch.prompts, batch.responses).logprobs)
     # π_ref cancels (setup.py): π_old stands in for it — the same list, so that on-policy the
     # update's filling of π_old (in place) fills the stand-in too
     scored.setdefault("reference", old)
-    return Scores(old, entropy, scored)
+    return Scores(old, entropy, scored, hidden, heads)
+
+
+def _hidden_states(
+    tr: Trainer, batch: Rollouts
+) -> tuple[dict[str, list[torch.Tensor]], dict[str, Head]]:
+    hidden, raw = tr.scorer.hidden_states(batch.prompts, batch.responses, tr.scorer.names)
+    heads = {n: Head(h.weight, h.bias, h.scale, h.softcap) for n, h in raw.items()}
+    return hidden, heads
+
+
+def _sampled_logprobs(
+    hidden: list[torch.Tensor], head: Head, batch: Rollouts, cfg: TrainConfig
+) -> list[torch.Tensor]:
+    """Each response's sampled-token log-probs from a model's stored hidden states."""
+    targets = torch.tensor([t for r in batch.responses for t in r])
+    with torch.no_grad():
+        lp_N = token_logprobs(
+            torch.cat(hidden),
+            head.weight_VH,
+            targets,
+            chunk_size=cfg.chunk_size,
+            temperature=cfg.temperature,
+            softcap=head.softcap,
+            bias_V=head.bias_V,
+            scale=head.scale,
+        )
+    return [x.float().cpu() for x in lp_N.split([len(r) for r in batch.responses])]

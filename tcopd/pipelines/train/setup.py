@@ -35,8 +35,9 @@ from tcopd.pipelines.train.config import TrainConfig
 from tcopd.pipelines.train.data import Prompts, load_prompts
 from tcopd.pipelines.train.update import UpdateSettings
 from tcopd.runtime import distributed
-from tcopd.runtime.distributed import DistInfo, Reduce
+from tcopd.runtime.distributed import DistInfo, Reduce, available_memory
 from tcopd.runtime.engine import TrainEngine
+from tcopd.runtime.forward import output_head
 from tcopd.runtime.grading import Grader
 from tcopd.runtime.models import check_same_tokenizer, load_causal_lm, load_tokenizer
 from tcopd.runtime.rollout import RolloutEngine, make_engine
@@ -99,6 +100,8 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         specs, table, cfg.teacher_normalization, cfg.beta
     )
     scorer = _scorer(cfg, dist, tokenizer, student, active, dtype, with_reference=not skip_ref)
+    if cfg.loss == "dense":
+        check_dense(cfg, student, scorer, dist.device)
     data = load_prompts(cfg.data, tokenizer, cfg.template, cfg.max_prompt_tokens)
     eval_data = (
         load_prompts(cfg.eval_data, tokenizer, cfg.template, cfg.max_prompt_tokens)
@@ -213,3 +216,27 @@ def _rollout_engine(
         tensor_parallel_size=cfg.vllm_tensor_parallel_size,
         enable_sleep_mode=cfg.vllm_sleep,
     )
+
+
+def check_dense(
+    cfg: TrainConfig, student: torch.nn.Module, scorer: Scorer, device: torch.device
+) -> None:
+    """Before any step: every model exposes a head over the student's vocabulary, and one chunk's
+    ``chunk × V × (K + 2)`` float32 logits (×3: values, softmaxes, gradients) fit in memory."""
+    found = output_head(student)
+    if found is None:
+        raise ConfigError("--loss dense needs a student with a base model and a linear lm_head")
+    V = found[1].weight.shape[0]
+    for name, model in scorer.models.items():
+        head = output_head(model)
+        if head is None or head[1].weight.shape[0] != V:
+            got = "no linear head" if head is None else f"vocabulary {head[1].weight.shape[0]}"
+            raise ConfigError(f"--loss dense: {name} has {got}, the student's vocabulary is {V}")
+    need = 3 * 4 * cfg.chunk_size * V * (len(scorer.models) + 2)
+    free = available_memory(device)
+    if need > free:
+        raise ConfigError(
+            f"--loss dense: one chunk needs ~{need / 1e9:.1f} GB ({cfg.chunk_size} positions × "
+            f"vocabulary {V} × {len(scorer.models) + 2} models), {free / 1e9:.1f} GB is free: "
+            "lower --chunk-size"
+        )

@@ -28,11 +28,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from tcopd.core.batching import plan_padded
-from tcopd.core.objective import PPOLoss, truncated_is_weight
+from tcopd.core.dense import Head, dense_kl
+from tcopd.core.logprobs import token_logprobs
+from tcopd.core.objective import PPOLoss, aggregate, truncated_is_weight
 from tcopd.core.signal import pad_right
 from tcopd.errors import TrainingError
 from tcopd.runtime.distributed import Reduce
-from tcopd.runtime.forward import model_response_logprobs
+from tcopd.runtime.forward import model_response_logprobs, response_hidden_states
 
 if TYPE_CHECKING:
     from tcopd.core.signal import Signal
@@ -65,6 +67,18 @@ class OnPolicy:
 
 
 @dataclass
+class DenseTargets:
+    """What the dense loss needs besides π_θ: every teacher's (and π_ref's, unless it cancels)
+    final hidden states per response (``T_i × H``) and output heads, and the weights ``w_BK``."""
+
+    names: tuple[str, ...]  # active teachers, in the order of w_BK's columns
+    hidden: dict[str, list[torch.Tensor]]  # + "reference" when π_ref is needed
+    heads: dict[str, Head]
+    w_BK: torch.Tensor
+    beta: float
+
+
+@dataclass
 class UpdateBatch:
     """Everything the update needs, per response (B responses, T = longest response).
 
@@ -78,6 +92,7 @@ class UpdateBatch:
     adv_BT: torch.Tensor
     is_weight_BT: torch.Tensor | None
     on_policy: OnPolicy | None = None
+    dense: DenseTargets | None = None  # set: the dense loss instead of the clipped one
 
 
 def is_on_policy(settings: UpdateSettings) -> bool:
@@ -103,6 +118,10 @@ def update(
         zeros = torch.zeros_like(signal.mask_BT)
         on_policy = OnPolicy(tr.cfg.beta, rollout_BT, tr.cfg.is_cap, zeros, zeros.clone())
         is_BT = None
+    dense = None
+    if tr.cfg.loss == "dense":
+        assert scores.hidden is not None and scores.heads is not None
+        dense = DenseTargets(signal.names, scores.hidden, scores.heads, signal.w_BK, tr.cfg.beta)
     stats = ppo_update(
         tr.engine,
         UpdateBatch(
@@ -113,6 +132,7 @@ def update(
             signal.adv_BT,
             is_BT,
             on_policy,
+            dense,
         ),
         tr.loss_fn,
         tr.update,
@@ -209,6 +229,8 @@ def _micro_batch_loss(
     totals: dict[str, float],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
     """π_θ's forward on responses ``idx`` and their loss under the mini-batch's global totals."""
+    if batch.dense is not None:
+        return _dense_micro_batch_loss(engine, batch, idx, loss_fn, settings, totals)
     T = max(len(batch.response_ids[i]) for i in idx)
     on_policy = batch.on_policy is not None
     out = model_response_logprobs(
@@ -258,3 +280,85 @@ def _on_policy_terms(
     if ent_BT is not None:
         op.entropy_BT[idx, :T] = (ent_BT.detach() * mask).cpu()
     return old, adv, isw
+
+
+def _dense_micro_batch_loss(
+    engine: TrainEngine,
+    batch: UpdateBatch,
+    idx: list[int],
+    loss_fn: PPOLoss,
+    settings: UpdateSettings,
+    totals: dict[str, float],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+    """``aggregate(β·KL(π_θ ‖ p*))`` over the positions of responses ``idx`` (core/dense.py)."""
+    d = batch.dense
+    assert d is not None
+    responses = [batch.response_ids[i] for i in idx]
+    hidden_NH, head = response_hidden_states(
+        engine.module, [batch.prompt_ids[i] for i in idx], responses
+    )
+    dev = hidden_NH.device
+    partitioned = hasattr(head.weight, "ds_id")  # ZeRO-3: call the head module per chunk
+    student = Head(
+        head.module if partitioned else head.weight,
+        None if partitioned else head.bias,
+        head.scale,
+        head.softcap,
+    )
+    lengths = [len(r) for r in responses]
+    rows = lambda name: torch.cat([d.hidden[name][i] for i in idx]).to(dev)  # noqa: E731
+    w_NK = torch.cat([d.w_BK[i].expand(n, -1) for i, n in zip(idx, lengths)]).to(dev)
+    kl_N = dense_kl(
+        hidden_NH,
+        student,
+        [rows(n) for n in d.names],
+        [d.heads[n] for n in d.names],
+        rows("reference") if "reference" in d.hidden else None,
+        d.heads.get("reference"),
+        w_NK,
+        d.beta,
+        settings.temperature,
+        settings.chunk_size,
+    )
+    T = max(lengths)
+    mask = batch.mask_BT[idx, :T].to(dev)
+    kl_BT = torch.zeros(len(idx), T, dtype=kl_N.dtype, device=dev)
+    kl_BT[mask.bool()] = kl_N  # row-major: response by response, position by position
+    loss = aggregate(kl_BT, mask, loss_fn.aggregation, totals["tokens"], totals["seqs"])
+    if batch.on_policy is not None:  # π_old for the metrics, from this forward
+        _fill_old_from_hidden(batch.on_policy, idx, T, hidden_NH, student, responses, settings)
+    zero = torch.zeros((), device=dev)
+    return loss, {"clip_fraction": zero, "approx_kl": zero}, float(mask.sum())
+
+
+def _fill_old_from_hidden(
+    op: OnPolicy,
+    idx: list[int],
+    T: int,
+    hidden_NH: torch.Tensor,
+    head: Head,
+    responses: list[list[int]],
+    settings: UpdateSettings,
+) -> None:
+    """On-policy dense: π_old's sampled-token log-probs and entropies from π_θ's hidden states."""
+    with torch.no_grad():
+        targets = torch.tensor([t for r in responses for t in r], device=hidden_NH.device)
+        lp_N, ent_N = token_logprobs(
+            hidden_NH.detach(),
+            head.weight_VH,
+            targets,
+            chunk_size=settings.chunk_size,
+            temperature=settings.temperature,
+            softcap=head.softcap,
+            bias_V=head.bias_V,
+            scale=head.scale,
+            return_entropy=True,
+        )
+    mask = torch.zeros(len(idx), T, dtype=torch.bool)
+    for row, r in enumerate(responses):
+        mask[row, : len(r)] = True
+    old = torch.zeros(len(idx), T)
+    ent = torch.zeros(len(idx), T)
+    old[mask], ent[mask] = lp_N.float().cpu(), ent_N.float().cpu()
+    op.old_logp_BT[idx, :T] = old
+    op.entropy_BT[idx, :T] = ent
