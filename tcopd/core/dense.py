@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from tcopd.core.logprobs import token_logprobs
+
 
 @dataclass(frozen=True)
 class Head:
@@ -50,6 +52,27 @@ class Head:
     bias_V: torch.Tensor | None = None
     scale: float = 1.0
     softcap: float | None = None
+
+    def token_logprobs(
+        self,
+        hidden_NH: torch.Tensor,
+        targets_N: torch.Tensor,
+        temperature: float = 1.0,
+        chunk_size: int = 512,
+        return_entropy: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The sampled tokens' log-probs (and entropies) under this head (``core/logprobs.py``)."""
+        return token_logprobs(
+            hidden_NH,
+            self.weight_VH,
+            targets_N.to(hidden_NH.device),
+            chunk_size=chunk_size,
+            temperature=temperature,
+            softcap=self.softcap,
+            bias_V=self.bias_V,
+            scale=self.scale,
+            return_entropy=return_entropy,
+        )
 
     def logits(self, hidden_CH: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """``logits_CV`` after the full transform, float32 (float64 for float64 inputs)."""

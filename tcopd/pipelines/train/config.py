@@ -164,6 +164,20 @@ class TrainConfig:
             raise ConfigError(f"dual_clip must be > 1 (or null: off), got {self.dual_clip}")
 
 
+# What G-OPD's scripts set (verl v0.6.1 with micro-batch 1: per-sequence averaging).
+_GOPD_SCRIPTS: dict[str, Any] = {
+    "samples_per_prompt": 1,
+    "ppo_epochs": 1,
+    "aggregation": "seq-mean-token-mean",
+    "lr": 1e-5,
+    "weight_decay": 0.01,
+    "grad_clip": 1.0,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "dtype": "bfloat16",
+    "engine": "vllm",
+}
+
 # Named bundles of settings (docs/train.md: the table, with the source of every value).
 RECIPES: dict[str, dict[str, Any]] = {
     # A laptop-sized run on the toy world. Measured (docs/performance.md): with 4 off-policy
@@ -186,38 +200,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     # The TC-OPD paper (§4 "Training Settings"), G-OPD's scripts where the paper is silent.
     "paper": {
+        **_GOPD_SCRIPTS,
         "batch_size": 128,
         "steps": 50,
         "max_response_tokens": 16384,
-        "samples_per_prompt": 1,
-        "ppo_epochs": 1,
-        "mini_batches": 4,
-        "aggregation": "seq-mean-token-mean",
-        "lr": 1e-5,
-        "weight_decay": 0.01,
-        "grad_clip": 1.0,
-        "temperature": 1.0,
-        "top_p": 1.0,
-        "dtype": "bfloat16",
-        "engine": "vllm",
+        "mini_batches": 4,  # "multiple gradient steps on a single sample": count not given
     },
     # G-OPD's released scripts (its verl v0.6.1 fork): on-policy, one update per batch.
-    "gopd": {
-        "batch_size": 1024,
-        "samples_per_prompt": 1,
-        "ppo_epochs": 1,
-        "mini_batches": 1,
-        "aggregation": "seq-mean-token-mean",
-        "lr": 1e-5,
-        "weight_decay": 0.01,
-        "grad_clip": 1.0,
-        "temperature": 1.0,
-        "top_p": 1.0,
-        "dtype": "bfloat16",
-        "engine": "vllm",
-    },
+    "gopd": {**_GOPD_SCRIPTS, "batch_size": 1024, "mini_batches": 1},
 }
-TOY_PRESET = RECIPES["toy"]  # the name earlier versions used
 
 # Settings that may differ between a run and its --resume (everything else must match).
 RESUMABLE_CHANGES = {

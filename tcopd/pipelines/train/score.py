@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from tcopd.core.dense import Head
-from tcopd.core.logprobs import token_logprobs
 from tcopd.pipelines.train.config import TrainConfig
 from tcopd.pipelines.train.rollout import Rollouts
 from tcopd.pipelines.train.setup import Trainer
@@ -77,14 +76,5 @@ def _sampled_logprobs(
     """Each response's sampled-token log-probs from a model's stored hidden states."""
     targets = torch.tensor([t for r in batch.responses for t in r])
     with torch.no_grad():
-        lp_N = token_logprobs(
-            torch.cat(hidden),
-            head.weight_VH,
-            targets,
-            chunk_size=cfg.chunk_size,
-            temperature=cfg.temperature,
-            softcap=head.softcap,
-            bias_V=head.bias_V,
-            scale=head.scale,
-        )
+        lp_N = head.token_logprobs(torch.cat(hidden), targets, cfg.temperature, cfg.chunk_size)
     return [x.float().cpu() for x in lp_N.split([len(r) for r in batch.responses])]

@@ -111,18 +111,9 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
     separate = cfg.engine == "hf" and cfg.zero_stage == 3  # see the module docstring
     rollout_copy = copy.deepcopy(student).requires_grad_(False) if separate else None
     emit(phase="starting DeepSpeed")
-    torch.manual_seed(cfg.seed)
-    engine = TrainEngine(
-        student,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        zero_stage=cfg.zero_stage,
-        bf16=dtype == torch.bfloat16,
-        grad_clip=cfg.grad_clip,
-        offload_optimizer=cfg.offload_optimizer,
-        offload_params=cfg.offload_params,
-    )
+    engine = _train_engine(cfg, student, dtype)
     policy = rollout_copy if rollout_copy is not None else engine.module
+    grade = cfg.grade or eval_data is not None
     return Trainer(
         cfg=cfg,
         dist=dist,
@@ -135,11 +126,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         policy=policy,
         scorer=scorer,
         rollout=_rollout_engine(cfg, dist, tokenizer, policy, separate),
-        grader=(
-            Grader(workers=cfg.grader_workers, timeout_s=cfg.grade_timeout_s)
-            if cfg.grade or eval_data is not None
-            else None
-        ),
+        grader=Grader(cfg.grader_workers, timeout_s=cfg.grade_timeout_s) if grade else None,
         data=data,
         eval_data=eval_data,
         loss_fn=PPOLoss(cfg.clip_eps, cfg.clip_eps_high, cfg.dual_clip, cfg.aggregation),
@@ -151,6 +138,20 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
             cfg.temperature,
         ),
         scores_reference=not skip_ref,
+    )
+
+
+def _train_engine(cfg: TrainConfig, student: torch.nn.Module, dtype: torch.dtype) -> TrainEngine:
+    torch.manual_seed(cfg.seed)
+    return TrainEngine(
+        student,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        zero_stage=cfg.zero_stage,
+        bf16=dtype == torch.bfloat16,
+        grad_clip=cfg.grad_clip,
+        offload_optimizer=cfg.offload_optimizer,
+        offload_params=cfg.offload_params,
     )
 
 

@@ -29,7 +29,6 @@ import torch
 
 from tcopd.core.batching import plan_padded
 from tcopd.core.dense import Head, dense_kl
-from tcopd.core.logprobs import token_logprobs
 from tcopd.core.objective import PPOLoss, aggregate, truncated_is_weight
 from tcopd.core.signal import pad_right
 from tcopd.errors import TrainingError
@@ -342,17 +341,9 @@ def _fill_old_from_hidden(
 ) -> None:
     """On-policy dense: π_old's sampled-token log-probs and entropies from π_θ's hidden states."""
     with torch.no_grad():
-        targets = torch.tensor([t for r in responses for t in r], device=hidden_NH.device)
-        lp_N, ent_N = token_logprobs(
-            hidden_NH.detach(),
-            head.weight_VH,
-            targets,
-            chunk_size=settings.chunk_size,
-            temperature=settings.temperature,
-            softcap=head.softcap,
-            bias_V=head.bias_V,
-            scale=head.scale,
-            return_entropy=True,
+        targets = torch.tensor([t for r in responses for t in r])
+        lp_N, ent_N = head.token_logprobs(
+            hidden_NH.detach(), targets, settings.temperature, settings.chunk_size, True
         )
     mask = torch.zeros(len(idx), T, dtype=torch.bool)
     for row, r in enumerate(responses):
