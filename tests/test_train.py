@@ -48,6 +48,7 @@ def test_one_full_run_end_to_end(world, tmp_path, capsys):
     assert code == 0, err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["time_checkpoint_s"] == 0 and rows[1]["time_checkpoint_s"] > 0  # --save-every 1
     r = rows[-1]
     for key in (
         "reward_mean",
@@ -65,6 +66,8 @@ def test_one_full_run_end_to_end(world, tmp_path, capsys):
         "time_scoring_s",
         "time_update_s",
         "time_sync_s",
+        "time_grade_wait_s",
+        "time_checkpoint_s",
         "tokens_per_s",
         "peak_mem_gb",
     ):

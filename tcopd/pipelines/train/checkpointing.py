@@ -18,7 +18,7 @@ from tcopd.runtime import distributed
 
 def save(tr: Trainer, run_dir: Path, step: int) -> Path:
     """Checkpoint after ``step`` completed steps; returns its directory."""
-    tr.emit(phase="checkpoint", step=step - 1)
+    tr.emit("checkpoint", step=step - 1)
     root = ckpt.checkpoint_root(run_dir)
     tmp = ckpt.begin(run_dir, step) if tr.dist.is_main else root / f".tmp-{ckpt.step_name(step)}"
     distributed.barrier()

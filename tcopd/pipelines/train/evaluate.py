@@ -17,7 +17,7 @@ def evaluate(tr: Trainer, step: int) -> dict[str, float]:
     n = cfg.eval_prompts or len(tr.eval_data)
     ids, golds = tr.eval_data.ids[:n], tr.eval_data.golds[:n]
     mine = list(range(tr.dist.rank, len(ids), tr.dist.world_size))
-    tr.emit(phase="eval", step=step)
+    tr.emit("eval", step=step)
     sampling = SamplingParams(
         n=cfg.eval_n,
         temperature=cfg.temperature,

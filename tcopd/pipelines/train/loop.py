@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tcopd.errors import ConfigError
 from tcopd.pipelines.train import checkpointing
 from tcopd.pipelines.train.config import TrainConfig, resume_conflicts
 from tcopd.pipelines.train.evaluate import evaluate
+from tcopd.pipelines.train.metrics import timer
 from tcopd.pipelines.train.setup import Trainer, build_trainer, teachers_of
 from tcopd.pipelines.train.step import train_step
 from tcopd.progress import Event, Progress
@@ -155,20 +157,27 @@ def _loop(tr: Trainer, run_dir: Path, start: int) -> dict[str, Any]:
         write_jsonl(metrics_path, kept)
     tb = _tensorboard(run_dir) if cfg.tensorboard and tr.dist.is_main else None
     row: dict[str, Any] = {}
+    saving = 0.0  # the last checkpoint's write time, reported in the next row
     with JsonlAppender(metrics_path) if tr.dist.is_main else _Nothing() as appender:
         for step in range(start, cfg.steps):
-            row = train_step(tr, step)
+            row = train_step(tr, step) | {"time_checkpoint_s": saving}
             last = step + 1 == cfg.steps
             if tr.eval_data is not None and (_due(cfg.eval_every, step) or last):
-                row.update(evaluate(tr, step))
+                times: dict[str, float] = {}
+                with timer("eval", times):
+                    row.update(evaluate(tr, step))
+                row["time_eval_s"] = times["eval"]
             appender.write(row)
             if tb is not None:
                 for k, v in row.items():
                     if isinstance(v, (int, float)) and math.isfinite(v):
                         tb.add_scalar(k, v, row["step"])
-            tr.emit(phase="done step", step=step, metrics=row)
+            tr.emit("done step", step=step, metrics=row)
+            saving = 0.0
             if _due(cfg.save_every, step) or last:
+                t0 = time.perf_counter()
                 checkpointing.save(tr, run_dir, step + 1)
+                saving = time.perf_counter() - t0
     return row
 
 

@@ -90,7 +90,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
             f"batch_size {cfg.batch_size} is not divisible by the {dist.world_size} ranks"
         )
     dtype = model_dtype(cfg, dist.device)
-    emit(phase="loading models")
+    emit("loading models")
     tokenizer = load_tokenizer(cfg.student)
     student = load_causal_lm(cfg.student, dtype=dtype, device=dist.device)
     if cfg.gradient_checkpointing:
@@ -110,7 +110,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
     )
     separate = cfg.engine == "hf" and cfg.zero_stage == 3  # see the module docstring
     rollout_copy = copy.deepcopy(student).requires_grad_(False) if separate else None
-    emit(phase="starting DeepSpeed")
+    emit("starting DeepSpeed")
     engine = _train_engine(cfg, student, dtype)
     policy = rollout_copy if rollout_copy is not None else engine.module
     grade = cfg.grade or eval_data is not None
