@@ -30,21 +30,25 @@ LEVEL = 0.95  # confidence level of every interval in the sweep report
 
 
 def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes §6.4)."""
+    """Continued fraction for I_x(a, b) (modified Lentz; Numerical Recipes §6.4, ``betacf``).
+
+    Evaluates 1 / (1 + d_1 / (1 + d_2 / (1 + …))) with d_{2m+1} = −(a+m)(a+b+m)x / ((a+2m)(a+2m+1))
+    and d_{2m} = m(b−m)x / ((a+2m−1)(a+2m)).
+    """
     tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
+
+    def guard(v: float) -> float:
+        return v if abs(v) > tiny else tiny
+
+    c, d = 1.0, 1.0 / guard(1.0 - (a + b) * x / (a + 1.0))  # d_1
     h = d
     for m in range(1, 10_000):
-        m2 = 2 * m
-        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)), None):
-            if num is None:
-                num = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),  # d_{2m}
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),  # d_{2m+1}
+        ):
+            d = 1.0 / guard(1.0 + num * d)
+            c = guard(1.0 + num / c)
             h *= d * c
         if abs(d * c - 1.0) < eps:
             break

@@ -4,7 +4,8 @@
 2. grade       — math-verify, in worker processes, overlapping 3    (grade.py)
 3. score       — π_old, π_ref and the active teachers               (score.py)
 4. advantages  — contrastive reward, advantage, IS weight           (advantages.py → core/signal.py)
-5. update      — PPO epochs × mini-batches through DeepSpeed        (update.py → core/objective.py)
+5. update      — epochs × mini-batches through DeepSpeed            (update.py → core/objective.py,
+                 clipped loss; core/dense.py, dense loss)
 6. sync        — new weights to the rollout engine, if it has a copy (rollout.py)
 7. metrics     — one row of metrics.jsonl, summed over ranks        (metrics.py)
 """
