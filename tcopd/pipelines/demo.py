@@ -93,13 +93,12 @@ def _train_flags(
 def _evaluate(
     cfg: DemoConfig, model: Path, out: Path, world: Any, name: str, progress: Progress
 ) -> dict[str, Any]:
-
     progress(Event("eval", detail=name))
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
     config = eval_pipeline.EvalConfig(
         data=str(world.test_files["math"]),
-        models=(str(model),),
+        models=[str(model)],
         out=str(out),
         n=cfg.eval_n,
         max_tokens=24 if cfg.small else 96,

@@ -164,7 +164,6 @@ def _tokenizer(config: PrepareConfig) -> Any:
 
 
 def _run_toy(config: PrepareConfig, progress: Progress | None) -> PrepareResult:
-
     root = Path(config.out) if config.out else default_root()
     size = "small" if config.small else "full"
     before = read_manifest(root)

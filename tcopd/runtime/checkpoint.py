@@ -43,7 +43,6 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-
     random.setstate(_tuplify(ast.literal_eval(state["python"])))
     blob = torch.load(io.BytesIO(base64.b64decode(state["torch"])), weights_only=False)
     torch.set_rng_state(blob["torch"])

@@ -114,7 +114,6 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def write_parquet(path: str | Path, rows: list[Mapping[str, Any]]) -> Path:
-
     table = pa.Table.from_pylist([dict(r) for r in rows])
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)

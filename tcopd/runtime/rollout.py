@@ -277,7 +277,6 @@ class HFEngine:
         dtype: str | torch.dtype = "float32",
         needs_weight_sync: bool = False,
     ):
-
         self.needs_weight_sync = needs_weight_sync
 
         if device is None:
@@ -356,7 +355,6 @@ class HFEngine:
     def _generate_batch(
         self, prompts: list[list[int]], items: list[tuple[int, int]], sampling: SamplingParams
     ) -> list[Completion]:
-
         B, L = len(prompts), max(len(p) for p in prompts)
         ids_BL = torch.full((B, L), self.pad_id, dtype=torch.long)
         mask_BL = torch.zeros((B, L), dtype=torch.long)

@@ -98,7 +98,6 @@ def _png_path(out: str | None, metric: str) -> Path:
 
 
 def run(config: CurvesConfig) -> CurvesResult:
-
     if config.smooth < 1:
         raise ConfigError(f"--smooth must be ≥ 1 (a window in points), got {config.smooth}")
     png = _png_path(config.out, config.metric)
