@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LEVEL = 0.95  # confidence level of every interval in the sweep report
+_CHUNK = 1024  # bootstrap replicates drawn at a time
 
 
 # ------------------------------------------------------------------------------- t quantile
@@ -62,11 +63,7 @@ def betainc(a: float, b: float, x: float) -> float:
     if x >= 1.0:
         return 1.0
     log_front = (
-        math.lgamma(a + b)
-        - math.lgamma(a)
-        - math.lgamma(b)
-        + a * math.log(x)
-        + b * math.log1p(-x)
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     )
     front = math.exp(log_front)
     # the continued fraction converges fast for x < (a + 1) / (a + b + 2); use the symmetry otherwise
@@ -166,22 +163,21 @@ class PairedDifference:
         return self.low > 0 or self.high < 0
 
 
-def crossed_bootstrap_means(
-    d_SP: np.ndarray, resamples: int, seed: int, chunk: int = 2048
-) -> np.ndarray:
+def crossed_bootstrap_means(d_SP: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """Bootstrap replicates of mean(D) resampling seeds and problems independently (shape B).
 
     Replicate b draws S seed indices and P problem indices uniformly with replacement and takes
     the mean of D over the S × P crossed cells: with count vectors u (length S, sums to S) and
     v (length P, sums to P), mean* = uᵀ D v / (S·P). ``numpy.random.default_rng(seed)`` makes it
-    reproducible; replicates are drawn in chunks of ``chunk`` to bound memory.
+    reproducible; replicates are drawn in fixed chunks of ``_CHUNK`` to bound memory (the chunk size
+    is part of the random stream, hence a constant).
     """
     d = np.asarray(d_SP, dtype=np.float64)
     s, p = d.shape
     rng = np.random.default_rng(seed)
     out = np.empty(resamples, dtype=np.float64)
-    for start in range(0, resamples, chunk):
-        b = min(chunk, resamples - start)
+    for start in range(0, resamples, _CHUNK):
+        b = min(_CHUNK, resamples - start)
         u_BS = rng.multinomial(s, np.full(s, 1.0 / s), size=b).astype(np.float64)
         v_BP = rng.multinomial(p, np.full(p, 1.0 / p), size=b).astype(np.float64)
         out[start : start + b] = np.einsum("bs,sp,bp->b", u_BS, d, v_BP) / (s * p)
@@ -204,7 +200,9 @@ def paired_bootstrap(
     """
     a, b = np.asarray(a_SP, dtype=np.float64), np.asarray(b_SP, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2 or a.size == 0:
-        raise ValueError(f"paired_bootstrap needs two equal non-empty S×P arrays: {a.shape}, {b.shape}")
+        raise ValueError(
+            f"paired_bootstrap needs two equal non-empty S×P arrays: {a.shape}, {b.shape}"
+        )
     d = a - b
     diff = float(d.mean())
     reps = crossed_bootstrap_means(d, resamples, seed)
