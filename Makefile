@@ -42,3 +42,11 @@ lint: $(VENV)/.installed
 
 clean-venv:
 	rm -rf $(VENV)
+
+# tcopd vs TRL 1.16's DistillationTrainer on the toy world, matched (benchmarks/bench_vs_trl.py):
+# builds .trl-venv (seconds once built), then trains and evaluates every configuration.
+# Options through BENCH_TRL_ARGS, e.g. make bench-trl BENCH_TRL_ARGS="--seeds 0,1,2".
+.PHONY: bench-trl
+bench-trl: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_vs_trl.py --setup
+	$(BIN)/python benchmarks/bench_vs_trl.py $(BENCH_TRL_ARGS)
