@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from tcopd.cli import analyze, demo, eval_cmd, prepare, score, train  # noqa: F401
+from tcopd.cli import analyze, demo, eval_cmd, prepare, score, sweep, train  # noqa: F401
