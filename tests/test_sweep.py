@@ -124,7 +124,7 @@ def test_one_run_per_device_at_a_time(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "execute", fake_execute)
     events = []
-    ctx = runner.RunContext(state, {}, {}, events.append)
+    ctx = runner.RunContext(state, {}, {}, events.append)  # fake_execute reads neither
     runner.run_all(runs, ["0", "1"], ctx)
     assert sorted(k for k, _ in seen) == sorted(r.key for r in runs[1:])
     assert {d for _, d in seen} == {"0", "1"}  # both devices worked
@@ -351,6 +351,9 @@ def test_end_to_end_sweep(reference):
         train = yaml.safe_load((run_dir / "train.yaml").read_text())
         assert (train["seed"], train["lambdas"], train["steps"]) == (r["seed"], r["setting"][8:], 3)
         assert (run_dir / "train" / "checkpoints" / "latest").exists()
+        evaluation = yaml.safe_load((run_dir / "eval.yaml").read_text())
+        assert (evaluation["template"], evaluation["device"]) == ("plain", "cpu")  # as trained
+        assert evaluation["models"] == [str(run_dir / "train/checkpoints/step-000003/model")]
     block = rep["per_setting"]["lambdas=1.5,-0.5"]["mean_at_n"]
     assert block["mean"] == pytest.approx(sum(block["per_seed"].values()) / 2)
     assert rep["differences"]["lambdas=1.5,-0.5"]["mean_at_n"]["problems"] == 3

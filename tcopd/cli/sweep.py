@@ -148,7 +148,7 @@ class _Display:
     def __call__(self, event: Event) -> None:
         if event.phase == "sweep":
             self.progress.update(self.task, completed=event.done, total=event.total)
-            label = event.detail.rsplit(":", 1)[0]
+            label = event.detail.rsplit(": ", 1)[0]
             self.active.pop(label, None)
             self._activity()
         elif event.phase == "run":

@@ -100,7 +100,7 @@ def plan(cfg: SweepConfig, progress: Progress | None = None) -> _Plan:
         train = run_train_config(cfg, run.setting, run.seed, run.dir)
         trains[run.key] = check_train_config(train, run.setting, progress)
         per_setting.setdefault(run.setting.name, trains[run.key])
-    evals = eval_values(cfg, next(iter(trains.values())).device)
+    evals = eval_values(cfg)
     return _Plan(
         settings, baseline, runs, trains, evals, identity(settings, seeds, per_setting, evals)
     )
@@ -168,8 +168,7 @@ def run(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult:
             )
         state = State(out / STATE_FILE)
         first = next(iter(p.trains.values()))
-        steps = {r.setting.name: p.trains[r.key].steps for r in p.runs}
-        ctx = RunContext(state, p.evals, steps, progress)
+        ctx = RunContext(state, p.evals, p.trains, progress)
         run_all(p.runs, device_slots(cfg.devices, first.device), ctx)
         notify(progress, "statistics")
         results = [rep.load_result(r, state.get(r.key)) for r in p.runs]

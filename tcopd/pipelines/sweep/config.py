@@ -265,15 +265,14 @@ def check_train_config(
     return resolved
 
 
-def eval_values(cfg: SweepConfig, train_device: str | None) -> dict[str, Any]:
-    """``EvalConfig`` keys of the final evaluation (no model, no output directory yet)."""
+def eval_values(cfg: SweepConfig) -> dict[str, Any]:
+    """``EvalConfig`` keys of the final evaluation (no model, no output directory yet; the
+    runner adds each run's template and device where these are not set here)."""
     values = {EVAL_FIELDS[k]: getattr(cfg, k) for k in EVAL_FIELDS if getattr(cfg, k) is not None}
     for key in ("models", "out", "from_samples"):
         if key in cfg.eval_options:
             raise ConfigError(f"eval_options: {key!r} is set by the sweep")
     values |= cfg.eval_options
-    if train_device is not None:
-        values.setdefault("device", train_device)  # train on CPU → evaluate on CPU too
     if "benchmark" not in values and "data" not in values:
         raise ConfigError("no final evaluation: pass --eval BENCH (e.g. toy) or --eval-data FILE")
     try:

@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from tcopd.pipelines.sweep.config import Setting
+from tcopd.pipelines.train import TrainConfig
 from tcopd.progress import Progress, report
 from tcopd.runtime import io
 from tcopd.runtime.checkpoint import latest_checkpoint
@@ -156,16 +157,15 @@ class RunContext:
     """What every run needs: the state, evaluation settings and a progress callback."""
 
     state: State
-    eval_values: dict[str, Any]
-    steps: dict[str, int]  # setting name → training steps
+    eval_values: dict[str, Any]  # EvalConfig keys shared by every run
+    trains: dict[str, TrainConfig]  # run key → its resolved train settings
     progress: Progress | None
 
-
-def final_model(train_dir: Path) -> Path:
-    path = latest_checkpoint(train_dir)
-    if path is None:
-        raise FileNotFoundError(f"{train_dir}: no checkpoint")
-    return path / "model"
+    def eval_config(self, run: Run, model: Path) -> dict[str, Any]:
+        """The run's EvalConfig keys: its training's template and device unless set for all."""
+        train = self.trains[run.key]
+        own = {"template": train.template} | ({"device": train.device} if train.device else {})
+        return {**own, **self.eval_values, "models": [str(model)], "out": str(run.eval_dir)}
 
 
 def _metrics_rows(train_dir: Path) -> int:
@@ -178,7 +178,7 @@ def execute(run: Run, device: str | None, ctx: RunContext) -> str:
     state = ctx.state.get(run.key)
     run.dir.mkdir(parents=True, exist_ok=True)
     if not state.get("trained"):
-        steps = ctx.steps[run.setting.name]
+        steps = ctx.trains[run.key].steps
 
         def tick() -> None:
             report(
@@ -213,12 +213,13 @@ def execute(run: Run, device: str | None, ctx: RunContext) -> str:
         ctx.state.update(run.key, status="trained", trained=True, error=None, train_wall_s=wall)
         state = ctx.state.get(run.key)
     report(ctx.progress, "run", detail=f"{run.label}: eval")
+    final = latest_checkpoint(run.train_dir)
+    if final is None:  # e.g. its checkpoints were deleted: train it again on the next restart
+        error = f"error: {run.train_dir} has no checkpoint to evaluate"
+        ctx.state.update(run.key, status="failed", trained=False, phase="eval", error=error)
+        return "failed"
     eval_yaml = run.dir / "eval.yaml"
-    values = {
-        **ctx.eval_values,
-        "models": [str(final_model(run.train_dir))],
-        "out": str(run.eval_dir),
-    }
+    values = ctx.eval_config(run, final / "model")
     io.atomic_write_text(eval_yaml, yaml.safe_dump(values, sort_keys=False))
     t0 = time.monotonic()
     code = run_cli(["eval", "--config", str(eval_yaml)], run.dir / "eval.log", device)
