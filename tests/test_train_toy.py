@@ -17,7 +17,20 @@ def test_short_tcopd_run_raises_toy_math_accuracy(tmp_path, capsys):
     student_acc = 100.0 * world.table()["models"]["student"]["accuracy"]
     out = tmp_path / "tc"
     try:
-        main(["train", "--toy", "--lambdas", "1.5,-0.5", "--out", str(out), "--steps", "30", "--eval-every", "30"])
+        main(
+            [
+                "train",
+                "--toy",
+                "--lambdas",
+                "1.5,-0.5",
+                "--out",
+                str(out),
+                "--steps",
+                "30",
+                "--eval-every",
+                "30",
+            ]
+        )
     except SystemExit as e:
         assert e.code in (0, None)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
