@@ -10,9 +10,8 @@ Pure functions on numbers (numpy arrays or lists); nothing here reads files. Sha
 - :func:`curve_auc`, :func:`steps_to_target`, :func:`trailing_mean`: learning speed from a
   rollout-accuracy curve.
 
-scipy is not a dependency of tcopd, so the t quantile is computed here (:func:`t_quantile`:
-the regularised incomplete beta function by Lentz's continued fraction, inverted by bisection;
-tested against tabulated values).
+The t quantile is scipy's; the bootstrap is numpy's generator (``default_rng(seed)``), since
+scipy's ``bootstrap`` resamples one factor and these differences have two (seeds and problems).
 """
 
 from __future__ import annotations
@@ -27,79 +26,13 @@ LEVEL = 0.95  # confidence level of every interval in the sweep report
 _CHUNK = 1024  # bootstrap replicates drawn at a time
 
 
-# ------------------------------------------------------------------------------- t quantile
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction for I_x(a, b) (modified Lentz; Numerical Recipes §6.4, ``betacf``).
-
-    Evaluates 1 / (1 + d_1 / (1 + d_2 / (1 + …))) with d_{2m+1} = −(a+m)(a+b+m)x / ((a+2m)(a+2m+1))
-    and d_{2m} = m(b−m)x / ((a+2m−1)(a+2m)).
-    """
-    tiny, eps = 1e-300, 1e-15
-
-    def guard(v: float) -> float:
-        return v if abs(v) > tiny else tiny
-
-    c, d = 1.0, 1.0 / guard(1.0 - (a + b) * x / (a + 1.0))  # d_1
-    h = d
-    for m in range(1, 10_000):
-        for num in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),  # d_{2m}
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),  # d_{2m+1}
-        ):
-            d = 1.0 / guard(1.0 + num * d)
-            c = guard(1.0 + num / c)
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b) = B(x; a, b) / B(a, b), for a, b > 0, 0 ≤ x ≤ 1."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    front = math.exp(log_front)
-    # the continued fraction converges fast for x < (a + 1) / (a + b + 2); use the symmetry otherwise
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T ≤ t) for Student's t with ``df`` degrees of freedom: 1 − ½·I_{df/(df+t²)}(df/2, ½) for t ≥ 0."""
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
 def t_quantile(p: float, df: float) -> float:
-    """The ``p`` quantile of Student's t with ``df`` > 0 degrees of freedom (to ~1e-12)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"t_quantile needs 0 < p < 1, got {p}")
-    if df <= 0:
-        raise ValueError(f"t_quantile needs df > 0, got {df}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    if p == 0.5:
-        return 0.0
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:  # bracket, then bisect (the cdf is monotone)
-        lo, hi = hi, 2.0 * hi
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-13 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (``scipy.stats.t.ppf``)."""
+    import scipy.stats  # half a second: only when an interval is computed, not per CLI start
+
+    if not 0.0 < p < 1.0 or df <= 0:
+        raise ValueError(f"t_quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}")
+    return float(scipy.stats.t.ppf(p, df))
 
 
 # ------------------------------------------------------------------------ intervals over seeds

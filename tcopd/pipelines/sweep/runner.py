@@ -45,8 +45,9 @@ from tcopd.runtime.checkpoint import latest_checkpoint
 INTERRUPTED = (130, -2)  # the CLI's exit code on Ctrl-C; killed by SIGINT
 
 
-class Interrupted(Exception):
-    """A run's subprocess was interrupted (Ctrl-C): stop the sweep, keep every state."""
+class Interrupted(KeyboardInterrupt):
+    """A run's subprocess was interrupted (Ctrl-C): stop the sweep, keep every state as it is
+    (the CLI reports it as ``error: interrupted``)."""
 
 
 @dataclass(frozen=True)
@@ -173,70 +174,62 @@ def _metrics_rows(train_dir: Path) -> int:
     return sum(1 for _ in open(path)) if path.exists() else 0
 
 
-def execute(run: Run, device: str | None, ctx: RunContext) -> str:
-    """Train (or resume) and evaluate one run; returns its final status (done / failed)."""
-    state = ctx.state.get(run.key)
-    run.dir.mkdir(parents=True, exist_ok=True)
-    if not state.get("trained"):
-        steps = ctx.trains[run.key].steps
+def _train(run: Run, device: str | None, ctx: RunContext) -> bool:
+    """``tcopd train`` for the run, or ``--resume`` when it has started; False: it failed."""
+    steps = ctx.trains[run.key].steps
 
-        def tick() -> None:
-            report(
-                ctx.progress,
-                "run",
-                done=_metrics_rows(run.train_dir),
-                total=steps,
-                detail=f"{run.label}: train",
-            )
+    def tick() -> None:
+        done = _metrics_rows(run.train_dir)
+        report(ctx.progress, "run", done=done, total=steps, detail=f"{run.label}: train")
 
-        tick()
-        resume = (run.train_dir / "config.yaml").exists()
-        args = (
-            ["train", "--resume", str(run.train_dir)]
-            if resume
-            else ["train", "--config", str(run.dir / "train.yaml")]
-        )
-        t0 = time.monotonic()
-        code = run_cli(args, run.dir / "train.log", device, tick)
-        wall = state.get("train_wall_s", 0.0) + time.monotonic() - t0
-        if code in INTERRUPTED:
-            raise Interrupted(run.label)
-        if code != 0:
-            ctx.state.update(
-                run.key,
-                status="failed",
-                phase="train",
-                error=error_line(run.dir / "train.log"),
-                train_wall_s=wall,
-            )
-            return "failed"
-        ctx.state.update(run.key, status="trained", trained=True, error=None, train_wall_s=wall)
-        state = ctx.state.get(run.key)
+    tick()
+    if (run.train_dir / "config.yaml").exists():
+        args = ["train", "--resume", str(run.train_dir)]
+    else:
+        args = ["train", "--config", str(run.dir / "train.yaml")]
+    t0 = time.monotonic()
+    code = run_cli(args, run.dir / "train.log", device, tick)
+    wall = ctx.state.get(run.key).get("train_wall_s", 0.0) + time.monotonic() - t0
+    if code in INTERRUPTED:
+        raise Interrupted(run.label)
+    if code != 0:
+        error = error_line(run.dir / "train.log")
+        ctx.state.update(run.key, status="failed", phase="train", error=error, train_wall_s=wall)
+        return False
+    ctx.state.update(run.key, status="trained", trained=True, error=None, train_wall_s=wall)
+    return True
+
+
+def _evaluate(run: Run, device: str | None, ctx: RunContext) -> bool:
+    """``tcopd eval`` of the run's final checkpoint (eval resumes its own samples)."""
     report(ctx.progress, "run", detail=f"{run.label}: eval")
     final = latest_checkpoint(run.train_dir)
     if final is None:  # e.g. its checkpoints were deleted: train it again on the next restart
         error = f"error: {run.train_dir} has no checkpoint to evaluate"
         ctx.state.update(run.key, status="failed", trained=False, phase="eval", error=error)
-        return "failed"
+        return False
     eval_yaml = run.dir / "eval.yaml"
     values = ctx.eval_config(run, final / "model")
     io.atomic_write_text(eval_yaml, yaml.safe_dump(values, sort_keys=False))
     t0 = time.monotonic()
     code = run_cli(["eval", "--config", str(eval_yaml)], run.dir / "eval.log", device)
-    wall = state.get("eval_wall_s", 0.0) + time.monotonic() - t0
+    wall = ctx.state.get(run.key).get("eval_wall_s", 0.0) + time.monotonic() - t0
     if code in INTERRUPTED:
         raise Interrupted(run.label)
     if code != 0:
-        ctx.state.update(
-            run.key,
-            status="failed",
-            phase="eval",
-            error=error_line(run.dir / "eval.log"),
-            eval_wall_s=wall,
-        )
-        return "failed"
+        error = error_line(run.dir / "eval.log")
+        ctx.state.update(run.key, status="failed", phase="eval", error=error, eval_wall_s=wall)
+        return False
     ctx.state.update(run.key, status="done", error=None, phase=None, eval_wall_s=wall)
-    return "done"
+    return True
+
+
+def execute(run: Run, device: str | None, ctx: RunContext) -> str:
+    """Train (unless trained) and evaluate one run; returns its status: done or failed."""
+    run.dir.mkdir(parents=True, exist_ok=True)
+    if not ctx.state.get(run.key).get("trained") and not _train(run, device, ctx):
+        return "failed"
+    return "done" if _evaluate(run, device, ctx) else "failed"
 
 
 def run_all(runs: list[Run], slots: list[str | None], ctx: RunContext) -> None:
