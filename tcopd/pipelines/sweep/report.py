@@ -214,6 +214,35 @@ def _claims(differences: dict[str, Any], baseline: str, target: float | None) ->
 # ------------------------------------------------------------------------------- the report
 
 
+def _run_row(r: RunResult, target: float | None, smooth: int) -> dict[str, Any]:
+    v = _seed_values(r, target, smooth) if r.done else {}
+    return {
+        "setting": r.setting,
+        "seed": r.seed,
+        "status": r.status,
+        "error": r.error,
+        "problems": len(r.accuracy),
+        "steps": len(r.steps),
+        **{stat: v.get(stat) for stat in STATISTICS},
+        "train_wall_s": r.train_wall_s,
+        "eval_wall_s": r.eval_wall_s,
+    }
+
+
+def _difference(
+    mine: dict[int, RunResult], base: dict[int, RunResult], target: float | None, cfg: SweepConfig
+) -> dict[str, Any]:
+    """One setting against the baseline: mean@n (bootstrap), AUC and steps to target (t)."""
+    a = {seed: _seed_values(r, target, cfg.smooth) for seed, r in mine.items()}
+    b = {seed: _seed_values(r, target, cfg.smooth) for seed, r in base.items()}
+    out: dict[str, Any] = {"mean_at_n": _paired_mean_at_n(mine, base, cfg)}
+    for stat in ("auc", "steps_to_target"):
+        out[stat] = _paired_t(
+            {k: v[stat] for k, v in a.items()}, {k: v[stat] for k, v in b.items()}
+        )
+    return out
+
+
 def statistics(
     cfg: SweepConfig,
     settings: list[Setting],
@@ -225,68 +254,35 @@ def statistics(
     done = {
         s.name: {r.seed: r for r in results if r.setting == s.name and r.done} for s in settings
     }
+    base = done[baseline.name]
     target = (
-        cfg.target
-        if cfg.target is not None
-        else default_target(list(done[baseline.name].values()), cfg.smooth)
+        cfg.target if cfg.target is not None else default_target(list(base.values()), cfg.smooth)
     )
-    values = {
-        name: {seed: _seed_values(r, target, cfg.smooth) for seed, r in runs.items()}
-        for name, runs in done.items()
-    }
     per_setting = {}
     for s in settings:
+        values = {seed: _seed_values(r, target, cfg.smooth) for seed, r in done[s.name].items()}
         block: dict[str, Any] = {"seeds": sorted(done[s.name]), "values": s.values}
         for stat in STATISTICS:
-            block[stat] = _summary({seed: v[stat] for seed, v in values[s.name].items()})
+            block[stat] = _summary({seed: v[stat] for seed, v in values.items()})
         per_setting[s.name] = block
-    differences = {}
-    base = values[baseline.name]
-    for s in settings:
-        if s.name == baseline.name:
-            continue
-        mine = values[s.name]
-        differences[s.name] = {
-            "vs": baseline.name,
-            "mean_at_n": _paired_mean_at_n(done[s.name], done[baseline.name], cfg),
-            "auc": _paired_t(
-                {k: v["auc"] for k, v in mine.items()}, {k: v["auc"] for k, v in base.items()}
-            ),
-            "steps_to_target": _paired_t(
-                {k: v["steps_to_target"] for k, v in mine.items()},
-                {k: v["steps_to_target"] for k, v in base.items()},
-            ),
-        }
-    runs = []
-    for r in results:
-        v = _seed_values(r, target, cfg.smooth) if r.done else {}
-        runs.append(
-            {
-                "setting": r.setting,
-                "seed": r.seed,
-                "status": r.status,
-                "error": r.error,
-                "problems": len(r.accuracy),
-                "steps": len(r.steps),
-                **{stat: v.get(stat) for stat in STATISTICS},
-                "train_wall_s": r.train_wall_s,
-                "eval_wall_s": r.eval_wall_s,
-            }
-        )
+    differences = {
+        s.name: {"vs": baseline.name, **_difference(done[s.name], base, target, cfg)}
+        for s in settings
+        if s.name != baseline.name
+    }
+    source = (
+        "--target"
+        if cfg.target is not None
+        else "baseline final rollout accuracy (mean over seeds)"
+    )
     return {
         **header,
         "settings": [s.name for s in settings],
         "baseline": baseline.name,
         "level": stats.LEVEL,
         "bootstrap": {"resamples": cfg.bootstrap, "seed": cfg.bootstrap_seed},
-        "target": {
-            "value": target,
-            "source": "--target"
-            if cfg.target is not None
-            else "baseline final rollout accuracy (mean over seeds)",
-            "smooth": cfg.smooth,
-        },
-        "runs": runs,
+        "target": {"value": target, "source": source, "smooth": cfg.smooth},
+        "runs": [_run_row(r, target, cfg.smooth) for r in results],
         "per_setting": per_setting,
         "differences": differences,
         "claims": _claims(differences, baseline.name, target),
