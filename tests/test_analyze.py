@@ -453,3 +453,144 @@ def test_text_table_and_format_choice():
     assert resolve_format(None, None) == "table" and resolve_format("json", "t.csv") == "json"
     with pytest.raises(ConfigError, match="unknown --format 'xml'"):
         resolve_format("xml", None)
+
+
+# ------------------------------------------------------------------------------ sweep directories
+
+
+def write_sweep(root, runs):
+    """A `tcopd sweep` directory by hand: ``runs[(setting, seed)] = (status, metrics rows or None,
+    samples rows or None)``; settings ``lambdas=1`` and ``lambdas=1.5,-0.5``, seeds 0 and 1."""
+    settings = [
+        {"name": "lambdas=1", "dir": "lambdas=1", "values": {"lambdas": "1"}},
+        {"name": "lambdas=1.5,-0.5", "dir": "lambdas=1.5,-0.5", "values": {"lambdas": "1.5,-0.5"}},
+    ]
+    root.mkdir(parents=True)
+    (root / "sweep_config.yaml").write_text(yaml.safe_dump({"settings": settings, "seeds": [0, 1]}))
+    state = {}
+    for (setting, seed), (status, metrics, samples) in runs.items():
+        run = root / "runs" / setting / f"seed{seed}"
+        state[f"{setting}/seed{seed}"] = {"status": status}
+        if metrics is not None:
+            lam = [float(x) for x in setting.split("=")[1].split(",")]
+            teachers = [
+                {"name": n, "path": "/m", "lam": v} for n, v in zip(("expert", "anti_expert"), lam)
+            ]
+            write_run(run / "train", metrics, {"teachers": teachers})
+        if samples is not None:
+            write_samples(run / "eval" / "samples.jsonl", samples)
+    (root / "sweep_state.json").write_text(json.dumps({"runs": state}))
+    return root
+
+
+def step_rows(acc, step_s):
+    """Metrics rows with rollout accuracies ``acc`` and every phase 1/4 of ``step_s`` seconds."""
+    t = {f"time_{p}_s": step_s / 4 for p in ("rollout", "scoring", "update", "sync")}
+    return [
+        {"step": i + 1, "rollout_accuracy": a, "time_step_s": step_s, **t}
+        for i, a in enumerate(acc)
+    ]
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    # lambdas=1: seed 0 done (tokens 10, 20, "wait wait"), seed 1 done (30, "wait");
+    # lambdas=1.5,-0.5: seed 0 done (8), seed 1 failed after writing samples (1000: left out);
+    # its train dir has a metrics.jsonl with no complete row (a run not past its first step)
+    return write_sweep(
+        tmp_path / "sw",
+        {
+            ("lambdas=1", 0): (
+                "done",
+                step_rows([0.1, 0.3], 36),
+                [sample(10, True, response="wait wait"), sample(20, False, "length", "x")],
+            ),
+            ("lambdas=1", 1): ("done", step_rows([0.2, 0.4, 0.5], 72), [sample(30, None, response="wait")]),
+            ("lambdas=1.5,-0.5", 0): ("done", step_rows([0.6], 3600), [sample(8, True)]),
+            ("lambdas=1.5,-0.5", 1): ("failed", [], [sample(1000, True)]),
+        },
+    )  # fmt: skip
+
+
+def test_length_and_phrases_pool_a_sweep_setting_over_its_finished_seeds(sweep_dir, two_files):
+    t = length.run(length.LengthConfig(samples=[str(two_files[1]), str(sweep_dir)])).table
+    assert t.columns == ("tcopd", "lambdas=1", "lambdas=1.5,-0.5")
+    # lambdas=1 pools 10, 20, 30: mean 20, median 20, p90 at 1.8 → 20 + 0.8·10 = 28, max 30;
+    # correct {10} → 10, incorrect {20} → 20, the 30 is ungraded; one of three truncated
+    for label, want in [
+        ("samples", 3),
+        ("mean tokens", 20.0),
+        ("median tokens", 20.0),
+        ("max tokens", 30),
+        ("mean tokens (correct)", 10.0),
+        ("mean tokens (incorrect)", 20.0),
+        ("ungraded", 1),
+    ]:
+        assert t.value(label, "lambdas=1") == want, label
+    assert t.value("p90 tokens", "lambdas=1") == pytest.approx(28.0)
+    assert t.value("truncated fraction", "lambdas=1") == pytest.approx(1 / 3)
+    # lambdas=1.5,-0.5: only the finished seed 0 (the failed seed's 1000 is left out)
+    assert t.value("samples", "lambdas=1.5,-0.5") == 1
+    assert t.value("max tokens", "lambdas=1.5,-0.5") == 8
+    assert t.value("mean tokens", "tcopd") == 7.5  # the plain file as before
+    # phrases: "wait" 3 times in 10 + 20 + 30 = 60 tokens → 1000 · 3 / 60 = 50 per 1,000
+    p = phrases.run(phrases.PhrasesConfig(samples=[str(sweep_dir)])).table
+    assert p.value("(total tokens)", "lambdas=1") == 60
+    assert p.value("wait", "lambdas=1") == pytest.approx(50.0)
+    assert p.value("wait", "lambdas=1.5,-0.5") == 0.0
+
+
+def test_a_sweep_setting_with_no_finished_run_is_an_empty_column(tmp_path):
+    d = write_sweep(
+        tmp_path / "sw",
+        {("lambdas=1", 0): ("done", None, [sample(5, True)]), ("lambdas=1", 1): ("pending", None, None)},
+    )  # fmt: skip
+    t = length.run(length.LengthConfig(samples=[str(d)])).table
+    assert t.columns == ("lambdas=1", "lambdas=1.5,-0.5")
+    assert t.value("samples", "lambdas=1.5,-0.5") == 0
+    assert t.value("mean tokens", "lambdas=1.5,-0.5") is None
+    none_done = write_sweep(tmp_path / "sw2", {("lambdas=1", 0): ("trained", None, None)})
+    with pytest.raises(DataError, match="has no finished evaluation yet"):
+        length.run(length.LengthConfig(samples=[str(none_done)]))
+    with pytest.raises(DataError, match="has no run with a logged step yet"):
+        curves.run(curves.CurvesConfig(runs=[str(none_done)], out=str(tmp_path / "c.png")))
+
+
+def test_curves_and_cost_take_every_run_of_a_sweep(sweep_dir, tmp_path):
+    res = curves.run(curves.CurvesConfig(runs=[str(sweep_dir)], out=str(tmp_path / "c.png")))
+    # seed-major; the failed run has no logged step, so no series
+    names = ("lambdas=1 seed0", "lambdas=1.5,-0.5 seed0", "lambdas=1 seed1")
+    assert res.table.columns == names
+    assert [res.table.value("final value", n) for n in names] == [0.3, 0.6, 0.5]
+    # default target: min over runs of their best value = min(0.3, 0.6, 0.5) = 0.3
+    assert res.target == 0.3
+    assert [res.table.value("first step ≥ target", n) for n in names] == [2, 1, 2]
+    t = cost.run(cost.CostConfig(runs=[str(sweep_dir)])).table
+    assert t.columns == names
+    # wall hours: 2 · 36 s = 0.02 h; 1 · 3600 s = 1 h; 3 · 72 s = 0.06 h; each phase 25 %
+    assert [t.value("wall hours", n) for n in names] == pytest.approx([0.02, 1.0, 0.06])
+    assert t.value("rollout %", names[0]) == pytest.approx(25.0)
+    assert t.value("teachers", names[1]) == "expert λ=1.5, anti_expert λ=-0.5"
+    assert t.value("# teachers", names[0]) == 1
+
+
+def test_sweep_column_names(sweep_dir, tmp_path, two_files):
+    import shutil
+
+    other = shutil.copytree(sweep_dir, tmp_path / "other")
+    t = length.run(length.LengthConfig(samples=[str(sweep_dir), str(other)])).table
+    assert t.columns == (
+        "sw/lambdas=1",
+        "sw/lambdas=1.5,-0.5",
+        "other/lambdas=1",
+        "other/lambdas=1.5,-0.5",
+    )
+    with pytest.raises(ConfigError, match="got 1 --name for 3 columns"):
+        length.run(length.LengthConfig(samples=[str(two_files[0]), str(sweep_dir)], names=["x"]))
+    names = ["anti", "OPD", "TC-OPD"]  # one per column, the sweep's in its settings' order
+    t = length.run(length.LengthConfig(samples=[str(two_files[0]), str(sweep_dir)], names=names))
+    assert t.table.columns == tuple(names) and t.table.value("samples", "OPD") == 3
+    # a directory that is neither a run nor a sweep: the run-directory error as before
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match="is '.*plain' a `tcopd train` run directory"):
+        curves.run(curves.CurvesConfig(runs=[str(tmp_path / "plain")], out=str(tmp_path / "c.png")))

@@ -191,3 +191,35 @@ def test_real_process_error_and_help(tmp_path):
     p = subprocess.run(cmd[:4] + ["--help"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0
     assert all(name in p.stdout for name in ("length", "phrases", "curves", "cost"))
+
+
+def test_a_sweep_directory_through_the_cli(capsys, tmp_path):
+    from test_analyze import sample, step_rows, write_sweep
+
+    sweep = write_sweep(
+        tmp_path / "sw",
+        {
+            ("lambdas=1", 0): ("done", step_rows([0.1, 0.3], 36), [sample(10, True)]),
+            ("lambdas=1", 1): ("done", step_rows([0.2], 36), [sample(30, False)]),
+        },
+    )
+    code, out, _ = cli(capsys, "analyze", "length", str(sweep), "--format", "csv")
+    rows = {r[0]: r[1:] for r in csv.reader(io.StringIO(out))}
+    assert code == 0 and rows["statistic"] == ["lambdas=1", "lambdas=1.5,-0.5"]
+    assert rows["mean tokens"] == ["20.0", ""] and rows["samples"] == ["2", "0"]
+    code, out, err = cli(
+        capsys,
+        "analyze",
+        "curves",
+        str(sweep),
+        "--out",
+        str(tmp_path / "c.png"),
+        "--format",
+        "json",
+    )
+    assert code == 0, err
+    obj = json.loads(out)
+    assert obj["columns"] == ["lambdas=1 seed0", "lambdas=1 seed1"]
+    assert {r["statistic"]: r for r in obj["rows"]}["final value"]["lambdas=1 seed0"] == 0.3
+    code, _, err = cli(capsys, "analyze", "cost", str(sweep), "--name", "only-one")
+    assert code == 1 and "got 1 --name for 2 columns" in err

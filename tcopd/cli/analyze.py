@@ -1,4 +1,5 @@
-"""``tcopd analyze``: the paper's tables (length, phrases, cost) and figure (curves) from run files."""
+"""``tcopd analyze``: the paper's tables (length, phrases, cost) and figure (curves) from run files
+(samples files, run directories, or sweep directories that stand for their runs)."""
 
 from __future__ import annotations
 
@@ -26,13 +27,25 @@ analyze_app = typer.Typer(
 app.add_typer(analyze_app, name="analyze")
 
 SamplesArg = Annotated[
-    list[str], typer.Argument(help="samples.jsonl files (from `tcopd eval` or training).")
+    list[str],
+    typer.Argument(
+        help="samples.jsonl files (from `tcopd eval` or training), or sweep directories "
+        "(one column per setting, its finished runs' samples pooled over seeds)."
+    ),
 ]
-RunsArg = Annotated[list[str], typer.Argument(help="Run directories written by `tcopd train`.")]
+RunsArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="Run directories written by `tcopd train`, or sweep directories (one column per "
+        "run, named '<setting> seed<k>')."
+    ),
+]
 NameOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--name", help="Column name per input, in order (repeatable; default: directory names)."
+        "--name",
+        help="Column name per column, in order (repeatable; a sweep directory gives several; "
+        "default: directory names).",
     ),
 ]
 FormatOpt = Annotated[

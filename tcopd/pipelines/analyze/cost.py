@@ -11,19 +11,19 @@ Algorithm choices:
   largest of those. Tokens/s = mean of the per-step ``tokens_per_s``.
 - Teachers come from the resolved ``config.yaml``: every configured teacher with its λ;
   "# teachers" counts those with a non-zero λ (a λ = 0 teacher is never loaded or scored).
+- A sweep directory is one column per run that has logged a step, named ``<setting> seed<k>``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tcopd.config import field
 from tcopd.errors import DataError
-from tcopd.pipelines.analyze.sources import Run, is_number, load_run
-from tcopd.pipelines.analyze.tables import Row, Table, unique_names
+from tcopd.pipelines.analyze.sources import Run, column_names, is_number, load_run, run_columns
+from tcopd.pipelines.analyze.tables import Row, Table
 
 PHASES: tuple[str, ...] = ("rollout", "scoring", "update", "sync")
 
@@ -31,7 +31,8 @@ PHASES: tuple[str, ...] = ("rollout", "scoring", "update", "sync")
 @dataclass(frozen=True)
 class CostConfig:
     runs: list[str] = field(
-        help="Run directories written by `tcopd train` (metrics.jsonl + config.yaml)."
+        help="Run directories written by `tcopd train` (metrics.jsonl + config.yaml), or sweep "
+        "directories (one column per run)."
     )
     names: list[str] = field(
         [], help="Column names, one per run (default: each run directory's name)."
@@ -131,9 +132,9 @@ def run_cost(run: Run) -> dict[str, Any]:
 
 
 def run(config: CostConfig) -> CostResult:
-    paths = [Path(p) for p in config.runs]
-    names = unique_names(paths, config.names, kind="dir")
-    stats = [run_cost(load_run(p, need_config=True)) for p in paths]
+    columns = run_columns(config.runs)
+    names = column_names(columns, config.names, kind="dir")
+    stats = [run_cost(load_run(c.paths[0], need_config=True)) for c in columns]
     fmts = {
         "teachers": "s",
         "# teachers": "d",

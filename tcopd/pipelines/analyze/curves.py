@@ -10,6 +10,8 @@ Algorithm choices:
 - Target: the first step whose plotted value is ≥ the target. By default the target is the
   highest value that every run reaches, ``min over runs of max(values)``, so every run has an
   answer and the steps are comparable.
+- A sweep directory is one series per run that has logged a step, named ``<setting> seed<k>``
+  (``tcopd sweep`` itself draws the mean over seeds with a band).
 """
 
 from __future__ import annotations
@@ -21,8 +23,15 @@ from pathlib import Path
 
 from tcopd.config import field
 from tcopd.errors import ConfigError, DataError
-from tcopd.pipelines.analyze.sources import Run, is_number, load_run, numeric_metrics
-from tcopd.pipelines.analyze.tables import Row, Table, unique_names
+from tcopd.pipelines.analyze.sources import (
+    Run,
+    column_names,
+    is_number,
+    load_run,
+    numeric_metrics,
+    run_columns,
+)
+from tcopd.pipelines.analyze.tables import Row, Table
 from tcopd.runtime.plots import plot_curves
 
 XY = tuple[list[int], list[float]]
@@ -31,7 +40,8 @@ XY = tuple[list[int], list[float]]
 @dataclass(frozen=True)
 class CurvesConfig:
     runs: list[str] = field(
-        help="Run directories written by `tcopd train` (each with metrics.jsonl)."
+        help="Run directories written by `tcopd train` (each with metrics.jsonl), or sweep "
+        "directories (one series per run)."
     )
     names: list[str] = field(
         [], help="Legend names, one per run (default: each run directory's name)."
@@ -101,9 +111,9 @@ def run(config: CurvesConfig) -> CurvesResult:
     if config.smooth < 1:
         raise ConfigError(f"--smooth must be ≥ 1 (a window in points), got {config.smooth}")
     png = _png_path(config.out, config.metric)
-    paths = [Path(p) for p in config.runs]
-    names = unique_names(paths, config.names, kind="dir")
-    runs = [load_run(p) for p in paths]
+    columns = run_columns(config.runs)
+    names = column_names(columns, config.names, kind="dir")
+    runs = [load_run(c.paths[0]) for c in columns]
     known = numeric_metrics(runs)
     if config.metric not in known:
         raise ConfigError(f"unknown metric {config.metric!r}; the runs log: {', '.join(known)}")

@@ -10,6 +10,9 @@ Algorithm choices:
   rows (null) count in every other statistic.
 - Truncated: ``finish_reason == "length"``. No box: the grader's ``extract_boxed`` finds no
   answer (no ``\\boxed{...}``, or the last one never closes).
+- A sweep directory is one column per setting: the samples of its finished runs' evaluations,
+  pooled over seeds, as if one file (a setting with no finished run: 0 samples, the rest
+  undefined).
 """
 
 from __future__ import annotations
@@ -17,25 +20,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from tcopd.config import field
 from tcopd.pipelines.analyze.sources import (
     Progress,
     Sample,
+    column_names,
     has_boxed,
     load_samples,
+    samples_columns,
     tokenizer_counter,
 )
-from tcopd.pipelines.analyze.tables import Row, Table, unique_names
+from tcopd.pipelines.analyze.tables import Row, Table
 from tcopd.progress import Event
 
 
 @dataclass(frozen=True)
 class LengthConfig:
-    samples: list[str] = field(help="samples.jsonl files (from `tcopd eval` or training rollouts).")
+    samples: list[str] = field(
+        help="samples.jsonl files (from `tcopd eval` or training rollouts), or sweep directories "
+        "(one column per setting: its finished runs' samples, pooled over seeds)."
+    )
     names: list[str] = field(
-        [], help="Column names, one per file (default: each file's directory name)."
+        [], help="Column names, one per column (default: each file's directory name)."
     )
     tokenizer: str | None = field(
         None, help="Re-count tokens with this tokenizer instead of num_tokens."
@@ -77,9 +84,11 @@ ROWS: tuple[tuple[str, str], ...] = (
 
 
 def length_stats(samples: Sequence[Sample]) -> dict[str, float | int | None]:
-    """The statistics of :data:`ROWS` for one file's samples."""
+    """The statistics of :data:`ROWS` for one column's samples (none: only ``samples`` = 0)."""
     tokens = [s.num_tokens for s in samples]
     n = len(samples)
+    if n == 0:
+        return {label: 0 if label == "samples" else None for label, _ in ROWS}
     return {
         "samples": n,
         "mean tokens": mean(tokens),
@@ -95,16 +104,20 @@ def length_stats(samples: Sequence[Sample]) -> dict[str, float | int | None]:
 
 
 def run(config: LengthConfig, progress: Progress | None = None) -> LengthResult:
-    paths = [Path(p) for p in config.samples]
-    names = unique_names(paths, config.names, kind="file")
+    inputs = samples_columns(config.samples)
+    names = column_names(inputs, config.names, kind="file")
     count = tokenizer_counter(config.tokenizer) if config.tokenizer else None
+    paths = [p for c in inputs for p in c.paths]
+    read = 0
     columns = []
-    for i, p in enumerate(paths):
-        columns.append(
-            length_stats(load_samples(p, need=("finish_reason", "correct"), count_tokens=count))
-        )
-        if progress:
-            progress(Event("reading", i + 1, len(paths)))
+    for c in inputs:
+        samples: list[Sample] = []
+        for p in c.paths:
+            samples += load_samples(p, need=("finish_reason", "correct"), count_tokens=count)
+            read += 1
+            if progress:
+                progress(Event("reading", read, len(paths)))
+        columns.append(length_stats(samples))
     rows = tuple(Row(label, tuple(c[label] for c in columns), fmt) for label, fmt in ROWS)
     source = f"tokenizer {config.tokenizer}" if config.tokenizer else "num_tokens"
     notes = (

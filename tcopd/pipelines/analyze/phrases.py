@@ -11,6 +11,8 @@ Algorithm choices:
   preceded or followed by a letter, digit or underscore ("step 1" does not match "step 12",
   "wait" does not match "awaited"). Whitespace in a phrase matches any run of whitespace, and an
   apostrophe matches both ' and ’. Occurrences do not overlap.
+- A sweep directory is one column per setting: its finished runs' evaluation samples pooled over
+  seeds (occurrences and tokens summed over them).
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from tcopd.config import field
 from tcopd.errors import ConfigError
-from tcopd.pipelines.analyze.sources import Progress, load_samples, tokenizer_counter
-from tcopd.pipelines.analyze.tables import Row, Table, unique_names
+from tcopd.pipelines.analyze.sources import (
+    Progress,
+    column_names,
+    load_samples,
+    samples_columns,
+    tokenizer_counter,
+)
+from tcopd.pipelines.analyze.tables import Row, Table
 from tcopd.progress import Event
 
 DEFAULT_PHRASES: tuple[str, ...] = ("let's", "we should", "step 1", "wait", "define")
@@ -31,9 +38,12 @@ DEFAULT_PHRASES: tuple[str, ...] = ("let's", "we should", "step 1", "wait", "def
 
 @dataclass(frozen=True)
 class PhrasesConfig:
-    samples: list[str] = field(help="samples.jsonl files (from `tcopd eval` or training rollouts).")
+    samples: list[str] = field(
+        help="samples.jsonl files (from `tcopd eval` or training rollouts), or sweep directories "
+        "(one column per setting: its finished runs' samples, pooled over seeds)."
+    )
     names: list[str] = field(
-        [], help="Column names, one per file (default: each file's directory name)."
+        [], help="Column names, one per column (default: each file's directory name)."
     )
     phrases: list[str] = field([], help="Extra phrases to count, after the defaults.")
     default_phrases: bool = field(
@@ -76,20 +86,25 @@ def phrase_list(config: PhrasesConfig) -> list[str]:
 def run(config: PhrasesConfig, progress: Progress | None = None) -> PhrasesResult:
     phrases = phrase_list(config)
     patterns = [phrase_pattern(p) for p in phrases]
-    paths = [Path(p) for p in config.samples]
-    names = unique_names(paths, config.names, kind="file")
+    inputs = samples_columns(config.samples)
+    names = column_names(inputs, config.names, kind="file")
     count = tokenizer_counter(config.tokenizer) if config.tokenizer else None
+    paths = [p for c in inputs for p in c.paths]
     rates: list[list[float | None]] = [[] for _ in phrases]
     totals: list[int] = []
-    for i, p in enumerate(paths):
-        samples = load_samples(p, need=(), count_tokens=count)
-        texts = [s.response for s in samples]
-        total = sum(s.num_tokens for s in samples)
+    read = 0
+    for c in inputs:
+        texts, total = [], 0
+        for p in c.paths:
+            samples = load_samples(p, need=(), count_tokens=count)
+            texts += [s.response for s in samples]
+            total += sum(s.num_tokens for s in samples)
+            read += 1
+            if progress:
+                progress(Event("reading", read, len(paths)))
         totals.append(total)
         for k, pat in enumerate(patterns):
             rates[k].append(1000.0 * count_phrase(pat, texts) / total if total else None)
-        if progress:
-            progress(Event("reading", i + 1, len(paths)))
     rows = [Row("(total tokens)", tuple(totals), "d")]
     rows += [Row(ph, tuple(r), ".3f") for ph, r in zip(phrases, rates, strict=True)]
     notes = ("rate = occurrences per 1,000 response tokens; case-insensitive, whole words",)

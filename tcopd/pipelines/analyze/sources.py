@@ -1,8 +1,14 @@
-"""Reading the inputs of ``tcopd analyze``: samples files and run directories.
+"""Reading the inputs of ``tcopd analyze``: samples files, run directories and sweep directories.
 
 Every problem with an input is one :class:`~tcopd.errors.DataError` that names the file (and the
 line, for a row) and says what to do. Run files are only read, never modified: a torn last line of
 a ``metrics.jsonl`` that a live run is still appending to is skipped, not truncated away.
+
+A sweep directory (``tcopd sweep``: it has a ``sweep_config.yaml``) given where run directories
+are expected becomes one column per run (each run is its own training); given where samples
+files are expected, one column per setting that pools its finished runs' evaluation samples over
+seeds (length and phrase rates are statistics over samples). See :func:`run_columns` and
+:func:`samples_columns`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 
 from tcopd.config import read_yaml
 from tcopd.errors import ConfigError, DataError
+from tcopd.pipelines.analyze.tables import unique_names
 from tcopd.progress import Progress  # noqa: F401  (the analyze pipelines import it from here)
 from tcopd.runtime.grading import extract_boxed
 from tcopd.runtime.io import iter_jsonl
@@ -184,3 +191,100 @@ def numeric_metrics(runs: Sequence[Run]) -> list[str]:
     names = {k for run in runs for _, row in run.metrics for k, v in row.items() if is_number(v)}
     names.discard("step")
     return sorted(names)
+
+
+# ---------------------------------------------------------------------------------------------
+# columns: an input is one column, a sweep directory (`tcopd sweep`) several
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table: the file(s) it reads and, for a sweep's column, its own name."""
+
+    paths: tuple[Path, ...]  # a run directory or samples file; a sweep setting's samples files
+    name: str | None = None  # None: named after its path (``unique_names``)
+    sweep: Path | None = None  # the sweep directory it comes from
+
+
+def _sweep_runs(path: Path) -> list[tuple[Any, str]] | None:
+    """``[(run, status)]`` of the sweep in ``path``; None when ``path`` is not a sweep directory."""
+    if not path.is_dir():
+        return None
+    from tcopd.pipelines import sweep  # imports torch: only for a directory that may be a sweep
+
+    return sweep.load_runs(path) if sweep.is_sweep_dir(path) else None
+
+
+def _has_step(train_dir: Path) -> bool:
+    """Whether a run has logged a complete metrics row (a run not started yet has none)."""
+    p = train_dir / "metrics.jsonl"
+    return p.is_file() and b"\n" in p.read_bytes()
+
+
+def run_columns(inputs: Sequence[str | Path]) -> list[Column]:
+    """Run directories as given; a sweep directory gives one column per run that has logged a
+    step (its ``train/`` directory), named ``<setting> seed<k>``, seed-major."""
+    columns: list[Column] = []
+    for x in inputs:
+        p = Path(x)
+        runs = None if (p / "metrics.jsonl").exists() else _sweep_runs(p)
+        if runs is None:
+            columns.append(Column((p,)))
+            continue
+        mine = [
+            Column((r.train_dir,), f"{r.setting.name} seed{r.seed}", p)
+            for r, _ in runs
+            if _has_step(r.train_dir)
+        ]
+        if not mine:
+            raise DataError(f"sweep directory {str(p)!r} has no run with a logged step yet")
+        columns += mine
+    return columns
+
+
+def samples_columns(inputs: Sequence[str | Path]) -> list[Column]:
+    """Samples files as given; a sweep directory gives one column per setting, named after it,
+    that pools the final evaluations (``eval/samples.jsonl``) of its finished runs (status
+    ``done``) over seeds. A setting with no finished run is a column with no samples."""
+    columns: list[Column] = []
+    for x in inputs:
+        p = Path(x)
+        runs = _sweep_runs(p)
+        if runs is None:
+            columns.append(Column((p,)))
+            continue
+        by_setting: dict[str, list[Path]] = {}
+        for r, status in runs:
+            files = by_setting.setdefault(r.setting.name, [])
+            if status == "done":
+                files.append(r.eval_dir / "samples.jsonl")
+        if not any(by_setting.values()):
+            raise DataError(f"sweep directory {str(p)!r} has no finished evaluation yet")
+        columns += [Column(tuple(f), name, p) for name, f in by_setting.items()]
+    return columns
+
+
+def column_names(columns: Sequence[Column], names: Sequence[str] | None, kind: str) -> list[str]:
+    """``names`` (one per column), else plain inputs named as ``unique_names`` does and sweep
+    columns by their own name, with the sweep directory's name in front where two clash."""
+    if not any(c.sweep is not None for c in columns):
+        return unique_names([c.paths[0] for c in columns], names, kind)
+    if names:
+        if len(names) != len(columns):
+            raise ConfigError(
+                f"got {len(names)} --name for {len(columns)} columns (a sweep directory gives "
+                "several); give one --name per column or none"
+            )
+        return unique_names([Path(str(i)) for i in range(len(names))], names, kind)
+    plain = iter(unique_names([c.paths[0] for c in columns if c.sweep is None], None, kind))
+    out = [c.name if c.sweep is not None else next(plain) for c in columns]
+    out = [
+        f"{c.sweep.name}/{o}" if c.sweep is not None and out.count(o) > 1 else o
+        for c, o in zip(columns, out, strict=True)
+    ]
+    seen: dict[str, int] = {}
+    final = []
+    for o in out:
+        seen[o] = seen.get(o, 0) + 1
+        final.append(o if out.count(o) == 1 else f"{o}#{seen[o]}")
+    return final

@@ -45,7 +45,15 @@ from tcopd.progress import Progress
 from tcopd.progress import report as notify
 from tcopd.runtime import io
 
-__all__ = ["SweepConfig", "SweepResult", "load_resume_config", "load_sweep_config", "run"]
+__all__ = [
+    "SweepConfig",
+    "SweepResult",
+    "is_sweep_dir",
+    "load_resume_config",
+    "load_runs",
+    "load_sweep_config",
+    "run",
+]
 
 CONFIG_FILE = "sweep_config.yaml"
 STATE_FILE = "sweep_state.json"
@@ -84,6 +92,23 @@ def load_resume_config(
     }
     values["out"] = str(out)
     return build(SweepConfig, values)
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a sweep (its ``sweep_config.yaml``)."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def load_runs(out: str | Path) -> list[tuple[Run, str]]:
+    """Every run of the sweep in ``out``, seed-major, with its status (pending, trained, done,
+    failed): the settings and seeds of its ``sweep_config.yaml``, the state of ``sweep_state.json``."""
+    out = Path(out)
+    if not is_sweep_dir(out):
+        raise ConfigError(f"{out} is not a sweep directory (no {CONFIG_FILE})")
+    saved = read_yaml(out / CONFIG_FILE)
+    settings = [Setting(s["name"], s["dir"], s.get("values") or {}) for s in saved["settings"]]
+    state = State(out / STATE_FILE)
+    return [(r, state.get(r.key)["status"]) for r in plan_runs(out, settings, saved["seeds"])]
 
 
 def plan(cfg: SweepConfig, progress: Progress | None = None) -> _Plan:
