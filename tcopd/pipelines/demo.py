@@ -364,28 +364,13 @@ def _run_seeds(
         raise TrainingError(f"every training of the demo failed: {failed[0] if failed else ''}")
     progress(Event("tables", detail="Tables 1-3, Figure 2"))
     per_method = {method_of[s]: block for s, block in report["per_setting"].items()}
-    problems = {
-        method_of[r["setting"]]: r["problems"] for r in report["runs"] if r["status"] == "done"
-    }
-    t1 = _table1_seeds(cfg, summaries, per_method, problems, len(scfg.seed_list))
-    first = {m: first[m] for m in method_of.values() if m in first}
-    t2 = cost.run(cost.CostConfig(runs=[str(d) for d in first.values()], names=list(first))).table
-    note = f"each method's first finished seed; every run: tcopd analyze cost {scfg.out}"
-    t2 = dataclasses.replace(t2, notes=(*t2.notes, note))
-    models = list(summaries)
-    samples = [str(out / "eval" / n / "samples.jsonl") for n in models]
-    names = [*models, *method_of.values()]
-    t3 = length.run(length.LengthConfig(samples=[*samples, scfg.out], names=names)).table
-    t3 = dataclasses.replace(t3, notes=(*t3.notes, "methods: the samples of every seed pooled"))
-    for t, stem in ((t1, "table1_accuracy"), (t2, "table2_cost"), (t3, "table3_length")):
-        write_table(t, out / f"{stem}.csv", "csv")
-        write_table(t, out / f"{stem}.json", "json")
+    t1, t2, t3 = _tables_seeds(cfg, out, summaries, report, method_of, first, scfg)
     png = out / "figure2_rollout_accuracy.png"
     for suffix in (".png", ".svg"):  # the sweep's curves: mean over seeds ± 1 standard error
         if (Path(scfg.out) / f"curves{suffix}").is_file():
             shutil.copyfile(Path(scfg.out) / f"curves{suffix}", png.with_suffix(suffix))
     notes = [_rename(line, method_of) for line in report["claims"]] + failed
-    acc = {n: (float(summaries[n]["mean_at_n"]), float(summaries[n]["stderr"])) for n in models}
+    acc = {n: (float(summaries[n]["mean_at_n"]), float(summaries[n]["stderr"])) for n in summaries}
     acc |= {m: (b["mean_at_n"]["mean"], None) for m, b in per_method.items()}
     intervals = {m: tuple(b["mean_at_n"]["ci"]) for m, b in per_method.items()}
     header = (
@@ -403,6 +388,36 @@ def _run_seeds(
     summary |= {"sweep": str(Path(scfg.out) / "sweep.json"), "failed": failed, "wall_s": wall}
     write_json(out / "demo_summary.json", summary | {"config": to_dict(cfg), "notes": notes})
     return DemoResult(out, t1, t2, t3, png, out / "report.md", acc, wall, notes, intervals, failed)
+
+
+def _tables_seeds(
+    cfg: DemoConfig,
+    out: Path,
+    summaries: dict[str, dict[str, Any]],
+    report: dict[str, Any],
+    method_of: dict[str, str],
+    first: dict[str, Path],
+    scfg: Any,
+) -> tuple[Table, Table, Table]:
+    """Tables 1-3 of a several-seed demo (written as CSV and JSON)."""
+    per_method = {method_of[s]: block for s, block in report["per_setting"].items()}
+    problems = {
+        method_of[r["setting"]]: r["problems"] for r in report["runs"] if r["status"] == "done"
+    }
+    t1 = _table1_seeds(cfg, summaries, per_method, problems, len(scfg.seed_list))
+    first = {m: first[m] for m in method_of.values() if m in first}
+    t2 = cost.run(cost.CostConfig(runs=[str(d) for d in first.values()], names=list(first))).table
+    note = f"each method's first finished seed; every run: tcopd analyze cost {scfg.out}"
+    t2 = dataclasses.replace(t2, notes=(*t2.notes, note))
+    models = list(summaries)
+    samples = [str(out / "eval" / n / "samples.jsonl") for n in models]
+    names = [*models, *method_of.values()]
+    t3 = length.run(length.LengthConfig(samples=[*samples, scfg.out], names=names)).table
+    t3 = dataclasses.replace(t3, notes=(*t3.notes, "methods: the samples of every seed pooled"))
+    for t, stem in ((t1, "table1_accuracy"), (t2, "table2_cost"), (t3, "table3_length")):
+        write_table(t, out / f"{stem}.csv", "csv")
+        write_table(t, out / f"{stem}.json", "json")
+    return t1, t2, t3
 
 
 def _table1_seeds(

@@ -303,88 +303,45 @@ def _csv(header: list[str], rows: list[list[Any]]) -> str:
     return buf.getvalue()
 
 
+SETTINGS_HEADER = ["setting", "statistic", "mean", "ci_low", "ci_high", "seeds"]
+DIFFERENCES_HEADER = [
+    "setting", "baseline", "statistic", "diff", "ci_low", "ci_high", "seeds", "problems",
+    "sign_agreement", "method",
+]  # fmt: skip
+RUNS_HEADER = [
+    "setting", "seed", "status", "error", "problems", "steps", *STATISTICS, "train_wall_s",
+    "eval_wall_s",
+]  # fmt: skip
+
+
 def write_tables(out: Path, report: dict[str, Any], seeds: list[int]) -> list[Path]:
     """``settings.csv``, ``differences.csv`` and ``runs.csv`` next to ``sweep.json``."""
-    rows = []
-    for name, block in report["per_setting"].items():
-        for stat in STATISTICS:
-            b = block[stat]
-            rows.append(
-                [
-                    name,
-                    stat,
-                    b["mean"],
-                    *b["ci"],
-                    b["n"],
-                    *(b["per_seed"].get(str(s)) for s in seeds),
-                ]
-            )
-    settings_csv = io.atomic_write_text(
-        out / "settings.csv",
-        _csv(
-            [
-                "setting",
-                "statistic",
-                "mean",
-                "ci_low",
-                "ci_high",
-                "seeds",
-                *(f"seed{s}" for s in seeds),
-            ],
-            rows,
-        ),
-    )
+    settings = [
+        [name, stat, b["mean"], *b["ci"], b["n"], *(b["per_seed"].get(str(s)) for s in seeds)]
+        for name, block in report["per_setting"].items()
+        for stat in STATISTICS
+        for b in (block[stat],)
+    ]
+    header = SETTINGS_HEADER + [f"seed{s}" for s in seeds]
+    runs = [[r[k] for k in RUNS_HEADER] for r in report["runs"]]
+    return [
+        io.atomic_write_text(out / "settings.csv", _csv(header, settings)),
+        io.atomic_write_text(out / "differences.csv", _csv(DIFFERENCES_HEADER, _diff_rows(report))),
+        io.atomic_write_text(out / "runs.csv", _csv(RUNS_HEADER, runs)),
+    ]
+
+
+def _diff_rows(report: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for name, diff in report["differences"].items():
         for stat in ("mean_at_n", "auc", "steps_to_target"):
             d = diff[stat] or {"diff": None, "ci": [None, None], "n": 0}
             method = "bootstrap seeds x problems" if stat == "mean_at_n" else "t over seeds"
             rows.append(
-                [
-                    name,
-                    diff["vs"],
-                    stat,
-                    d["diff"],
-                    *d["ci"],
-                    d["n"],
-                    d.get("problems"),
-                    d.get("sign_agreement"),
-                    method,
-                ]
-            )
-    diff_csv = io.atomic_write_text(
-        out / "differences.csv",
-        _csv(
-            [
-                "setting",
-                "baseline",
-                "statistic",
-                "diff",
-                "ci_low",
-                "ci_high",
-                "seeds",
-                "problems",
-                "sign_agreement",
-                "method",
-            ],
-            rows,
-        ),
-    )
-    keys = [
-        "setting",
-        "seed",
-        "status",
-        "error",
-        "problems",
-        "steps",
-        *STATISTICS,
-        "train_wall_s",
-        "eval_wall_s",
-    ]
-    runs_csv = io.atomic_write_text(
-        out / "runs.csv", _csv(keys, [[r[k] for k in keys] for r in report["runs"]])
-    )
-    return [settings_csv, diff_csv, runs_csv]
+                [name, diff["vs"], stat, d["diff"], *d["ci"], d["n"], d.get("problems"),
+                 d.get("sign_agreement"), method]
+            )  # fmt: skip
+    return rows
 
 
 # -------------------------------------------------------------------------------- figures
