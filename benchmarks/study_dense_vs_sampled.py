@@ -55,12 +55,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--eval-n", type=int, default=4)
     ap.add_argument("--out", default="runs/dense-study")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     results: dict[str, dict] = {}
-    for method in args.methods.split(","):
+    for method in args.methods:
         for loss in LOSSES:
             for seed in seeds:
                 key = f"{method}/{loss}/seed{seed}"
@@ -112,7 +112,7 @@ def main() -> None:
                 print(f"{key}: mean@{args.eval_n} = {summary['mean_at_n']:.1f}", flush=True)
     report: dict[str, dict] = {}
     print(f"\n| method | loss | mean@{args.eval_n} per seed | mean [95% t CI] |\n|---|---|---|---|")
-    for method in args.methods.split(","):
+    for method in args.methods:
         for loss in LOSSES:
             vals = [results[f"{method}/{loss}/seed{s}"]["mean_at_n"] for s in seeds]
             m, lo, hi = t_interval(vals)
@@ -121,7 +121,7 @@ def main() -> None:
                 f"| {method} | {loss} | {' / '.join(f'{v:.1f}' for v in vals)} | {m:.1f} [{lo:.1f}, {hi:.1f}] |"
             )
     print("\npaired dense − sampled (by seed and problem):")
-    for method in args.methods.split(","):
+    for method in args.methods:
         diffs = []
         for s in seeds:
             a = results[f"{method}/dense/seed{s}"]["per_problem"]
