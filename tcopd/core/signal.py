@@ -39,9 +39,8 @@ def pad_right(rows: Sequence[torch.Tensor | Sequence[float]], T: int) -> torch.T
 class Signal:
     """Everything the loss and the metrics need, padded to ``T`` = the longest response.
 
-    ``teacher_KBT`` holds the *active* teachers in ``names`` order; ``lam_BK`` the λ of those
-    teachers per response (after the domain table, before normalisation), ``w_BK`` their weights
-    ``λ / K_eff`` (what the reward and the dense loss use).
+    ``teacher_KBT`` holds the *active* teachers in ``names`` order; ``w_BK`` their weights
+    ``λ / K_eff`` per response (after the domain table: what the reward and the dense loss use).
     """
 
     names: tuple[str, ...]
@@ -49,7 +48,6 @@ class Signal:
     old_BT: torch.Tensor
     ref_BT: torch.Tensor
     teacher_KBT: torch.Tensor
-    lam_BK: torch.Tensor
     w_BK: torch.Tensor
     reward_BT: torch.Tensor
     adv_BT: torch.Tensor
@@ -106,7 +104,6 @@ def training_signal(
         old_BT,
         ref_BT,
         teacher_KBT,
-        lam_all_BK[:, cols],
         w_all_BK[:, cols],
         reward_BT,
         adv_BT,
