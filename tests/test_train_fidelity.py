@@ -9,19 +9,7 @@ import typing
 from pathlib import Path
 
 import pytest
-from train_fixtures import make_world, tiny_args
-
-from tcopd.cli.main import main
-
-
-def run_cli(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from train_fixtures import make_world, run_cli, tiny_args
 
 
 @pytest.fixture(scope="module")

@@ -82,3 +82,16 @@ def tiny_args(world: TinyWorld, out: Path, *extra: str) -> list[str]:
         "cpu",
         *extra,
     ]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """``tcopd ARGS`` in this process: (exit code, stdout, stderr)."""
+    from tcopd.cli.main import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
