@@ -33,6 +33,7 @@ from tcopd.core.teachers import (
 from tcopd.errors import ConfigError
 from tcopd.pipelines.train.config import TrainConfig
 from tcopd.pipelines.train.data import Prompts, load_prompts
+from tcopd.pipelines.train.engines import rollout_engine
 from tcopd.pipelines.train.update import UpdateSettings
 from tcopd.runtime import distributed
 from tcopd.runtime.distributed import DistInfo, Reduce, available_memory
@@ -40,7 +41,7 @@ from tcopd.runtime.engine import TrainEngine
 from tcopd.runtime.forward import output_head
 from tcopd.runtime.grading import Grader
 from tcopd.runtime.models import check_same_tokenizer, load_causal_lm, load_tokenizer
-from tcopd.runtime.rollout import RolloutEngine, make_engine
+from tcopd.runtime.rollout import RolloutEngine
 from tcopd.runtime.scorer import Scorer
 
 Emit = Callable[..., None]
@@ -125,7 +126,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         engine=engine,
         policy=policy,
         scorer=scorer,
-        rollout=_rollout_engine(cfg, dist, tokenizer, policy, separate),
+        rollout=rollout_engine(cfg, dist, tokenizer, policy, separate),
         grader=Grader(cfg.grader_workers, timeout_s=cfg.grade_timeout_s) if grade else None,
         data=data,
         eval_data=eval_data,
@@ -195,28 +196,6 @@ def _scorer(
     if cfg.teacher_placement == "offload" and "reference" in models:
         models["reference"].to(dist.device)  # needed every step; only teachers are offloaded
     return scorer
-
-
-def _rollout_engine(
-    cfg: TrainConfig, dist: DistInfo, tokenizer: Any, policy: torch.nn.Module, separate: bool
-) -> RolloutEngine:
-    if cfg.engine == "hf":
-        return make_engine(
-            "hf",
-            policy,
-            tokenizer,
-            device=dist.device,
-            token_budget=cfg.rollout_token_budget,
-            needs_weight_sync=separate,
-        )
-    return make_engine(
-        "vllm",
-        cfg.student,
-        tokenizer,
-        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        tensor_parallel_size=cfg.vllm_tensor_parallel_size,
-        enable_sleep_mode=cfg.vllm_sleep,
-    )
 
 
 def check_dense(
