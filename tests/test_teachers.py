@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -98,3 +100,61 @@ def test_active_teachers_drop_zero_lambda_unless_a_domain_uses_them():
 def test_parse_lambdas():
     assert parse_lambdas("1.5, -0.5") == [1.5, -0.5]
     assert torch.tensor(parse_lambdas("1e-1")).item() == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------ teachers given by server URL
+@pytest.mark.parametrize(
+    "arg, want",
+    [
+        ("code=http://host:8001:-0.5", ("code", "http://host:8001", -0.5)),
+        ("code=http://host:8001", ("code", "http://host:8001", None)),  # the port is not a λ
+        ("code=https://host:8001/v1/:2", ("code", "https://host:8001", 2.0)),  # root, not /v1
+        ("code=http://10.0.0.2:8001/team:1", ("code", "http://10.0.0.2:8001/team", 1.0)),
+        ("c=http://a:8001,http://[::1]:8002:-1", ("c", "http://a:8001,http://[::1]:8002", -1.0)),
+    ],
+)
+def test_url_teacher_colons(arg, want):
+    assert parse_teacher_arg(arg) == want
+
+
+def test_url_teachers_become_served_specs_and_mix_with_paths():
+    specs = build_teacher_specs(
+        expert="/m/math",
+        anti_expert="http://gpu-b:8001",
+        teachers=["code=http://gpu-c:8001,http://gpu-d:8001:-0.25"],
+        served=[{"name": "phys", "url": ["http://gpu-e:8001/"], "lam": 0.5}],
+        lambdas="1.5,-0.5",
+    )
+    assert [(s.name, s.lam, s.urls) for s in specs] == [
+        ("expert", 1.5, ()),
+        ("anti_expert", -0.5, ("http://gpu-b:8001",)),
+        ("code", -0.25, ("http://gpu-c:8001", "http://gpu-d:8001")),
+        ("phys", 0.5, ("http://gpu-e:8001",)),
+    ]
+    assert [s.served for s in specs] == [False, True, True, True]
+    # the display path of a served teacher is its URLs, which parse back to the same spec
+    again = build_teacher_specs(teachers=[f"{s.name}={s.path}:{s.lam}" for s in specs])
+    assert again == specs
+
+
+def test_served_entry_takes_lambda_from_lambdas_when_left_out():
+    specs = build_teacher_specs(served=[{"name": "code", "url": "http://h:1"}], lambdas="-0.5")
+    assert specs == [TeacherSpec("code", "http://h:1", -0.5, ("http://h:1",))]
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(teachers=["code=http://host:-0.5"]), "the port is required"),
+        (dict(teachers=["code=http://host"]), "the port is required"),
+        (dict(teachers=["code=http://h:80x:1"]), "unexpected 'x:1'"),
+        (dict(teachers=["code=http://h:80:x"]), "'x' is not a number"),
+        (dict(served=[{"name": "c"}]), "must be a mapping with 'name', 'url'"),
+        (dict(served=[{"name": "c", "url": "http://h:1", "lambda": 1}]), "unknown key 'lambda'"),
+        (dict(served=[{"name": "c", "url": "http://h:1:2"}]), "put λ in 'lam'"),
+        (dict(served=[{"name": "c", "url": [], "lam": 1}]), "a URL or a list of URLs"),
+    ],
+)
+def test_url_teacher_errors(kwargs, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        build_teacher_specs(**kwargs)

@@ -10,6 +10,12 @@ Three ways to name teachers, combinable:
   row has λ = 0 for that domain, a domain missing from the table uses the teachers' own λ.
 
 A teacher whose λ is 0 everywhere is never loaded or scored (it cannot change the reward).
+
+A teacher's PATH may instead be the URL of a vLLM server (placement ``server``, docs/serving.md):
+``--teacher code=http://host:8001:-0.5``. A URL must name its port; the colon after the port
+(or after the URL's path) starts λ, so ``code=http://host:8001`` takes its λ from ``--lambdas``.
+Several servers of one teacher: ``code=http://a:8001,http://b:8001:-0.5``. In YAML, also a
+``served_teachers`` list of ``{name, url, lam}`` (``url`` a string or a list of strings).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -27,13 +34,62 @@ RESERVED_NAMES = ("student", "reference", "old", "rollout")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
+_URL_RE = re.compile(r"https?://(?:\[[^\]/]*\]|[^:/,\[\]\s]+):\d+(?:/[^:,\s]*)?")
+
+
 @dataclass(frozen=True)
 class TeacherSpec:
-    """One teacher: a unique name, a model path or Hub id, and its coefficient λ."""
+    """One teacher: a unique name, a model path or Hub id, and its coefficient λ.
+
+    ``urls``: the base URLs of the vLLM servers that score it (empty: a local model); ``path``
+    then holds them comma-joined, for display.
+    """
 
     name: str
     path: str
     lam: float
+    urls: tuple[str, ...] = ()
+
+    @property
+    def served(self) -> bool:
+        """True when the teacher is scored by vLLM servers (placement ``server``)."""
+        return bool(self.urls)
+
+
+def is_url(text: str) -> bool:
+    """Whether a teacher's PATH is a server URL (``http://`` or ``https://``)."""
+    return text.strip().lower().startswith(("http://", "https://"))
+
+
+def parse_urls(text: str, what: str = "teacher URL") -> tuple[tuple[str, ...], float | None]:
+    """``"http://a:8001,http://b:8001:-0.5"`` → ``(("http://a:8001", "http://b:8001"), -0.5)``.
+
+    Each URL must name its port; a ``:LAMBDA`` after the last URL's port (or path) is λ. A
+    trailing ``/`` or ``/v1`` is dropped: the client needs the server's root (``/tokenize``).
+    """
+    urls: list[str] = []
+    pos, lam = 0, None
+    text = text.strip()
+    while True:
+        m = _URL_RE.match(text, pos)
+        if m is None:
+            raise ConfigError(
+                f"{what} {text!r} must be http://HOST:PORT[/PATH] (the port is required), "
+                "several joined by ',' and an optional ':LAMBDA' at the end"
+            )
+        url = m.group().rstrip("/")
+        urls.append(url[: -len("/v1")] if url.endswith("/v1") else url)
+        pos = m.end()
+        if pos == len(text):
+            break
+        if text[pos] == ",":
+            pos += 1
+            continue
+        if text[pos] != ":":
+            raise ConfigError(f"{what} {text!r}: unexpected {text[pos:]!r} after {m.group()!r}")
+        lam = parse_lambda(text[pos + 1 :], f"λ in {what} {text!r}")
+        break
+    return tuple(urls), lam
 
 
 def parse_lambda(text: str, what: str = "λ") -> float:
@@ -61,7 +117,8 @@ def parse_teacher_arg(text: str) -> tuple[str, str, float | None]:
     """``NAME=PATH:LAMBDA`` or ``NAME=PATH`` → (name, path, λ or None).
 
     The λ is what follows the *last* colon, unless that contains a path separator (so a path
-    with a colon still works when λ is omitted).
+    with a colon still works when λ is omitted). A PATH that is a server URL is parsed by
+    :func:`parse_urls` (its port's colon is not a λ) and returned without the λ.
     """
     if "=" not in text:
         raise ConfigError(
@@ -70,6 +127,9 @@ def parse_teacher_arg(text: str) -> tuple[str, str, float | None]:
     name, rest = text.split("=", 1)
     name, rest = name.strip(), rest.strip()
     lam: float | None = None
+    if is_url(rest) and name:
+        urls, lam = parse_urls(rest, f"URL of teacher {name!r}")
+        return name, ",".join(urls), lam
     if ":" in rest:
         head, tail = rest.rsplit(":", 1)
         if "/" not in tail and "\\" not in tail:  # what follows the last colon is a λ, not a path
@@ -87,20 +147,26 @@ def build_teacher_specs(
     anti_expert: str | None = None,
     lambdas: Sequence[float] | str | None = None,
     teachers: Sequence[str] = (),
+    served: Sequence[Mapping[str, Any]] = (),
 ) -> list[TeacherSpec]:
-    """Combine the short flags and ``--teacher`` arguments into validated specs.
+    """Combine the short flags, ``--teacher`` arguments and YAML ``served_teachers`` entries
+    (:func:`parse_served_entry`) into validated specs, in that order.
 
     λ defaults: ``--expert`` alone without ``--lambdas`` is OPD (λ = 1). Every other teacher
-    needs its λ, from ``--lambdas`` or from ``:LAMBDA``.
+    needs its λ, from ``--lambdas`` or from ``:LAMBDA`` (``lam:`` in YAML). ``--expert`` and
+    ``--anti-expert`` may be server URLs too (a ``:LAMBDA`` on them counts as their λ).
     """
     if isinstance(lambdas, str):
         lambdas = parse_lambdas(lambdas)
     pending: list[tuple[str, str, float | None]] = []
-    if expert:
-        pending.append(("expert", expert, None))
-    if anti_expert:
-        pending.append(("anti_expert", anti_expert, None))
+    for name, value in (("expert", expert), ("anti_expert", anti_expert)):
+        if value and is_url(value):
+            urls, lam = parse_urls(value, f"URL of {name}")
+            pending.append((name, ",".join(urls), lam))
+        elif value:
+            pending.append((name, value, None))
     pending.extend(parse_teacher_arg(t) for t in teachers)
+    pending.extend(parse_served_entry(e, i) for i, e in enumerate(served))
     if not pending:
         raise ConfigError(
             "no teacher given: pass --expert PATH (and --anti-expert PATH) or --teacher NAME=PATH:LAMBDA"
@@ -124,9 +190,48 @@ def build_teacher_specs(
             f"but {len(needing)} teacher(s) take their λ from it ({names})"
         )
     it = iter(lambdas)
-    specs = [TeacherSpec(n, p, lam if lam is not None else next(it)) for n, p, lam in pending]
+    specs = [
+        TeacherSpec(n, p, lam if lam is not None else next(it), _urls_of(p))
+        for n, p, lam in pending
+    ]
     validate_specs(specs)
     return specs
+
+
+def _urls_of(path: str) -> tuple[str, ...]:
+    return parse_urls(path)[0] if is_url(path) else ()
+
+
+def parse_served_entry(entry: Any, index: int = 0) -> tuple[str, str, float | None]:
+    """One YAML ``served_teachers`` entry ``{name, url, lam}`` → (name, comma-joined URLs, λ).
+
+    ``url`` is one URL or a list of URLs (several servers of the same model); ``lam`` may be
+    left out, then λ comes from ``--lambdas`` like a λ-less ``--teacher``.
+    """
+    where = f"served_teachers[{index}]"
+    if not isinstance(entry, Mapping) or "name" not in entry or "url" not in entry:
+        raise ConfigError(f"{where} must be a mapping with 'name', 'url' and 'lam', got {entry!r}")
+    unknown = sorted(set(entry) - {"name", "url", "lam"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (keys: name, url, lam)")
+    raw = entry["url"]
+    parts = [raw] if isinstance(raw, str) else raw
+    if (
+        not isinstance(parts, (list, tuple))
+        or not parts
+        or not all(isinstance(u, str) for u in parts)
+    ):
+        raise ConfigError(f"{where}: 'url' must be a URL or a list of URLs, got {raw!r}")
+    urls: list[str] = []
+    for u in parts:
+        found, lam_in_url = parse_urls(u, f"{where} url")
+        if lam_in_url is not None:
+            raise ConfigError(f"{where}: put λ in 'lam', not after the URL {u!r}")
+        urls.extend(found)
+    lam = entry.get("lam")
+    if lam is not None:
+        lam = parse_lambda(str(lam), f"{where} lam")
+    return str(entry["name"]), ",".join(urls), lam
 
 
 def validate_specs(specs: Sequence[TeacherSpec]) -> None:

@@ -9,6 +9,10 @@ micro-batch plan (token-budget, longest first), under ``torch.inference_mode``. 
 - ``shard``: under ``torch.distributed``, each sharded name lives on one rank (``teacher_owner``);
   the owner scores every rank's sequences and sends each rank its own results back. Names not
   in ``teacher_owner`` are local on every rank (student, reference). See docs/score.md.
+- ``server`` (per teacher, beside any of the above): names in ``servers`` are scored by vLLM
+  servers (:mod:`tcopd.runtime.served`), in a background thread while the local models score;
+  each rank sends its own sequences. The result has the same structure either way, so reward
+  and advantage code cannot tell the difference. See docs/serving.md.
 
 On CUDA: pinned host buffers and non-blocking copies; on ``torch.OutOfMemoryError`` the token
 budget is halved and the failed micro-batch retried (logged), down to a single sequence.
@@ -31,6 +35,7 @@ import torch.distributed as dist
 from tcopd.core.batching import padded_tokens, plan_packed, plan_padded
 from tcopd.errors import ConfigError, DataError, ModelError
 from tcopd.progress import Event, Progress
+from tcopd.runtime import served as served_lib
 from tcopd.runtime.forward import (
     Ids,
     OutputHead,
@@ -84,6 +89,7 @@ class Scorer:
         teacher_owner: Mapping[str, int] | None = None,
         packing: Packing = "auto",
         group: Any = None,
+        servers: Mapping[str, served_lib.ServedTeacher] | None = None,
     ):
         if placement not in PLACEMENTS:
             raise ConfigError(
@@ -125,6 +131,10 @@ class Scorer:
                 raise ConfigError("teacher_owner is only meaningful with placement 'shard'")
             self.rank, self.world = 0, 1
             self.models = dict(models)
+        self.servers = dict(servers or {})
+        clash = [n for n in self.servers if n in models or n in self.owner]
+        if clash:
+            raise ConfigError(f"{clash[0]!r} is given both as a model and as a served teacher")
         target = torch.device("cpu") if placement == "offload" else self.device
         for m in self.models.values():
             m.to(target)
@@ -132,8 +142,10 @@ class Scorer:
 
     @property
     def names(self) -> list[str]:
-        """Every name :meth:`score` can return: local/hosted models, then the sharded ones."""
-        return [n for n in self.models if n not in self.owner] + list(self.owner)
+        """Every name :meth:`score` can return: local/hosted models, the sharded, the served."""
+        return (
+            [n for n in self.models if n not in self.owner] + list(self.owner) + list(self.servers)
+        )
 
     # -- public ----------------------------------------------------------------------------
     def score(
@@ -158,11 +170,13 @@ class Scorer:
                 f"no model named {unknown[0]!r} in this scorer (have: {', '.join(self.names)})"
             )
         self._check_ids(prompts, responses)
-        local = [n for n in names if n not in self.owner]
+        served = {n: self.servers[n] for n in names if n in self.servers}
+        local = [n for n in names if n not in self.owner and n not in served]
         sharded = [n for n in names if n in self.owner]
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
+        background = served_lib.Background(served, prompts, responses) if served else None
         self._stats = {"model_tokens": 0, "processed": 0, "real": 0, "micro_batches": 0}
         everyone = self._gather_all(prompts, responses) if sharded else [(prompts, responses)]
         all_p = [p for ps, _ in everyone for p in ps]
@@ -177,6 +191,13 @@ class Scorer:
                 out[name] = self._score_model(name, prompts, responses, tick)
             for name in sharded:
                 out[name] = self._score_sharded(name, everyone, all_p, all_r, tick)
+        if background is not None:
+            out.update(background.result())
+            n_served = sum(len(r) for r in responses) * len(served)
+            self._stats["model_tokens"] += n_served
+            tick.total += n_served
+            tick(n_served)
+        out = {n: out[n] for n in names}
         seconds = time.perf_counter() - t0
         s = self._stats
         stats = {
@@ -201,6 +222,10 @@ class Scorer:
         between ranks: refused by the trainer's config check)."""
         if self.placement == "shard":
             raise ConfigError("hidden states need teacher_placement local or offload, not shard")
+        if any(n in self.servers for n in names):
+            raise ConfigError(
+                "hidden states need local teachers: a served teacher gives log-probs only"
+            )
         prompts = [_as_list(p) for p in prompt_ids]
         responses = [_as_list(r) for r in response_ids]
         lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]

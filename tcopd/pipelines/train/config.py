@@ -113,8 +113,21 @@ class TrainConfig:
         "auto", help="auto: bf16 on GPU, fp32 on CPU."
     )
     device: str | None = field(None, help="cpu, cuda (default: cuda if available).")
-    teacher_placement: Literal["local", "offload", "shard"] = field(
-        "local", help="Where teachers live."
+    teacher_placement: Literal["local", "offload", "shard", "server"] = field(
+        "local",
+        help="Where teachers given by path live (local, offload, shard); server: every teacher "
+        "is a vLLM server URL (docs/serving.md). A URL teacher is served under any placement.",
+    )
+    served_teachers: list[dict] = field(
+        [], help="Teachers on vLLM servers, [{name, url (one or a list), lam}] (docs/serving.md)."
+    )
+    teacher_timeout_s: float = field(300.0, help="Seconds per served-teacher scoring request.")
+    teacher_retries: int = field(
+        4, help="Retries of a failed served-teacher request (connection error, timeout, 5xx)."
+    )
+    teacher_max_inflight_tokens: int = field(
+        65536,
+        help="Tokens in flight per teacher server (prompt + response of unanswered requests).",
     )
     train_token_budget: int = field(16384, help="Tokens per training micro-batch (padded).")
     score_token_budget: int = field(32768, help="Tokens per scoring micro-batch.")
@@ -151,11 +164,15 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        if self.loss == "dense" and self.teacher_placement == "shard":
+        if self.loss == "dense" and self.teacher_placement in ("shard", "server"):
             raise ConfigError(
                 "--loss dense needs every teacher's hidden states on each rank: use "
-                "--teacher-placement local or offload (not shard)"
+                f"--teacher-placement local or offload (not {self.teacher_placement})"
             )
+        if self.teacher_timeout_s <= 0 or self.teacher_retries < 0:
+            raise ConfigError("teacher_timeout_s must be > 0 and teacher_retries >= 0")
+        if self.teacher_max_inflight_tokens < 1:
+            raise ConfigError("teacher_max_inflight_tokens must be at least 1")
         if self.loss == "dense" and self.outcome_weight:
             raise ConfigError("--outcome-weight applies to the sampled loss only (--loss sampled)")
         if self.outcome_weight and not self.grade:
@@ -219,6 +236,9 @@ RESUMABLE_CHANGES = {
     "tensorboard",
     "grader_workers",
     "grade_timeout_s",
+    "teacher_timeout_s",
+    "teacher_retries",
+    "teacher_max_inflight_tokens",
 }
 
 

@@ -35,7 +35,7 @@ from tcopd.pipelines.train.config import TrainConfig
 from tcopd.pipelines.train.data import Prompts, load_prompts
 from tcopd.pipelines.train.engines import rollout_engine
 from tcopd.pipelines.train.update import UpdateSettings
-from tcopd.runtime import distributed
+from tcopd.runtime import distributed, served
 from tcopd.runtime.distributed import DistInfo, Reduce, available_memory
 from tcopd.runtime.engine import TrainEngine
 from tcopd.runtime.forward import output_head
@@ -71,10 +71,35 @@ class Trainer:
 
 
 def teachers_of(cfg: TrainConfig) -> tuple[list[TeacherSpec], dict, list[TeacherSpec]]:
-    """``(all specs, validated λ table, active specs)`` of a config (cheap: no model loaded)."""
-    specs = build_teacher_specs(cfg.expert, cfg.anti_expert, cfg.lambdas, cfg.teacher)
+    """``(all specs, validated λ table, active specs)`` of a config (cheap: no model loaded).
+
+    Served teachers (URLs) are refused here, before anything loads, where they cannot be scored
+    correctly: at a rollout temperature ≠ 1 (a server's log-probs are raw, τ = 1), with the dense
+    loss (it needs hidden states); ``teacher_placement: server`` needs every teacher served.
+    """
+    specs = build_teacher_specs(
+        cfg.expert, cfg.anti_expert, cfg.lambdas, cfg.teacher, cfg.served_teachers
+    )
     table = validate_lambda_table(cfg.lambda_table, specs)
-    return specs, table, active_teachers(specs, table)
+    active = active_teachers(specs, table)
+    remote = [s.name for s in active if s.served]
+    if remote and cfg.temperature != 1.0:
+        raise ConfigError(
+            f"served teacher {remote[0]!r} gives log-probs at temperature 1, the rollouts use "
+            f"{cfg.temperature:g}: use --temperature 1 or a local teacher (docs/serving.md)"
+        )
+    if remote and cfg.loss == "dense":
+        raise ConfigError(
+            f"--loss dense needs hidden states, a served teacher ({remote[0]!r}) gives log-probs "
+            "only: use --loss sampled or a local teacher"
+        )
+    local = [s.name for s in active if not s.served]
+    if cfg.teacher_placement == "server" and local:
+        raise ConfigError(
+            f"--teacher-placement server: teacher {local[0]!r} is a path, not a server URL "
+            "(give its URL, or use another placement: URL teachers are served under any)"
+        )
+    return specs, table, active
 
 
 def model_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
@@ -165,7 +190,16 @@ def _scorer(
     dtype: torch.dtype,
     with_reference: bool,
 ) -> Scorer:
-    """π_ref (when needed) and the active teachers, placed as ``teacher_placement`` says."""
+    """π_ref (when needed) and the active teachers, placed as ``teacher_placement`` says;
+    teachers given by URL are served (checked now: :func:`served.connect`, against the student's
+    tokenizer and the longest possible sequence, ``max_prompt_tokens + max_response_tokens``)."""
+    settings = served.ServerSettings(
+        cfg.teacher_timeout_s, cfg.teacher_retries, cfg.teacher_max_inflight_tokens
+    )
+    servers = {s.name: served.ServedTeacher(s.name, s.urls, settings) for s in active if s.served}
+    served.connect(servers, tokenizer, cfg.max_prompt_tokens + cfg.max_response_tokens)
+    active = [s for s in active if not s.served]
+    placement = "local" if cfg.teacher_placement == "server" else cfg.teacher_placement
     models: dict[str, torch.nn.Module] = {}
     if with_reference and cfg.reference:
         check_same_tokenizer(tokenizer, load_tokenizer(cfg.reference), "reference")
@@ -175,25 +209,26 @@ def _scorer(
     for m in models.values():
         m.requires_grad_(False)
     owner: dict[str, int] = {}
-    if cfg.teacher_placement == "shard":
+    if placement == "shard":
         owner = distributed.round_robin_owners([s.name for s in active], dist.world_size)
     teachers: dict[str, torch.nn.Module] = {}
     for spec in active:
         check_same_tokenizer(tokenizer, load_tokenizer(spec.path), spec.name)
         if owner.get(spec.name, dist.rank) == dist.rank:
-            place = torch.device("cpu") if cfg.teacher_placement == "offload" else dist.device
+            place = torch.device("cpu") if placement == "offload" else dist.device
             teachers[spec.name] = load_causal_lm(spec.path, dtype=dtype, device=place)
             teachers[spec.name].requires_grad_(False)
     scorer = Scorer(
         {**models, **teachers},
-        placement=cfg.teacher_placement,
+        placement=placement,
         device=dist.device,
         token_budget=cfg.score_token_budget,
         chunk_size=cfg.chunk_size,
         temperature=cfg.temperature,
         teacher_owner=owner or None,
+        servers=servers,
     )
-    if cfg.teacher_placement == "offload" and "reference" in models:
+    if placement == "offload" and "reference" in models:
         models["reference"].to(dist.device)  # needed every step; only teachers are offloaded
     return scorer
 

@@ -1,0 +1,479 @@
+"""Teachers served by vLLM's OpenAI-compatible server (placement ``server``, docs/serving.md).
+
+A teacher's score of a response is the log-prob of every response token given what precedes
+it. vLLM's ``/v1/completions`` computes exactly that for a prompt given as token ids when asked
+for ``prompt_logprobs``: we send ``prompt_ids + response_ids`` with ``max_tokens=1`` (the
+smallest generation the endpoint allows) and ``prompt_logprobs=0`` (only the prompt's own
+token at each position), and read the response positions back.
+
+Choices:
+
+- **httpx**, asynchronous: one request per sequence, longest first; vLLM batches concurrent
+  requests itself (continuous batching), so many small requests keep a server as busy as one
+  big one, and spread over several servers.
+- **A bound on in-flight tokens per server** (``max_inflight_tokens``: prompt + response tokens
+  of the requests sent and not yet answered), so a big batch does not queue thousands of
+  requests on one server; a sequence longer than the bound goes alone.
+- **Several servers per teacher**: each request goes to the least-loaded server (fewest
+  in-flight tokens), ties broken round-robin. A retry prefers another server.
+- **Retries** on connection errors, timeouts and 5xx answers, with exponential backoff
+  (``backoff_s``, doubling, at most 8 s), then one :class:`ModelError` naming the teacher, the
+  URL and the last thing the server said. A 4xx answer is the request's fault: no retry.
+- **Start-time checks** (:func:`connect`): the server answers ``/v1/models``; its tokenizer
+  splits a probe text (with the student's special tokens) into the student's ids
+  (``/tokenize``) and decodes the student's last token id the same way (``/detokenize``: the
+  vocabulary); ``max_model_len`` holds the longest sequence plus the one generated token; a
+  scoring request on the probe returns finite log-probs.
+- Served log-probs are raw (τ = 1): vLLM computes prompt log-probs before any sampling
+  processor (temperature included). Callers refuse another temperature (docs/serving.md).
+
+vLLM is never imported here: it runs in its own process (``tcopd serve-teacher`` builds the
+command line, :func:`server_command`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import torch
+
+from tcopd.errors import ConfigError, ModelError
+from tcopd.runtime.models import PROBE_TEXT
+
+MAX_BACKOFF_S = 8.0
+VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+_NEG_INF_SENTINEL = -9999.0  # vLLM's JSON stand-in for a -inf log-prob
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the client talks to servers (one set for all served teachers of a run)."""
+
+    timeout_s: float = 300.0  # per request (connect: at most 10 s)
+    retries: int = 4  # after the first try
+    max_inflight_tokens: int = 65536  # per server
+    backoff_s: float = 0.5  # wait before the first retry; doubles each retry
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0 or self.retries < 0 or self.max_inflight_tokens < 1:
+            raise ConfigError(
+                "teacher_timeout_s must be > 0, teacher_retries >= 0 and "
+                f"teacher_max_inflight_tokens >= 1 (got {self.timeout_s}, {self.retries}, "
+                f"{self.max_inflight_tokens})"
+            )
+
+
+@dataclass
+class _Server:
+    url: str
+    model: str = ""  # the served model's id, from /v1/models
+    root: str = ""  # the path or Hub id the server loaded
+    max_model_len: int = 0
+    inflight: int = 0  # tokens sent and not yet answered
+
+
+@dataclass
+class ServedTeacher:
+    """One teacher behind one or more vLLM servers; see the module docstring."""
+
+    name: str
+    urls: Sequence[str]
+    settings: ServerSettings = field(default_factory=ServerSettings)
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ConfigError(f"served teacher {self.name!r} has no URL")
+        self.servers = [_Server(u.rstrip("/")) for u in self.urls]
+        self._turn = 0
+        self._cond: asyncio.Condition | None = None
+
+    @property
+    def where(self) -> str:
+        return ", ".join(s.url for s in self.servers)
+
+    @property
+    def model_root(self) -> str:
+        """The path or Hub id the (first) server loaded; known after :func:`connect`."""
+        return self.servers[0].root
+
+    # -- scoring -----------------------------------------------------------------------------
+    async def score(
+        self,
+        client: httpx.AsyncClient,
+        prompts: Sequence[list[int]],
+        responses: Sequence[list[int]],
+    ) -> list[torch.Tensor]:
+        """Float32 log-probs of each response's tokens (CPU), in input order."""
+        if not all(s.model for s in self.servers):
+            raise ModelError(f"served teacher {self.name!r}: not connected (call served.connect)")
+        self._cond = asyncio.Condition()
+        order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(responses[i])))
+        tasks = [
+            self._score_one(client, prompts[i] + responses[i], len(responses[i])) for i in order
+        ]
+        values = await asyncio.gather(*tasks)
+        out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+        for i, v in zip(order, values, strict=True):
+            out[i] = torch.tensor(v, dtype=torch.float32)
+        return out
+
+    async def _score_one(self, client: httpx.AsyncClient, ids: list[int], n: int) -> list[float]:
+        payload = await self.request(client, ids, len(ids))
+        return response_logprobs(payload, ids, n, f"served teacher {self.name!r}")
+
+    async def request(self, client: httpx.AsyncClient, ids: list[int], cost: int) -> dict:
+        """POST one scoring request with retries; the JSON answer (see the module docstring)."""
+        last, failed = "no answer", set()
+        server = self.servers[0]
+        for attempt in range(self.settings.retries + 1):
+            if attempt:
+                await asyncio.sleep(
+                    min(self.settings.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+                )
+            server = await self._acquire(cost, failed)
+            try:
+                resp = await client.post(f"{server.url}/v1/completions", json=_body(server, ids))
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {e}".rstrip(": ")
+                failed.add(server.url)
+                continue
+            finally:
+                await self._release(server, cost)
+            if resp.status_code >= 500:
+                last = f"HTTP {resp.status_code}: {server_message(resp)}"
+                failed.add(server.url)
+                continue
+            if resp.status_code >= 400:
+                raise ModelError(
+                    f"served teacher {self.name!r} at {server.url} refused a scoring request "
+                    f"(HTTP {resp.status_code}): {server_message(resp)}"
+                )
+            return resp.json()
+        tries = self.settings.retries + 1
+        raise ModelError(
+            f"served teacher {self.name!r} at {server.url}: no answer after {tries} tries "
+            f"(last: {last}); restart the server (a training run then continues with --resume)"
+        )
+
+    async def _acquire(self, cost: int, avoid: set[str]) -> _Server:
+        """Wait for a server with room for ``cost`` tokens; the least loaded, round-robin ties."""
+        assert self._cond is not None
+        async with self._cond:
+            while True:
+                server = self._pick(cost, avoid)
+                if server is not None:
+                    server.inflight += cost
+                    return server
+                await self._cond.wait()
+
+    def _pick(self, cost: int, avoid: set[str]) -> _Server | None:
+        cap = self.settings.max_inflight_tokens
+        pool = [s for s in self.servers if s.url not in avoid] or self.servers
+        fits = [s for s in pool if s.inflight == 0 or s.inflight + cost <= cap]
+        if not fits:
+            return None
+        k = len(self.servers)
+        rank = {s.url: (i - self._turn) % k for i, s in enumerate(self.servers)}
+        self._turn += 1
+        return min(fits, key=lambda s: (s.inflight, rank[s.url]))
+
+    async def _release(self, server: _Server, cost: int) -> None:
+        assert self._cond is not None
+        async with self._cond:
+            server.inflight -= cost
+            self._cond.notify_all()
+
+
+def _body(server: _Server, ids: list[int]) -> dict[str, Any]:
+    return {
+        "model": server.model,
+        "prompt": ids,
+        "max_tokens": 1,
+        "prompt_logprobs": 0,
+        "temperature": 0.0,
+    }
+
+
+def server_message(resp: httpx.Response) -> str:
+    """The error text of a server answer (vLLM: ``{"error": {"message": ...}}``), one line."""
+    try:
+        data = resp.json()
+        err = data.get("error", data) if isinstance(data, dict) else data
+        text = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+    except ValueError:
+        text = resp.text
+    text = " ".join(str(text).split())
+    return text[:300] or resp.reason_phrase
+
+
+def response_logprobs(payload: Any, ids: list[int], n: int, who: str) -> list[float]:
+    """The last ``n`` positions' log-probs from a completions answer's ``prompt_logprobs``.
+
+    ``prompt_logprobs[j]`` maps token ids (as strings) to ``{"logprob", ...}`` for position j,
+    the log-prob of ``ids[j]`` given ``ids[:j]`` (position 0 is null).
+    """
+    try:
+        plp = payload["choices"][0]["prompt_logprobs"]
+        values = [plp[j][str(ids[j])]["logprob"] for j in range(len(ids) - n, len(ids))]
+    except (KeyError, IndexError, TypeError) as e:
+        raise ModelError(
+            f"{who}: the answer has no prompt_logprobs for the sent tokens ({type(e).__name__}: "
+            f"{e}); is it a vLLM server?"
+        ) from None
+    return [-math.inf if v <= _NEG_INF_SENTINEL else float(v) for v in values]
+
+
+# --------------------------------------------------------------------------- start-time checks
+async def _get(
+    client: httpx.AsyncClient,
+    teacher: ServedTeacher,
+    server: _Server,
+    path: str,
+    body: dict | None = None,
+) -> Any:
+    """GET (``body`` None) or POST one start-time request; one clear line on any failure."""
+    url = f"{server.url}{path}"
+    try:
+        resp = await (client.get(url) if body is None else client.post(url, json=body))
+    except httpx.TransportError as e:
+        raise ModelError(
+            f"served teacher {teacher.name!r}: cannot reach {server.url} ({type(e).__name__}: "
+            f"{e}); start it (tcopd serve-teacher MODEL --port PORT) or fix the URL"
+        ) from None
+    if resp.status_code >= 400:
+        raise ModelError(
+            f"served teacher {teacher.name!r} at {server.url}: {path} answered HTTP "
+            f"{resp.status_code}: {server_message(resp)}"
+        )
+    return resp.json()
+
+
+async def _check_server(
+    client: httpx.AsyncClient,
+    teacher: ServedTeacher,
+    server: _Server,
+    tokenizer: Any,
+    need_tokens: int,
+) -> None:
+    who = f"served teacher {teacher.name!r} at {server.url}"
+    models = await _get(client, teacher, server, "/v1/models")
+    try:
+        info = models["data"][0]
+        server.model, server.root = str(info["id"]), str(info.get("root") or info["id"])
+        server.max_model_len = int(info.get("max_model_len") or 0)
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ModelError(f"{who}: /v1/models lists no model; is it a vLLM server?") from None
+    probe = probe_text(tokenizer)
+    got = await _get(
+        client, teacher, server, "/tokenize",
+        {"model": server.model, "prompt": probe, "add_special_tokens": False},
+    )  # fmt: skip
+    want = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    check_probe_ids(want, list(got.get("tokens", [])), who)
+    await _check_vocabulary(client, teacher, server, tokenizer, who)
+    if server.max_model_len and server.max_model_len < need_tokens + 1:
+        raise ConfigError(
+            f"{who}: max_model_len {server.max_model_len} < {need_tokens + 1} (the longest "
+            f"prompt + response, {need_tokens}, plus the one generated token); serve with "
+            "--max-model-len at least that, or lower max_prompt_tokens / max_response_tokens"
+        )
+    ids = want[: max(2, min(len(want), 16))]
+    payload = await _get(client, teacher, server, "/v1/completions", _body(server, ids))
+    values = response_logprobs(payload, ids, len(ids) - 1, who)
+    if not all(math.isfinite(v) for v in values):
+        raise ModelError(f"{who}: the probe's log-probs are not finite ({values[:4]}...)")
+
+
+async def _check_vocabulary(
+    client: httpx.AsyncClient, teacher: ServedTeacher, server: _Server, tokenizer: Any, who: str
+) -> None:
+    """The student's last token id decodes as the student's does, and one past it decodes as
+    it does for the student (to nothing; a server that refuses the id agrees too): the
+    vocabularies have the same size."""
+    for token in (len(tokenizer) - 1, len(tokenizer)):
+        body = {"model": server.model, "tokens": [token]}
+        if token == len(tokenizer):
+            resp = await client.post(f"{server.url}/detokenize", json=body)
+            if 400 <= resp.status_code < 500:
+                continue  # out of the server's vocabulary too
+        got = (await _get(client, teacher, server, "/detokenize", body)).get("prompt")
+        options = {tokenizer.decode([token]), tokenizer.decode([token], skip_special_tokens=True)}
+        if got not in options:
+            raise ModelError(
+                f"{who}: tokenizer differs from the student's: vocabulary (token {token} decodes "
+                f"to {got!r}, the student's to {sorted(options)[0]!r}; the student has "
+                f"{len(tokenizer)} tokens); serve a model with the student's tokenizer"
+            )
+
+
+def probe_text(tokenizer: Any) -> str:
+    """The tokenizer check's text: :data:`PROBE_TEXT` and every special token of the student."""
+    specials = [str(t) for t in getattr(tokenizer, "all_special_tokens", []) or []]
+    return " ".join([PROBE_TEXT, *sorted(set(specials))])
+
+
+def check_probe_ids(want: list[int], got: list[int], who: str) -> None:
+    """The server's ids of the probe text equal the student's, else name the first difference."""
+    if want == got:
+        return
+    pos = next((i for i, (a, b) in enumerate(zip(want, got, strict=False)) if a != b),
+               min(len(want), len(got)))  # fmt: skip
+    a = want[pos] if pos < len(want) else "end"
+    b = got[pos] if pos < len(got) else "end"
+    raise ModelError(
+        f"{who}: tokenizer differs from the student's: probe text token {pos} is {b} vs {a}; "
+        "serve a model with the student's tokenizer"
+    )
+
+
+def _client(settings: ServerSettings, n_requests: int) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(settings.timeout_s, connect=min(10.0, settings.timeout_s))
+    limits = httpx.Limits(
+        max_connections=max(8, min(n_requests, 256)), max_keepalive_connections=64
+    )
+    return httpx.AsyncClient(timeout=timeout, limits=limits)
+
+
+def connect(teachers: Mapping[str, ServedTeacher], tokenizer: Any, need_tokens: int) -> None:
+    """Check every server of every teacher (concurrently); see the module docstring."""
+    if not teachers:
+        return
+
+    async def run() -> None:
+        first = next(iter(teachers.values()))
+        async with _client(first.settings, 16) as client:
+            await asyncio.gather(*(
+                _check_server(client, t, s, tokenizer, need_tokens)
+                for t in teachers.values() for s in t.servers
+            ))  # fmt: skip
+
+    asyncio.run(run())
+
+
+def score_all(
+    teachers: Mapping[str, ServedTeacher],
+    prompts: Sequence[list[int]],
+    responses: Sequence[list[int]],
+) -> dict[str, list[torch.Tensor]]:
+    """Every served teacher's log-probs of every response, all requests concurrent."""
+    if not teachers or not prompts:
+        return {name: [] for name in teachers}
+
+    async def run() -> dict[str, list[torch.Tensor]]:
+        first = next(iter(teachers.values()))
+        async with _client(first.settings, len(prompts) * len(teachers)) as client:
+            results = await asyncio.gather(
+                *(t.score(client, prompts, responses) for t in teachers.values())
+            )
+        return dict(zip(teachers, results, strict=True))
+
+    return asyncio.run(run())
+
+
+class Background:
+    """:func:`score_all` in a thread, so local models score while the servers answer."""
+
+    def __init__(self, teachers: Mapping[str, ServedTeacher], prompts: list, responses: list):
+        self._out: dict[str, list[torch.Tensor]] = {}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(teachers, prompts, responses), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, teachers: Mapping[str, ServedTeacher], prompts: list, responses: list) -> None:
+        try:
+            self._out = score_all(teachers, prompts, responses)
+        except BaseException as e:  # re-raised in the caller's thread by result()
+            self._error = e
+
+    def result(self) -> dict[str, list[torch.Tensor]]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._out
+
+
+# ------------------------------------------------------------------------------ the server side
+def server_command(
+    model: str,
+    port: int,
+    host: str = "0.0.0.0",
+    dtype: str = "auto",
+    max_model_len: int | None = None,
+    python: str | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The command line of a vLLM server fit to score teachers.
+
+    ``--max-logprobs 1``: scoring asks for ``prompt_logprobs=0`` (the prompt's own token), so
+    no top-k lists are ever needed. ``--no-enable-log-requests`` (vLLM ≥ 0.11; request logging
+    is off by default there, said explicitly) and ``--disable-uvicorn-access-log``: prompts are
+    training data, not log lines. ``extra`` comes last, so the user's flags win.
+    """
+    cmd = [python or sys.executable, "-m", VLLM_MODULE, "--model", model]
+    cmd += ["--host", host, "--port", str(port), "--dtype", dtype, "--max-logprobs", "1"]
+    if max_model_len:
+        cmd += ["--max-model-len", str(max_model_len)]
+    cmd += ["--no-enable-log-requests", "--disable-uvicorn-access-log"]
+    return cmd + list(extra)
+
+
+def check_server_python(python: str) -> None:
+    """Refuse a Python in which vLLM cannot be imported (it runs the server)."""
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    try:
+        ok = subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
+    except OSError as e:
+        raise ConfigError(f"cannot run {python} ({e}): pass --python /path/to/venv/bin/python")
+    if not ok:
+        raise ConfigError(
+            f"vLLM is not installed for {python}: pip install vllm there, or pass --python with "
+            "the interpreter of a venv that has it"
+        )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port that something already listens on (the server would die after loading)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as the server will (uvicorn): a just-closed server's TIME_WAIT does not block the port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("" if host in ("0.0.0.0", "") else host, port))
+        except OSError as e:
+            raise ConfigError(f"port {port} on {host} is taken ({e.strerror}): pick another --port")
+
+
+def public_url(host: str, port: int) -> str:
+    """The URL other machines use: this machine's hostname when bound to every interface."""
+    name = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    return f"http://{name}:{port}"
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float = 900.0) -> float:
+    """Poll ``url``/v1/models until the server answers; seconds waited. Stops with a
+    :class:`ModelError` if the process exits first or ``timeout_s`` passes."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if process.poll() is not None:
+            raise ModelError(
+                f"the vLLM server exited with code {process.returncode} before answering "
+                "(its log is above)"
+            )
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=2.0).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.TransportError:
+            pass
+        time.sleep(1.0)
+    raise ModelError(f"the vLLM server at {url} did not answer within {timeout_s:.0f} s")
