@@ -15,7 +15,11 @@ from tcopd.pipelines.score import ScoreConfig
 from tcopd.progress import Event
 
 
-@app.command("score", epilog="Set lambda_table (per-domain λ) in the --config YAML.")
+@app.command(
+    "score",
+    epilog="Set lambda_table (per-domain λ) and served_teachers ([{name, url, lam}]) in the "
+    "--config YAML. Teachers on vLLM servers: docs/serving.md.",
+)
 @config_flags(ScoreConfig, flag_names={"teachers": "--teacher"})
 def score(flags: dict[str, Any], config: ConfigOpt = None) -> None:
     """Score rollouts under the student, the reference and every teacher; add reward and advantage."""
@@ -57,5 +61,8 @@ def _render(s: pipeline.ScoreSummary) -> None:
     for dev, gb in s.peak_mem_gb.items():
         table.add_row(f"peak memory {dev}", f"{gb:.2f} GB")
     table.add_row("wall time", f"{s.seconds:.1f} s")
+    for name, (mx, mean) in s.compare.items():
+        table.add_row(f"{name} served vs local: max |Δ|", f"{mx:.2e}")
+        table.add_row(f"{name} served vs local: mean |Δ|", f"{mean:.2e}")
     console.print(table)
     console.print(f"wrote {s.output} and {s.config_path}")

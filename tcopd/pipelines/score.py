@@ -13,6 +13,11 @@ Algorithm choices:
   fails in seconds, naming the file and row.
 - ``placement="shard"`` under torchrun: each rank scores its share of the rows (``rows[rank::W]``)
   while each teacher lives on one rank only; rank 0 gathers the rows and writes the output.
+- A teacher given by URL is scored by its vLLM server(s) (docs/serving.md), under any placement
+  (``server``: every teacher must be one). Its servers are checked with the rows (tokenizer,
+  ``max_model_len`` ≥ the longest row + 1), before any model loads; served log-probs are raw, so
+  ``temperature`` must be 1. ``compare_local`` then also scores each served teacher locally
+  (the model path its server reports) and reports max / mean |served − local| per teacher.
 - The output (same format as the input, by suffix) and ``<output>.config.yaml`` (the resolved
   settings, reusable with ``--config``) are written atomically.
 """
@@ -38,7 +43,7 @@ from tcopd.core.teachers import (
 )
 from tcopd.errors import ConfigError, DataError
 from tcopd.progress import Progress
-from tcopd.runtime import distributed, models
+from tcopd.runtime import distributed, models, served
 from tcopd.runtime.io import read_rows, write_rows
 from tcopd.runtime.scorer import Scorer
 
@@ -57,7 +62,12 @@ class ScoreConfig:
         None,
         help="Comma-separated λ for expert, anti_expert (and λ-less teachers), e.g. '1.5,-0.5'.",
     )
-    teachers: list[str] = field([], help="More teachers as NAME=PATH:LAMBDA.")
+    teachers: list[str] = field(
+        [], help="More teachers as NAME=PATH:LAMBDA, or NAME=URL:LAMBDA for a vLLM server."
+    )
+    served_teachers: list[dict] = field(
+        [], help="Teachers on vLLM servers, [{name, url (one or a list), lam}] (docs/serving.md)."
+    )
     lambda_table: dict[str, Any] = field(
         {}, help="Per-domain λ {domain: {teacher: λ}} for rows with a 'domain'."
     )
@@ -88,9 +98,23 @@ class ScoreConfig:
         "float32",
         help="Model weights dtype: float32, bfloat16 or float16 (log-sum-exp is float32).",
     )
-    placement: Literal["local", "offload", "shard"] = field(
+    placement: Literal["local", "offload", "shard", "server"] = field(
         "local",
-        help="Teachers on the device (local), in CPU memory moved in one at a time (offload), or one rank each (shard).",
+        help="Teachers on the device (local), in CPU memory moved in one at a time (offload), "
+        "one rank each (shard), or all on vLLM servers (server; a URL teacher is served under any).",
+    )
+    teacher_timeout_s: float = field(300.0, help="Seconds per served-teacher scoring request.")
+    teacher_retries: int = field(
+        4, help="Retries of a failed served-teacher request (connection error, timeout, 5xx)."
+    )
+    teacher_max_inflight_tokens: int = field(
+        65536,
+        help="Tokens in flight per teacher server (prompt + response of unanswered requests).",
+    )
+    compare_local: bool = field(
+        False,
+        help="Also score each served teacher locally (its server's model path) and print "
+        "max / mean |served − local| per teacher.",
     )
     packing: Literal["auto", "on", "off"] = field(
         "auto", help="Padding-free packing: auto (with flash-attention), on, off (right padding)."
@@ -103,6 +127,9 @@ class ScoreConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.chunk_size < 1 or self.token_budget < 1:
             raise ConfigError("chunk_size and token_budget must be positive integers")
+        served.ServerSettings(
+            self.teacher_timeout_s, self.teacher_retries, self.teacher_max_inflight_tokens
+        )  # validates
 
 
 @dataclass(frozen=True)
@@ -120,6 +147,7 @@ class ScoreSummary:
     logratio_mean: dict[str, float]
     teachers: list[TeacherSpec]
     model_names: list[str]
+    compare: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -131,9 +159,26 @@ class _Row:
 
 
 def _teachers(config: ScoreConfig) -> tuple[list[TeacherSpec], list[TeacherSpec], dict]:
-    specs = build_teacher_specs(config.expert, config.anti_expert, config.lambdas, config.teachers)
+    specs = build_teacher_specs(
+        config.expert, config.anti_expert, config.lambdas, config.teachers, config.served_teachers
+    )
     table = validate_lambda_table(config.lambda_table, specs) if config.lambda_table else {}
-    return specs, active_teachers(specs, table), table
+    active = active_teachers(specs, table)
+    remote = [s.name for s in active if s.served]
+    local = [s.name for s in active if not s.served]
+    if remote and config.temperature != 1.0:
+        raise ConfigError(
+            f"served teacher {remote[0]!r} gives log-probs at temperature 1, not "
+            f"{config.temperature:g}: use --temperature 1 or a local teacher (docs/serving.md)"
+        )
+    if config.placement == "server" and local:
+        raise ConfigError(
+            f"--placement server: teacher {local[0]!r} is a path, not a server URL "
+            "(give its URL, or use another placement: URL teachers are served under any)"
+        )
+    if config.compare_local and not remote:
+        raise ConfigError("--compare-local compares served teachers: give a teacher by URL")
+    return specs, active, table
 
 
 def _check_config(config: ScoreConfig) -> None:
@@ -195,15 +240,17 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
     _check_config(config)
     specs, active, table = _teachers(config)
     named_paths = {"student": config.student, "reference": config.reference or config.student}
-    named_paths |= {s.name: s.path for s in active}
-    rows = _check_models_and_rows(config, named_paths)  # 1. cheap checks, before any load
-    info, owner = _placement(config, active)  # 2. where things run
+    named_paths |= {s.name: s.path for s in active if not s.served}
+    rows, student_tok = _check_models_and_rows(config, named_paths)  # 1. cheap checks, no load
+    servers = _connect(config, active, student_tok, rows)
+    info, owner = _placement(config, [s for s in active if not s.served])  # 2. where things run
     mine = rows[info.rank :: info.world_size]
-    scorer = _load_scorer(config, named_paths, info, owner)  # 3. load and score
+    scorer = _load_scorer(config, named_paths, info, owner, servers)  # 3. load and score
     t0 = time.perf_counter()
     result = scorer.score(
         [r.prompt_ids for r in mine], [r.response_ids for r in mine], progress=progress
     )
+    seconds = time.perf_counter() - t0
     logprobs = dict(result.logprobs)
     logprobs.setdefault("reference", logprobs["student"])  # π_ref is the student
     out_rows, signal = _rewards(config, specs, active, table, mine, logprobs)  # 4. SPEC §1
@@ -214,17 +261,21 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
         "adv_sum": float((signal.adv_BT * signal.mask_BT).sum()),
         "ratio_sums": {k: float(v) for k, v in signal.logratio_sums().items()},
         "stats": result.stats,
+        "compare": _compare_local(config, servers, mine, result.logprobs, info),
     }
     parts = distributed.Reduce(info).gather(local)
-    summary = _summarise(config, parts, time.perf_counter() - t0, specs, active, named_paths, info)
+    summary = _summarise(config, parts, seconds, specs, active, named_paths, info)
     if info.is_main:
         summary = _write(config, parts, specs, named_paths["reference"], info, summary)
     distributed.barrier()
     return summary
 
 
-def _check_models_and_rows(config: ScoreConfig, named_paths: dict[str, str]) -> list[_Row]:
-    """Every model directory is a causal-LM config, every tokenizer matches; the rows are valid."""
+def _check_models_and_rows(
+    config: ScoreConfig, named_paths: dict[str, str]
+) -> tuple[list[_Row], Any]:
+    """Every model directory is a causal-LM config, every tokenizer matches; the rows are valid.
+    Also returns the student's tokenizer (the served teachers are checked against it)."""
     configs = {name: models.load_causal_lm_config(path) for name, path in named_paths.items()}
     student_tok = models.load_tokenizer(config.student)
     checked = {config.student}
@@ -234,7 +285,21 @@ def _check_models_and_rows(config: ScoreConfig, named_paths: dict[str, str]) -> 
             checked.add(path)
     vocab = min(int(c.vocab_size) for c in configs.values() if getattr(c, "vocab_size", None))
     limits = [m for m in (models.max_positions(c) for c in configs.values()) if m]
-    return _read_rows(config.input, student_tok, vocab, min(limits) if limits else None)
+    rows = _read_rows(config.input, student_tok, vocab, min(limits) if limits else None)
+    return rows, student_tok
+
+
+def _connect(
+    config: ScoreConfig, active: list[TeacherSpec], tokenizer: Any, rows: list[_Row]
+) -> dict[str, served.ServedTeacher]:
+    """The served teachers, checked against the student's tokenizer and the longest row."""
+    settings = served.ServerSettings(
+        config.teacher_timeout_s, config.teacher_retries, config.teacher_max_inflight_tokens
+    )
+    servers = {s.name: served.ServedTeacher(s.name, s.urls, settings) for s in active if s.served}
+    longest = max(len(r.prompt_ids) + len(r.response_ids) for r in rows)
+    served.connect(servers, tokenizer, longest)
+    return servers
 
 
 def _placement(
@@ -252,8 +317,9 @@ def _load_scorer(
     named_paths: dict[str, str],
     info: distributed.DistInfo,
     owner: dict[str, int],
+    servers: dict[str, served.ServedTeacher],
 ) -> Scorer:
-    """Each rank loads the student, the reference and the teachers it hosts."""
+    """Each rank loads the student, the reference and the teachers it hosts (served: none)."""
     attn = models.default_attn_implementation(info.device)
     load_device = "cpu" if config.placement == "offload" else info.device
     loaded: dict[str, torch.nn.Module] = {}
@@ -265,14 +331,43 @@ def _load_scorer(
         loaded[name] = models.load_causal_lm(path, config.dtype, load_device, attn)
     return Scorer(
         loaded,
-        placement=config.placement,
+        placement="local" if config.placement == "server" else config.placement,
         device=info.device,
         token_budget=config.token_budget,
         chunk_size=config.chunk_size,
         temperature=config.temperature,
         teacher_owner=owner or None,
         packing=config.packing,
+        servers=servers,
     )
+
+
+def _compare_local(
+    config: ScoreConfig,
+    servers: dict[str, served.ServedTeacher],
+    rows: list[_Row],
+    logprobs: dict[str, list[torch.Tensor]],
+    info: distributed.DistInfo,
+) -> dict[str, tuple[float, float, int]]:
+    """``{teacher: (max |d|, Σ |d|, tokens)}``, d = served − local log-prob, over this rank's
+    rows; each served teacher is loaded from the model path its server reports, one at a time."""
+    if not config.compare_local:
+        return {}
+    out: dict[str, tuple[float, float, int]] = {}
+    for name, teacher in servers.items():
+        model = models.load_causal_lm(teacher.model_root, config.dtype, info.device)
+        scorer = Scorer(
+            {name: model},
+            device=info.device,
+            token_budget=config.token_budget,
+            chunk_size=config.chunk_size,
+            packing=config.packing,
+        )
+        local = scorer.score([r.prompt_ids for r in rows], [r.response_ids for r in rows])
+        diff = torch.cat([(a - b).abs() for a, b in zip(logprobs[name], local.logprobs[name])])
+        out[name] = (float(diff.max()) if len(diff) else 0.0, float(diff.sum()), len(diff))
+        del model, scorer
+    return out
 
 
 def _write(
@@ -293,6 +388,8 @@ def _write(
         anti_expert=None,
         lambdas=None,
         teachers=[f"{s.name}={s.path}:{s.lam!r}" for s in specs],
+        served_teachers=[],
+        compare_local=False,
         device=str(info.device) if config.placement != "shard" else config.device,
     )
     cfg = write_resolved(resolved, f"{config.output}.config.yaml")
@@ -357,5 +454,17 @@ def _summarise(config, parts, seconds, specs, active, named_paths, info) -> Scor
             s.name: sum(p["ratio_sums"][s.name] for p in parts) / max(tokens, 1) for s in active
         },
         teachers=list(specs),
-        model_names=list(named_paths),
+        model_names=list(named_paths) + [s.name for s in active if s.served],
+        compare=_merge_compare(parts),
     )
+
+
+def _merge_compare(parts: list[Any]) -> dict[str, tuple[float, float]]:
+    """Every rank's ``(max, sum, count)`` → ``{teacher: (max |d|, mean |d|)}``."""
+    names = parts[0]["compare"].keys() if parts else []
+    out = {}
+    for name in names:
+        mx = max(p["compare"][name][0] for p in parts)
+        n = sum(p["compare"][name][2] for p in parts)
+        out[name] = (mx, sum(p["compare"][name][1] for p in parts) / max(n, 1))
+    return out
