@@ -2,4 +2,13 @@
 
 from __future__ import annotations
 
-from tcopd.cli import analyze, demo, eval_cmd, prepare, score, sweep, train  # noqa: F401
+from tcopd.cli import (  # noqa: F401
+    analyze,
+    demo,
+    eval_cmd,
+    prepare,
+    score,
+    serve_teacher,
+    sweep,
+    train,
+)

@@ -17,7 +17,7 @@ from tcopd.errors import TcopdError
 
 app = typer.Typer(
     name="tcopd",
-    help="Teacher-Contrastive On-Policy Distillation: prepare data, score, train, eval, analyze, demo.",
+    help="Teacher-Contrastive On-Policy Distillation: prepare data, score, train, eval, analyze, demo, serve teachers.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

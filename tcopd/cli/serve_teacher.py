@@ -1,0 +1,85 @@
+"""``tcopd serve-teacher``: a vLLM server fit to score a teacher (docs/serving.md).
+
+Optional: any ``vllm serve`` started with the same flags works. This one adds what scoring
+needs (:func:`tcopd.runtime.served.server_command`), checks the Python and the port first,
+prints the URL to pass as ``--teacher NAME=URL:LAMBDA`` once the server answers, and stops the
+server on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+from tcopd.cli.main import app
+from tcopd.cli.options import console
+from tcopd.runtime import served
+
+
+@app.command(
+    "serve-teacher",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="Flags after MODEL that tcopd does not know go to vLLM unchanged "
+    "(e.g. --tensor-parallel-size 2 --gpu-memory-utilization 0.9).",
+)
+def serve_teacher(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Teacher model: local HF directory or Hub id.")],
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8001,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface to bind (0.0.0.0: reachable from other nodes).")
+    ] = "0.0.0.0",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Weights dtype for vLLM: auto, float32, bfloat16, ...")
+    ] = "auto",
+    max_model_len: Annotated[
+        int | None,
+        typer.Option(
+            "--max-model-len",
+            help="Longest prompt + response + 1 (default: the model's).",
+            show_default=False,
+        ),
+    ] = None,
+    python: Annotated[
+        str | None,
+        typer.Option(
+            "--python",
+            help="Interpreter with vLLM installed (default: this one).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Serve a teacher with vLLM's OpenAI-compatible server; prints the URL to pass to tcopd.
+
+    [b]Example[/b]: [cyan]tcopd serve-teacher /models/code --port 8001 --dtype bfloat16[/cyan], then
+    [cyan]tcopd train ... --teacher code=http://HOST:8001:-0.5[/cyan]
+    """
+    python = python or sys.executable
+    served.check_server_python(python)
+    served.check_port_free(host, port)
+    cmd = served.server_command(model, port, host, dtype, max_model_len, python, ctx.args)
+    url = served.public_url(host, port)
+    console.print(f"starting: {' '.join(cmd)}", highlight=False, soft_wrap=True)
+    process = subprocess.Popen(cmd)
+    try:
+        local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+        seconds = served.wait_until_ready(local, process)
+        console.print(
+            f"[bold green]ready[/bold green] after {seconds:.0f} s: {url}  "
+            f"(pass --teacher NAME={url}:LAMBDA; Ctrl-C stops the server)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    if process.returncode not in (0, -15, None):
+        raise typer.Exit(process.returncode)
