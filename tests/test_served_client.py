@@ -1,0 +1,375 @@
+"""The served-teacher client (runtime/served.py) against a fake vLLM server, no vLLM needed.
+
+The fake server (standard library ``http.server`` in a thread) answers the four endpoints the
+client uses, like vLLM 0.32's OpenAI server does (``/v1/models``, ``/tokenize``, ``/detokenize``,
+``/v1/completions`` with ``prompt_logprobs``), computing log-probs with a tiny HF model in
+float64, and can be told to fail. The real server is tested in test_served_teacher.py.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from helpers_tiny import make_tiny_qwen3, make_tokenizer, vocab_list
+
+from tcopd.cli.main import main
+from tcopd.errors import ConfigError, ModelError
+from tcopd.runtime import models as rm
+from tcopd.runtime import served
+from tcopd.runtime.scorer import Scorer
+
+
+class FakeVLLM:
+    """A stand-in for ``vllm serve MODEL``; see the module docstring.
+
+    ``fail``: how many scoring requests answer ``fail_status`` first (-1: all of them).
+    ``delay_s``: each scoring request's service time (to observe concurrency).
+    """
+
+    def __init__(self, model_dir, tokenizer_dir=None, max_model_len=256):
+        self.model = rm.load_causal_lm(str(model_dir)).double().eval()
+        self.tok = rm.load_tokenizer(str(tokenizer_dir or model_dir))
+        self.root, self.max_model_len = str(model_dir), max_model_len
+        self.fail, self.fail_status, self.delay_s = 0, 503, 0.0
+        self.requests = 0
+        self.inflight = self.peak_inflight = 0
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def logprobs(self, ids):
+        with self.lock, torch.no_grad():
+            lsm = torch.log_softmax(self.model(torch.tensor([ids])).logits[0, :-1], -1)
+        return [None] + [
+            {str(t): {"logprob": lsm[j, t].item(), "rank": 1, "decoded_token": "?"}}
+            for j, t in enumerate(ids[1:])
+        ]
+
+    def answer(self, path, body):
+        if path == "/v1/models":
+            return 200, {
+                "data": [{"id": "fake", "root": self.root, "max_model_len": self.max_model_len}]
+            }
+        if path == "/tokenize":
+            ids = self.tok(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))
+            return 200, {"tokens": ids["input_ids"], "max_model_len": self.max_model_len}
+        if path == "/detokenize":
+            return 200, {"prompt": self.tok.decode(body["tokens"])}
+        if path == "/v1/completions":
+            return self.complete(body)
+        return 404, {"error": {"message": f"no route {path}"}}
+
+    def complete(self, body):
+        with self.lock:
+            self.requests += 1
+            failing = self.fail != 0
+            self.fail -= 1 if self.fail > 0 else 0
+            self.inflight += len(body["prompt"])
+            self.peak_inflight = max(self.peak_inflight, self.inflight)
+        try:
+            time.sleep(self.delay_s)
+            if failing:
+                return self.fail_status, {"error": {"message": "engine core died (fake)"}}
+            if body.get("model") != "fake" or body.get("prompt_logprobs") != 0:
+                return 400, {"error": {"message": f"bad request {body}"}}
+            plp = self.logprobs(body["prompt"])
+            return 200, {"choices": [{"index": 0, "text": "x", "prompt_logprobs": plp}]}
+        finally:
+            with self.lock:
+                self.inflight -= len(body["prompt"])
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, code, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(*fake.answer(self.path, {}))
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", 0))
+                self._send(*fake.answer(self.path, json.loads(self.rfile.read(n) or b"{}")))
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("served")
+    tok = make_tokenizer(d)
+    w = {
+        "dir": d,
+        "tok_dir": tok,
+        "student": make_tiny_qwen3(d, tok, seed=1),
+        "teacher": make_tiny_qwen3(d, tok, seed=2),
+        "tok": rm.load_tokenizer(str(tok)),
+    }
+    g = torch.Generator().manual_seed(0)
+    w["prompts"] = [torch.randint(4, 100, (2 + i % 5,), generator=g).tolist() for i in range(12)]
+    w["responses"] = [torch.randint(4, 100, (1 + 2 * i,), generator=g).tolist() for i in range(12)]
+    fake = FakeVLLM(w["teacher"])
+    w["fake"] = fake
+    yield w
+    fake.stop()
+
+
+@pytest.fixture
+def fake(world):
+    f = world["fake"]
+    f.fail, f.fail_status, f.delay_s, f.requests, f.peak_inflight = 0, 503, 0.0, 0, 0
+    return f
+
+
+def ref64(model_dir, p, r):
+    m = rm.load_causal_lm(str(model_dir)).double()
+    with torch.no_grad():
+        lsm = torch.log_softmax(m(torch.tensor([p + r])).logits[0, len(p) - 1 : -1], -1)
+    return lsm.gather(-1, torch.tensor(r)[:, None])[:, 0]
+
+
+def teacher(url, **settings):
+    kw = dict(retries=2, backoff_s=0.01, timeout_s=10.0) | settings
+    return served.ServedTeacher(
+        "code", [url] if isinstance(url, str) else url, served.ServerSettings(**kw)
+    )
+
+
+def connected(world, url, **settings):
+    t = teacher(url, **settings)
+    served.connect({"code": t}, world["tok"], 64)
+    return t
+
+
+def test_served_logprobs_match_float64_reference(world, fake):
+    t = connected(world, fake.url)
+    fake.requests = 0  # the start-time probe was one
+    out = served.score_all({"code": t}, world["prompts"], world["responses"])["code"]
+    for p, r, lp in zip(world["prompts"], world["responses"], out, strict=True):
+        assert lp.dtype == torch.float32 and lp.shape == (len(r),)
+        torch.testing.assert_close(lp.double(), ref64(world["teacher"], p, r), atol=1e-5, rtol=0)
+    assert fake.requests == len(world["prompts"])  # one request per sequence
+
+
+def test_scorer_mixes_local_and_served_in_one_structure(world, fake):
+    local = rm.load_causal_lm(str(world["student"]))
+    mixed = Scorer({"student": local}, servers={"code": connected(world, fake.url)})
+    assert mixed.names == ["student", "code"]
+    res = mixed.score(world["prompts"], world["responses"])
+    both_local = Scorer({"student": local, "code": rm.load_causal_lm(str(world["teacher"]))})
+    want = both_local.score(world["prompts"], world["responses"])
+    assert list(res.logprobs) == list(want.logprobs)
+    for name in want.logprobs:
+        for a, b in zip(res.logprobs[name], want.logprobs[name], strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert res.stats["model_tokens"] == want.stats["model_tokens"]
+
+
+def test_inflight_token_bound_and_two_servers_share_the_work(world, fake):
+    other = FakeVLLM(world["teacher"])
+    try:
+        fake.delay_s = other.delay_s = 0.05
+        t = connected(world, [fake.url, other.url], max_inflight_tokens=30)
+        fake.requests = other.requests = 0
+        served.score_all({"code": t}, world["prompts"], world["responses"])
+        assert fake.requests + other.requests == len(world["prompts"])
+        assert fake.requests >= 3 and other.requests >= 3  # least loaded: both get work
+        longest = max(len(p) + len(r) for p, r in zip(world["prompts"], world["responses"]))
+        for f in (fake, other):  # a sequence over the bound goes alone, else the bound holds
+            assert f.peak_inflight <= max(30, longest)
+    finally:
+        other.stop()
+
+
+def test_transient_5xx_is_retried_with_backoff(world, fake):
+    t = connected(world, fake.url, retries=3, backoff_s=0.05)
+    fake.fail, fake.requests = 2, 0
+    t0 = time.perf_counter()
+    out = served.score_all({"code": t}, world["prompts"][:1], world["responses"][:1])["code"]
+    assert time.perf_counter() - t0 >= 0.05 + 0.1  # waits 0.05 s, then 0.1 s
+    assert fake.requests == 3
+    p, r = world["prompts"][0], world["responses"][0]
+    torch.testing.assert_close(out[0].double(), ref64(world["teacher"], p, r), atol=1e-5, rtol=0)
+
+
+def test_retries_exhausted_give_one_line_naming_teacher_url_and_message(world, fake):
+    t = connected(world, fake.url, retries=2)
+    fake.fail, fake.requests = -1, 0
+    with pytest.raises(ModelError) as e:
+        served.score_all({"code": t}, world["prompts"][:1], world["responses"][:1])
+    msg = str(e.value)
+    assert "\n" not in msg and "'code'" in msg and fake.url in msg
+    assert "3 tries" in msg and "HTTP 503" in msg and "engine core died (fake)" in msg
+    assert fake.requests == 3
+
+
+def test_client_error_is_not_retried(world, fake):
+    t = connected(world, fake.url)
+    fake.fail, fake.fail_status, fake.requests = -1, 400, 0
+    with pytest.raises(ModelError, match=r"refused a scoring request \(HTTP 400\).*fake"):
+        served.score_all({"code": t}, world["prompts"][:1], world["responses"][:1])
+    assert fake.requests == 1
+
+
+def test_server_gone_mid_run_is_retried_then_named(world):
+    gone = FakeVLLM(world["teacher"])
+    t = connected(world, gone.url, retries=1)
+    gone.stop()
+    with pytest.raises(ModelError) as e:
+        served.score_all({"code": t}, world["prompts"][:2], world["responses"][:2])
+    assert "no answer after 2 tries" in str(e.value) and gone.url in str(e.value)
+    assert "Connect" in str(e.value)
+
+
+def test_retry_moves_to_the_other_server(world, fake):
+    dead = FakeVLLM(world["teacher"])
+    t = connected(world, [dead.url, fake.url], retries=1)
+    dead.stop()
+    out = served.score_all({"code": t}, world["prompts"][:4], world["responses"][:4])["code"]
+    assert len(out) == 4 and fake.requests >= 4
+
+
+def test_unreachable_url_at_start(world):
+    closed = FakeVLLM(world["teacher"])
+    closed.stop()
+    with pytest.raises(
+        ModelError, match=r"'code': cannot reach http://127\.0\.0\.1:\d+ .*serve-teacher"
+    ):
+        connected(world, closed.url)
+
+
+@pytest.mark.parametrize("kind", ["bigger vocabulary", "different ids"])
+def test_tokenizer_mismatch_at_start(world, kind):
+    d = world["dir"] / kind.replace(" ", "_")
+    if kind == "bigger vocabulary":
+        tok = make_tokenizer(d, vocab_size=120)
+    else:  # the same words, numbered differently
+        tok = make_tokenizer(d, vocab_size=100)
+        spec = json.loads((tok / "tokenizer.json").read_text())
+        words = vocab_list(100)
+        order = words[:4] + list(reversed(words[4:]))
+        spec["model"]["vocab"] = {w: i for i, w in enumerate(order)}
+        (tok / "tokenizer.json").write_text(json.dumps(spec))
+    other = FakeVLLM(world["teacher"], tokenizer_dir=tok)
+    try:
+        with pytest.raises(ModelError, match="'code' at .*tokenizer differs from the student's"):
+            connected(world, other.url)
+    finally:
+        other.stop()
+
+
+def test_context_too_short_at_start(world):
+    short = FakeVLLM(world["teacher"], max_model_len=32)
+    try:
+        with pytest.raises(ConfigError, match=r"max_model_len 32 < 65 .*--max-model-len"):
+            connected(world, short.url)
+    finally:
+        short.stop()
+
+
+def test_response_parsing_rejects_a_non_vllm_answer():
+    with pytest.raises(ModelError, match="no prompt_logprobs"):
+        served.response_logprobs({"choices": [{"text": "x"}]}, [1, 2, 3], 2, "t")
+    plp = [None, {"2": {"logprob": -1.5}}, {"3": {"logprob": -9999.0}}]
+    values = served.response_logprobs({"choices": [{"prompt_logprobs": plp}]}, [1, 2, 3], 2, "t")
+    assert values[0] == -1.5 and values[1] == float("-inf")  # vLLM's stand-in for -inf
+
+
+def test_server_command_has_the_scoring_flags_and_user_flags_win():
+    cmd = served.server_command("/m/code", 8001, dtype="bfloat16", max_model_len=4096,
+                                python="/venv/bin/python", extra=["--max-logprobs", "5"])  # fmt: skip
+    assert cmd[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    line = " ".join(cmd)
+    for flag in ("--model /m/code", "--port 8001", "--dtype bfloat16", "--max-model-len 4096",
+                 "--max-logprobs 1", "--no-enable-log-requests"):  # fmt: skip
+        assert flag in line
+    assert cmd[-2:] == ["--max-logprobs", "5"]
+
+
+def test_serve_teacher_refuses_a_python_without_vllm(capsys, tmp_path):
+    fake_python = tmp_path / "python"
+    fake_python.write_text("#!/bin/sh\nexit 1\n")
+    fake_python.chmod(0o755)
+    with pytest.raises(SystemExit) as e:
+        main(["serve-teacher", "/m/code", "--python", str(fake_python)])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "vLLM is not installed" in err and len(err.strip().splitlines()) == 1
+
+
+# -------------------------------------------------------------------------- tcopd score, served
+def run_cli(args):
+    try:
+        main(args)
+    except SystemExit as e:
+        return e.code or 0
+    return 0
+
+
+def test_score_cli_mixes_local_and_served_and_compares(world, fake, tmp_path, capsys):
+    rows = [
+        {"id": i, "prompt_ids": p, "response_ids": r}
+        for i, (p, r) in enumerate(zip(world["prompts"], world["responses"]))
+    ]
+    src = tmp_path / "rollouts.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "scores.jsonl"
+    code = run_cli([
+        "score", "--student", str(world["student"]), "--expert", str(world["student"]),
+        "--teacher", f"code={fake.url}:-0.5", "--lambdas", "1.5",
+        "--input", str(src), "--output", str(out), "--compare-local",
+    ])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "code served vs local: max |Δ|" in captured.out
+    for row, got in zip(rows, map(json.loads, out.read_text().splitlines()), strict=True):
+        want = ref64(world["teacher"], row["prompt_ids"], row["response_ids"])
+        torch.testing.assert_close(
+            torch.tensor(got["logprobs"]["code"], dtype=torch.float64), want, atol=1e-5, rtol=0
+        )
+    cfg = (tmp_path / "scores.jsonl.config.yaml").read_text()
+    assert f"code={fake.url}:-0.5" in cfg  # reusable with --config
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--temperature", "0.7"], "gives log-probs at temperature 1, not 0.7"),
+        (["--placement", "server", "--expert", "/m/e", "--lambdas", "1"], "'expert' is a path"),
+        (["--teacher", "x=http://h:1:2:3"], "is not a number"),
+        (["--teacher", "x=http://h:1;2"], "unexpected"),
+    ],
+)
+def test_score_cli_served_refusals_are_one_line(world, tmp_path, capsys, extra, needle):
+    args = [
+        "score",
+        "--student",
+        str(world["student"]),
+        "--teacher",
+        "code=http://127.0.0.1:9:-0.5",
+    ]
+    args += ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"), *extra]
+    assert run_cli(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
