@@ -36,7 +36,7 @@ class FakeVLLM:
         self.tok = rm.load_tokenizer(str(tokenizer_dir or model_dir))
         self.root, self.max_model_len = str(model_dir), max_model_len
         self.fail, self.fail_status, self.delay_s = 0, 503, 0.0
-        self.requests = 0
+        self.requests = self.sequences = 0
         self.inflight = self.peak_inflight = 0
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -71,11 +71,14 @@ class FakeVLLM:
         return 404, {"error": {"message": f"no route {path}"}}
 
     def complete(self, body):
+        prompts = body["prompt"] if isinstance(body["prompt"][0], list) else [body["prompt"]]
+        tokens = sum(len(p) for p in prompts)
         with self.lock:
             self.requests += 1
+            self.sequences += len(prompts)
             failing = self.fail != 0
             self.fail -= 1 if self.fail > 0 else 0
-            self.inflight += len(body["prompt"])
+            self.inflight += tokens
             self.peak_inflight = max(self.peak_inflight, self.inflight)
         try:
             time.sleep(self.delay_s)
@@ -83,11 +86,14 @@ class FakeVLLM:
                 return self.fail_status, {"error": {"message": "engine core died (fake)"}}
             if body.get("model") != "fake" or body.get("prompt_logprobs") != 0:
                 return 400, {"error": {"message": f"bad request {body}"}}
-            plp = self.logprobs(body["prompt"])
-            return 200, {"choices": [{"index": 0, "text": "x", "prompt_logprobs": plp}]}
+            choices = [
+                {"index": k, "text": "x", "prompt_logprobs": self.logprobs(p)}
+                for k, p in enumerate(prompts)
+            ]
+            return 200, {"choices": choices[::-1]}  # the client must go by "index"
         finally:
             with self.lock:
-                self.inflight -= len(body["prompt"])
+                self.inflight -= tokens
 
     def _handler(self):
         fake = self
@@ -137,7 +143,8 @@ def world(tmp_path_factory):
 @pytest.fixture
 def fake(world):
     f = world["fake"]
-    f.fail, f.fail_status, f.delay_s, f.requests, f.peak_inflight = 0, 503, 0.0, 0, 0
+    f.fail, f.fail_status, f.delay_s, f.requests, f.sequences = 0, 503, 0.0, 0, 0
+    f.peak_inflight = 0
     return f
 
 
@@ -162,13 +169,22 @@ def connected(world, url, **settings):
 
 
 def test_served_logprobs_match_float64_reference(world, fake):
-    t = connected(world, fake.url)
-    fake.requests = 0  # the start-time probe was one
+    t = connected(world, fake.url, max_inflight_tokens=50)
+    fake.requests = fake.sequences = 0  # the start-time probe was one
     out = served.score_all({"code": t}, world["prompts"], world["responses"])["code"]
     for p, r, lp in zip(world["prompts"], world["responses"], out, strict=True):
         assert lp.dtype == torch.float32 and lp.shape == (len(r),)
         torch.testing.assert_close(lp.double(), ref64(world["teacher"], p, r), atol=1e-5, rtol=0)
-    assert fake.requests == len(world["prompts"])  # one request per sequence
+    lengths = [len(p) + len(r) for p, r in zip(world["prompts"], world["responses"])]
+    assert fake.sequences == len(lengths)  # each sequence once,
+    assert 1 < fake.requests == len(served.pack_requests(lengths, 50)) < len(lengths)  # packed
+
+
+def test_requests_are_packed_longest_first_under_the_token_cap():
+    groups = served.pack_requests([5, 30, 10, 20, 40, 1], max_tokens=40)
+    assert groups == [[4], [1], [3, 2, 0, 5]]  # 40 | 30 (+20 > 40) | 20+10+5+1
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert served.pack_requests([50, 3], max_tokens=40) == [[0], [1]]  # too long: alone
 
 
 def test_scorer_mixes_local_and_served_in_one_structure(world, fake):
@@ -192,9 +208,10 @@ def test_inflight_token_bound_and_two_servers_share_the_work(world, fake):
         fake.delay_s = other.delay_s = 0.05
         t = connected(world, [fake.url, other.url], max_inflight_tokens=30)
         fake.requests = other.requests = 0
+        fake.peak_inflight = other.peak_inflight = 0
         served.score_all({"code": t}, world["prompts"], world["responses"])
-        assert fake.requests + other.requests == len(world["prompts"])
-        assert fake.requests >= 3 and other.requests >= 3  # least loaded: both get work
+        assert fake.sequences + other.sequences == len(world["prompts"]) + 2  # + 2 probes
+        assert fake.requests >= 2 and other.requests >= 2  # least loaded: both get work
         longest = max(len(p) + len(r) for p, r in zip(world["prompts"], world["responses"]))
         for f in (fake, other):  # a sequence over the bound goes alone, else the bound holds
             assert f.peak_inflight <= max(30, longest)
@@ -247,7 +264,7 @@ def test_retry_moves_to_the_other_server(world, fake):
     t = connected(world, [dead.url, fake.url], retries=1)
     dead.stop()
     out = served.score_all({"code": t}, world["prompts"][:4], world["responses"][:4])["code"]
-    assert len(out) == 4 and fake.requests >= 4
+    assert len(out) == 4 and fake.sequences >= 4  # all scored by the live one
 
 
 def test_unreachable_url_at_start(world):
