@@ -37,12 +37,15 @@ def write_prepared(path: Path, n: int = 8, domains: tuple[str, ...] = ("math",))
     return path
 
 
-def make_world(root: Path, n_prompts: int = 8, domains: tuple[str, ...] = ("math",)) -> TinyWorld:
+def make_world(
+    root: Path, n_prompts: int = 8, domains: tuple[str, ...] = ("math",), **model_cfg
+) -> TinyWorld:
+    """Student and teachers are tiny random Qwen3 models (``model_cfg`` overrides their config)."""
     tok = make_tokenizer(root)
     return TinyWorld(
-        student=make_tiny_qwen3(root / "student", tok, seed=0),
-        expert=make_tiny_qwen3(root / "expert", tok, seed=1),
-        anti_expert=make_tiny_qwen3(root / "anti", tok, seed=2),
+        student=make_tiny_qwen3(root / "student", tok, seed=0, **model_cfg),
+        expert=make_tiny_qwen3(root / "expert", tok, seed=1, **model_cfg),
+        anti_expert=make_tiny_qwen3(root / "anti", tok, seed=2, **model_cfg),
         data=write_prepared(root / "data.jsonl", n_prompts, domains),
         tokenizer=tok,
     )

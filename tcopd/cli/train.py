@@ -22,6 +22,7 @@ from tcopd.errors import ConfigError
 from tcopd.pipelines import train as pipeline
 from tcopd.pipelines.train import TrainConfig
 from tcopd.progress import Event
+from tcopd.runtime.distributed import env_world
 
 _YAML_ONLY = ", ".join(yaml_only(TrainConfig))
 
@@ -65,6 +66,8 @@ def train_cmd(
         cfg = pipeline.load_train_config(str(config) if config else None, flags)
     with _Display(cfg.steps) as display:
         result = pipeline.run(cfg, resume=resume is not None, overwrite=overwrite, progress=display)
+    if env_world()[0] != 0:
+        return  # the summary once, from rank 0
     m = result.last_metrics
     table = Table(title=f"tcopd train — {result.run_dir}")
     table.add_column("metric")

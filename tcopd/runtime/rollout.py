@@ -255,6 +255,8 @@ class RolloutEngine(Protocol):
 
     def sleep(self) -> None: ...
 
+    def close(self) -> None: ...
+
 
 # -------------------------------------------------------------------------------- the HF engine
 
@@ -331,6 +333,9 @@ class HFEngine:
 
     def sleep(self) -> None:
         """Nothing to do (see :meth:`wake`)."""
+
+    def close(self) -> None:
+        """Nothing to do: the model belongs to the caller."""
 
     # -- sampling ------------------------------------------------------------------------------
 
@@ -478,6 +483,8 @@ def make_engine(kind: str, model: Any, tokenizer: Any = None, **kwargs: Any) -> 
             "max_model_len",
             "enable_sleep_mode",
             "enforce_eager",
+            "seed",
+            "log_path",
         }
         return VLLMEngine(model, tokenizer, **{k: v for k, v in kwargs.items() if k in allowed})
     raise ConfigError(f"unknown rollout engine {kind!r}; use 'hf' or 'vllm'")

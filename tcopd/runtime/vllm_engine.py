@@ -30,9 +30,12 @@ Choices:
 from __future__ import annotations
 
 import os
+import re
+import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,7 @@ class VLLMEngine:
         enable_sleep_mode: bool | None = None,
         enforce_eager: bool = False,
         seed: int = 0,
+        log_path: str | Path | None = None,
     ):
         if not isinstance(model, (str, Path)):
             raise ModelError(
@@ -107,6 +111,7 @@ class VLLMEngine:
         self.sleep_enabled = bool(enable_sleep_mode)
         self.asleep = False
         self.last_update_s: float | None = None
+        self.freed_bytes = 0  # device memory the last sleep() freed
         kwargs: dict[str, Any] = dict(
             model=str(model),
             tokenizer=str(tokenizer or model),
@@ -120,8 +125,17 @@ class VLLMEngine:
             enforce_eager=enforce_eager,
         )
         if max_model_len is not None:
-            kwargs["max_model_len"] = max_model_len
-        self.llm = vllm.LLM(**kwargs)
+            # never above what the model's positions allow (vLLM refuses a longer context)
+            limit = getattr(hf_config, "max_position_embeddings", None)
+            kwargs["max_model_len"] = min(max_model_len, limit) if limit else max_model_len
+        self.log_path = Path(log_path) if log_path else None
+        try:
+            with _output_to(self.log_path):
+                self.llm = vllm.LLM(**kwargs)
+        except Exception as e:  # vLLM's own reason, in one line (memory, unsupported model, ...)
+            raise ModelError(
+                f"the vLLM engine for {model} failed to start: {engine_error(e, self.log_path)}"
+            )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_context = int(self.llm.llm_engine.model_config.max_model_len)
 
@@ -153,7 +167,10 @@ class VLLMEngine:
             raise TcopdError("the vLLM engine is asleep: call wake() before generate()")
         prompts = [{"prompt_token_ids": list(map(int, p))} for p in prompt_ids]
         params = [self._params(sampling, i) for i in range(len(prompts))]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        try:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        except Exception as e:
+            raise ModelError(f"the vLLM engine stopped: {engine_error(e, self.log_path)}")
         out: list[Completion] = []
         for p, req in enumerate(outputs):
             for s, o in enumerate(sorted(req.outputs, key=lambda o: o.index)):
@@ -173,21 +190,33 @@ class VLLMEngine:
     def update_weights(self, weights: Mapping[str, torch.Tensor] | str | Path) -> float:
         """Load new policy weights in place: a state dict (HF names) or an HF checkpoint dir.
 
-        Returns the seconds the update took (also kept in ``last_update_s``).
+        A directory written by :meth:`write_weights` goes to a multi-process engine as it is
+        (no copy); any other directory is read first. Returns the seconds the update took (also
+        kept in ``last_update_s``).
         """
         t0 = time.perf_counter()
-        if isinstance(weights, (str, Path)):
-            weights = load_checkpoint_dir(weights)
-        weights = self._with_tied_head(weights)
-        if in_process():
-            items = [(k, v.detach()) for k, v in weights.items()]
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
+        if isinstance(weights, (str, Path)) and not in_process() and _written_here(weights):
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(weights)})
         else:
-            with tempfile.TemporaryDirectory(prefix="tcopd-weights-") as tmp:
-                save_state_dict(weights, tmp)
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
+            if isinstance(weights, (str, Path)):
+                weights = load_checkpoint_dir(weights)
+            weights = self._with_tied_head(weights)
+            if in_process():
+                items = [(k, v.detach()) for k, v in weights.items()]
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
+            else:
+                with tempfile.TemporaryDirectory(
+                    prefix="tcopd-weights-", dir=shared_memory()
+                ) as tmp:
+                    save_state_dict(weights, tmp)
+                    self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
         self.last_update_s = time.perf_counter() - t0
         return self.last_update_s
+
+    def write_weights(self, weights: Mapping[str, torch.Tensor], directory: str | Path) -> None:
+        """Write ``weights`` where several engines can load them (:meth:`update_weights`)."""
+        save_state_dict(self._with_tied_head(weights), directory)
+        (Path(directory) / _MARK).touch()
 
     def _with_tied_head(self, weights: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
         """Add ``lm_head.weight`` for a tied model when only the embedding is given.
@@ -205,17 +234,91 @@ class VLLMEngine:
     def sleep(self, level: int = 1) -> None:
         """Free accelerator memory (level 1: offload weights, drop KV cache; level 2: drop both).
 
-        A no-op when the engine was created without sleep mode (the CPU build has none).
+        A no-op when the engine was created without sleep mode (the CPU build has none). The
+        device memory it freed is kept in ``freed_bytes``.
         """
         if not self.sleep_enabled:
             return
+        before = _free_device_bytes()
         self.llm.sleep(level=level)
+        self.freed_bytes = _free_device_bytes() - before
         self.asleep = True
 
     def wake(self) -> None:
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
+
+    def close(self) -> None:
+        """Stop the engine (its processes too) now rather than at interpreter exit."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+
+
+_MARK = ".tcopd-engine-weights"  # a directory write_weights wrote (complete, lm_head included)
+
+
+def _written_here(directory: str | Path) -> bool:
+    return (Path(directory) / _MARK).is_file()
+
+
+def shared_memory() -> str | None:
+    """Node-local memory for weight files when the machine has it (/dev/shm), else the default."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _free_device_bytes() -> int:
+    return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:\S*\s)?(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+_WRAPPERS = ("EngineDeadError", "EngineGenerateError")
+
+
+def engine_error(e: BaseException, log_path: Path | None = None) -> str:
+    """One line saying why the engine failed: the root exception in its log (the engine's own
+    processes write there), else pydantic's "Value error, ..." line, else the last line."""
+    if log_path is not None and log_path.is_file():
+        text = log_path.read_text(errors="replace").splitlines()[-400:]
+        found = [m for m in map(_EXCEPTION_LINE.match, text) if m and m[1] not in _WRAPPERS]
+        found = [m for m in found if "See root cause above" not in m[2]]
+        if found:
+            line = f"{found[-1][1]}: {found[-1][2].strip()} (log: {log_path})"
+            return line if len(line) <= 500 else line[:497] + "..."
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    value = [ln for ln in lines if ln.startswith("Value error")]
+    line = value[0] if value else (lines or [type(e).__name__])[-1]
+    line = line.removeprefix("Value error, ")
+    return line if len(line) <= 400 else line[:397] + "..."
+
+
+@contextmanager
+def _output_to(log_path: Path | None) -> Iterator[None]:
+    """Send stdout and stderr (file descriptors 1 and 2) to ``log_path`` while the engine starts.
+
+    Its processes, started meanwhile, keep writing there for their whole life: the engine's
+    log (and the root cause when it fails) ends up in one file instead of the terminal.
+    """
+    if log_path is None:
+        yield
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log_path, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, old in zip((1, 2), saved):
+            os.dup2(old, fd)
+            os.close(old)
 
 
 def load_checkpoint_dir(directory: str | Path) -> dict[str, torch.Tensor]:

@@ -103,7 +103,8 @@ class TrainConfig:
     vllm_gpu_memory_utilization: float = field(0.5, help="vLLM's share of GPU memory.")
     vllm_tensor_parallel_size: int = field(1, help="vLLM tensor-parallel size.")
     vllm_sleep: bool = field(
-        False, help="Put vLLM to sleep during scoring/updates (frees its memory)."
+        True,
+        help="Put vLLM to sleep during scoring and the update (frees its KV cache; CUDA only).",
     )
     zero_stage: int = field(2, help="DeepSpeed ZeRO stage (0-3).")
     offload_optimizer: bool = field(False, help="ZeRO optimizer state offload to CPU.")

@@ -15,6 +15,7 @@ Choices:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import shutil
 import time
@@ -37,6 +38,7 @@ from tcopd.runtime import checkpoint as ckpt
 from tcopd.runtime import distributed
 from tcopd.runtime.io import JsonlAppender, read_jsonl_tolerant, write_jsonl
 from tcopd.runtime.toy import ensure_toy
+from tcopd.runtime.vllm_engine import INSTALL_HINT
 
 
 @dataclass
@@ -106,6 +108,8 @@ def check_inputs(cfg: TrainConfig) -> None:
             "no training data: pass --data FILE (prepared with `tcopd prepare`), or --toy"
         )
     teachers_of(cfg)
+    if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"--engine vllm: {INSTALL_HINT}")
 
 
 def run(
@@ -141,6 +145,7 @@ def run(
     finally:
         if tr.grader is not None:
             tr.grader.close()
+        tr.rollout.close()  # a vLLM engine's processes stop here, before the group goes
     final = ckpt.latest_checkpoint(run_dir)
     digest = weights_digest(tr.engine.full_state_dict())
     if dist.distributed:

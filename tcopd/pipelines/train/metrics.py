@@ -63,6 +63,8 @@ def step_row(
         {
             "len": float(max(len(r) for r in batch.responses)),
             "is": float(is_BT.max()) if is_BT is not None else 0.0,
+            "neg_is": float(-is_BT[m.bool()].min()) if is_BT is not None else 0.0,
+            "freed": float(getattr(tr.rollout, "freed_bytes", 0)),
         }
     )
     return {
@@ -78,6 +80,9 @@ def step_row(
         "grad_norm": update["grad_norm"],
         "is_weight_mean": s["is_weight"] / ntok if is_BT is not None else None,
         "is_weight_max": peak["is"] if is_BT is not None else None,
+        "is_weight_min": -peak["neg_is"] if is_BT is not None else None,
+        # device memory vLLM's sleep freed for scoring and the update (sleep mode on only)
+        "rollout_sleep_freed_gb": peak["freed"] / 1e9 if _sleeps(tr) else None,
         "response_len_mean": ntok / nseq,
         "response_len_max": peak["len"],
         "truncated_fraction": s["truncated"] / nseq,
@@ -88,6 +93,10 @@ def step_row(
         "tokens_per_s": ntok / times["step"],
         "peak_mem_gb": peak_memory(tr),
     }
+
+
+def _sleeps(tr: Trainer) -> bool:
+    return bool(getattr(tr.rollout, "sleep_enabled", False))
 
 
 def peak_memory(tr: Trainer) -> dict[str, float]:

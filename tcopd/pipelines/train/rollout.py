@@ -8,12 +8,16 @@ generation (vLLM frees its KV cache for the update; no-ops for HF).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 from tcopd.errors import TrainingError
 from tcopd.pipelines.train.data import derived_seed, rank_share, step_prompts
 from tcopd.pipelines.train.setup import Trainer
+from tcopd.runtime import distributed
 from tcopd.runtime.rollout import Completion, SamplingParams
+from tcopd.runtime.vllm_engine import shared_memory
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,30 @@ def rollout(tr: Trainer, step: int) -> Rollouts:
 
 
 def sync(tr: Trainer) -> None:
-    """Give the rollout engine the updated weights, when it samples from a copy of its own."""
-    if tr.rollout.needs_weight_sync:
-        tr.rollout.update_weights(tr.engine.full_state_dict())
+    """Give the rollout engine the updated weights, when it samples from a copy of its own.
+
+    Several vLLM engines on one node (one per rank) load one copy that the node's first rank
+    writes to node-local memory, rather than one copy per rank.
+    """
+    if not tr.rollout.needs_weight_sync:
+        return
+    state = tr.engine.full_state_dict()  # collective under ZeRO-3: every rank calls it
+    if tr.dist.world_size == 1 or not hasattr(tr.rollout, "write_weights"):
+        tr.rollout.update_weights(state)
+        return
+    leader = tr.dist.rank - tr.dist.local_rank  # torchrun numbers a node's ranks contiguously
+    made = (
+        tempfile.mkdtemp(prefix="tcopd-weights-", dir=shared_memory())
+        if tr.dist.local_rank == 0
+        else ""
+    )
+    directory = str(tr.reduce.gather(made)[leader])
+    try:
+        if tr.dist.local_rank == 0:
+            tr.rollout.write_weights(state, directory)
+        distributed.barrier()
+        tr.rollout.update_weights(directory)
+        distributed.barrier()
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)

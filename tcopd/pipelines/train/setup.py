@@ -151,7 +151,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         engine=engine,
         policy=policy,
         scorer=scorer,
-        rollout=rollout_engine(cfg, dist, tokenizer, policy, separate),
+        rollout=rollout_engine(cfg, dist, tokenizer, policy, separate, dtype),
         grader=Grader(cfg.grader_workers, timeout_s=cfg.grade_timeout_s) if grade else None,
         data=data,
         eval_data=eval_data,
