@@ -34,7 +34,7 @@ from gpu_check import part_scorer, part_step, part_tests, part_vllm
 
 REPO = Path(__file__).resolve().parents[2]
 PARTS = {"tests": part_tests, "scorer": part_scorer, "step": part_step, "vllm": part_vllm}
-LIMITS_S = {"tests": 60, "scorer": 150, "step": 240, "vllm": 120}  # ≈ 8 minutes on one H100 in all
+LIMITS_S = {"tests": 60, "scorer": 150, "step": 240, "vllm": 180}  # ≈ 8 minutes on one H100 in all
 NEEDS = {
     "tests": ["torch", "pytest"],
     "scorer": ["torch", "transformers"],

@@ -6,18 +6,26 @@ are written to a temporary directory with the test suite's own builders (tests/h
 of the weights' own scale), pushed with ``update_weights`` (timed), and the prompts rolled out
 again. Passes when the greedy outputs changed and equal transformers' greedy outputs under the
 new weights (float32 on both sides, so greedy choices agree exactly).
+
+Then three steps of ``tcopd train --engine vllm`` (the CLI, in its own process) on the test
+suite's tiny world in float32: the engine beside DeepSpeed, weights pushed after every update,
+sleep mode on CUDA. Passes when the run finishes and the truncated IS weights (π_old over vLLM's
+own sampling log-probs) sit within 1e-2 of 1; the note gives the sync time and the memory sleep
+freed.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROWS = ["rollout", "weight update", "rollout after update"]
+ROWS = ["rollout", "weight update", "rollout after update", "train --engine vllm"]
 TEXTS = ("what is 2 + 3 ?", "the answer is", "x = 4", "please reason step by step")
 
 
@@ -102,4 +110,40 @@ def run(opts: dict[str, Any], rec) -> None:
         "",
         changed=changed,
         matches=match,
+    )
+    _train_row(rec, root, cuda)
+
+
+def _train_row(rec, root: Path, cuda: bool) -> None:
+    from train_fixtures import make_world, tiny_args
+
+    world = make_world(root / "train", n_prompts=8, head_dim=32, max_position_embeddings=256)
+    out = root / "train-run"
+    device = ["--device", "cuda"] if cuda else []
+    args = tiny_args(world, out, "--engine", "vllm", "--steps", "3", "--dtype", "float32", *device)
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [sys.executable, "-m", "tcopd", *args], capture_output=True, text=True, env=env
+    )
+    seconds = time.perf_counter() - t0
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+        rec.row("train --engine vllm", "failed", f"exit {p.returncode}", last, seconds=seconds)
+        return
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    dev = max(abs(r["is_weight_mean"] - 1) for r in rows)
+    peak = max(r["is_weight_max"] for r in rows)
+    sync = sum(r["time_sync_s"] for r in rows) / len(rows)
+    freed = [r.get("rollout_sleep_freed_gb") for r in rows]
+    rec.row(
+        "train --engine vllm",
+        "ok" if len(rows) == 3 and dev < 1e-2 else "failed",
+        f"{len(rows)} steps in {seconds:.1f} s; max |is_weight_mean − 1| {dev:.2e}, is_weight_max {peak:.4f}",
+        f"sync {sync:.3f} s/step; sleep freed {freed[-1]} GB",
+        seconds=seconds,
+        is_weight_dev=dev,
+        is_weight_max=peak,
+        sync_s=sync,
+        sleep_freed_gb=freed[-1],
     )
