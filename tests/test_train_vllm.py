@@ -69,7 +69,11 @@ def test_after_each_sync_vllm_samples_from_the_trainers_weights(world, tmp_path)
     cfg = load_train_config(None, flags)
     tr = build_trainer(cfg, distributed.init_distributed(cfg.device), lambda *a, **k: None)
     try:
-        prompts = tr.data.ids[:4]
+        # two long prompts sharing a 180-token prefix: several full KV blocks that vLLM's prefix
+        # cache keeps from the first call (they must not survive a weight update)
+        text = " ".join(f"what is {i % 7} + {i % 5} ?" for i in range(30))
+        shared = tr.tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompts = tr.data.ids[:4] + [shared + tr.data.ids[0], shared + tr.data.ids[1]]
         before = greedy(HFEngine(tr.engine.module, tr.tokenizer, device="cpu"), prompts)
         assert greedy(tr.rollout, prompts) == before
         rows = [train_step(tr, s) for s in range(2)]

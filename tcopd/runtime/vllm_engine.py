@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -98,6 +99,8 @@ class VLLMEngine:
 
         hf_config = models.load_config(model)  # ModelError for a non-model path, before vLLM starts
         self.tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+        if log_path:  # vLLM's logs to stderr, which goes to the log (stdout keeps the display)
+            os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         vllm = _import_vllm()
         if enable_sleep_mode is None:
             enable_sleep_mode = torch.cuda.is_available()
@@ -129,13 +132,13 @@ class VLLMEngine:
             limit = getattr(hf_config, "max_position_embeddings", None)
             kwargs["max_model_len"] = min(max_model_len, limit) if limit else max_model_len
         self.log_path = Path(log_path) if log_path else None
+        self._log_start = _size(self.log_path)  # a resumed run appends: read only what is new
         try:
-            with _output_to(self.log_path):
+            with _stderr_to(self.log_path):
                 self.llm = vllm.LLM(**kwargs)
         except Exception as e:  # vLLM's own reason, in one line (memory, unsupported model, ...)
-            raise ModelError(
-                f"the vLLM engine for {model} failed to start: {engine_error(e, self.log_path)}"
-            )
+            reason = engine_error(e, self.log_path, self._log_start)
+            raise ModelError(f"the vLLM engine for {model} failed to start: {reason}")
         self.tokenizer = self.llm.get_tokenizer()
         self.max_context = int(self.llm.llm_engine.model_config.max_model_len)
 
@@ -170,7 +173,8 @@ class VLLMEngine:
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         except Exception as e:
-            raise ModelError(f"the vLLM engine stopped: {engine_error(e, self.log_path)}")
+            reason = engine_error(e, self.log_path, self._log_start)
+            raise ModelError(f"the vLLM engine stopped: {reason}")
         out: list[Completion] = []
         for p, req in enumerate(outputs):
             for s, o in enumerate(sorted(req.outputs, key=lambda o: o.index)):
@@ -195,6 +199,7 @@ class VLLMEngine:
         kept in ``last_update_s``).
         """
         t0 = time.perf_counter()
+        self.wake()  # asleep (level 1), the weights live in a CPU copy that waking would restore
         if isinstance(weights, (str, Path)) and not in_process() and _written_here(weights):
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(weights)})
         else:
@@ -205,11 +210,11 @@ class VLLMEngine:
                 items = [(k, v.detach()) for k, v in weights.items()]
                 self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
             else:
-                with tempfile.TemporaryDirectory(
-                    prefix="tcopd-weights-", dir=shared_memory()
-                ) as tmp:
+                place = shared_memory(state_bytes(weights))
+                with tempfile.TemporaryDirectory(prefix="tcopd-weights-", dir=place) as tmp:
                     save_state_dict(weights, tmp)
                     self.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
+        self.llm.reset_prefix_cache()  # cached prefixes hold KV computed with the old weights
         self.last_update_s = time.perf_counter() - t0
         return self.last_update_s
 
@@ -240,7 +245,7 @@ class VLLMEngine:
         if not self.sleep_enabled:
             return
         before = _free_device_bytes()
-        self.llm.sleep(level=level)
+        self.llm.sleep(level=level)  # level 1 keeps the weights (update_weights wakes first)
         self.freed_bytes = _free_device_bytes() - before
         self.asleep = True
 
@@ -264,9 +269,17 @@ def _written_here(directory: str | Path) -> bool:
     return (Path(directory) / _MARK).is_file()
 
 
-def shared_memory() -> str | None:
-    """Node-local memory for weight files when the machine has it (/dev/shm), else the default."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+def shared_memory(need_bytes: int = 0) -> str | None:
+    """Node-local memory for weight files (/dev/shm) when it exists and has room for
+    ``need_bytes`` (containers often give it 64 MB), else None: the default temporary directory."""
+    shm = "/dev/shm"
+    if not (os.path.isdir(shm) and os.access(shm, os.W_OK)):
+        return None
+    return shm if shutil.disk_usage(shm).free > 1.1 * need_bytes else None
+
+
+def state_bytes(weights: Mapping[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in weights.values())
 
 
 def _free_device_bytes() -> int:
@@ -277,11 +290,14 @@ _EXCEPTION_LINE = re.compile(r"^(?:\S*\s)?(?:[\w.]+\.)?(\w*(?:Error|Exception)):
 _WRAPPERS = ("EngineDeadError", "EngineGenerateError")
 
 
-def engine_error(e: BaseException, log_path: Path | None = None) -> str:
-    """One line saying why the engine failed: the root exception in its log (the engine's own
-    processes write there), else pydantic's "Value error, ..." line, else the last line."""
-    if log_path is not None and log_path.is_file():
-        text = log_path.read_text(errors="replace").splitlines()[-400:]
+def engine_error(e: BaseException, log_path: Path | None = None, start: int = 0) -> str:
+    """One line saying why the engine failed: the root exception in its log past byte ``start``
+    (the engine's own processes write there), else pydantic's "Value error, ..." line, else the
+    exception's last line."""
+    if log_path is not None and _size(log_path) > start:
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace").splitlines()[-400:]
         found = [m for m in map(_EXCEPTION_LINE.match, text) if m and m[1] not in _WRAPPERS]
         found = [m for m in found if "See root cause above" not in m[2]]
         if found:
@@ -294,31 +310,32 @@ def engine_error(e: BaseException, log_path: Path | None = None) -> str:
     return line if len(line) <= 400 else line[:397] + "..."
 
 
-@contextmanager
-def _output_to(log_path: Path | None) -> Iterator[None]:
-    """Send stdout and stderr (file descriptors 1 and 2) to ``log_path`` while the engine starts.
+def _size(path: Path | None) -> int:
+    return path.stat().st_size if path is not None and path.is_file() else 0
 
-    Its processes, started meanwhile, keep writing there for their whole life: the engine's
-    log (and the root cause when it fails) ends up in one file instead of the terminal.
+
+@contextmanager
+def _stderr_to(log_path: Path | None) -> Iterator[None]:
+    """Send stderr (file descriptor 2) to ``log_path`` while the engine starts.
+
+    Its processes, started meanwhile, keep writing there for their whole life: the engine's log
+    (vLLM logs to stderr when ``log_path`` is given) and the root cause of a failure end up in one
+    file. stdout is left alone (a progress display may be drawing there).
     """
     if log_path is None:
         yield
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
     sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
+    saved = os.dup(2)
     with open(log_path, "ab") as f:
-        os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
     try:
         yield
     finally:
-        sys.stdout.flush()
         sys.stderr.flush()
-        for fd, old in zip((1, 2), saved):
-            os.dup2(old, fd)
-            os.close(old)
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def load_checkpoint_dir(directory: str | Path) -> dict[str, torch.Tensor]:

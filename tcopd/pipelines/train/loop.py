@@ -143,9 +143,11 @@ def run(
     try:
         row = _loop(tr, run_dir, start)
     finally:
-        if tr.grader is not None:
-            tr.grader.close()
-        tr.rollout.close()  # a vLLM engine's processes stop here, before the group goes
+        try:
+            if tr.grader is not None:
+                tr.grader.close()
+        finally:
+            tr.rollout.close()  # a vLLM engine's processes stop here, before the group goes
     final = ckpt.latest_checkpoint(run_dir)
     digest = weights_digest(tr.engine.full_state_dict())
     if dist.distributed:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tcopd.errors import TrainingError
 from tcopd.pipelines.train.data import derived_seed, rank_share, step_prompts
 from tcopd.pipelines.train.setup import Trainer
-from tcopd.runtime import distributed
 from tcopd.runtime.rollout import Completion, SamplingParams
-from tcopd.runtime.vllm_engine import shared_memory
+from tcopd.runtime.vllm_engine import shared_memory, state_bytes
 
 
 @dataclass(frozen=True)
@@ -81,18 +82,27 @@ def sync(tr: Trainer) -> None:
         tr.rollout.update_weights(state)
         return
     leader = tr.dist.rank - tr.dist.local_rank  # torchrun numbers a node's ranks contiguously
-    made = (
-        tempfile.mkdtemp(prefix="tcopd-weights-", dir=shared_memory())
-        if tr.dist.local_rank == 0
-        else ""
-    )
+    made = ""
+    if tr.dist.local_rank == 0:
+        made = tempfile.mkdtemp(prefix="tcopd-weights-", dir=shared_memory(state_bytes(state)))
     directory = str(tr.reduce.gather(made)[leader])
     try:
-        if tr.dist.local_rank == 0:
-            tr.rollout.write_weights(state, directory)
-        distributed.barrier()
-        tr.rollout.update_weights(directory)
-        distributed.barrier()
+        write = tr.rollout.write_weights if tr.dist.local_rank == 0 else (lambda *_: None)
+        _all_or_none(tr, "writing the weights", write, state, directory)
+        _all_or_none(tr, "loading the weights", tr.rollout.update_weights, directory)
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)
+
+
+def _all_or_none(tr: Trainer, what: str, fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn`` on every rank; if it failed anywhere, every rank raises the first error (no
+    rank is left waiting for another in a collective)."""
+    error = ""
+    try:
+        fn(*args)
+    except Exception as e:
+        error = f"rank {tr.dist.rank}: {type(e).__name__}: {e}".splitlines()[0]
+    errors = [e for e in tr.reduce.gather(error) if e]
+    if errors:
+        raise TrainingError(f"weight sync failed {what} ({errors[0]})")
