@@ -65,7 +65,7 @@ def serve_teacher(
     console.print(f"starting: {' '.join(cmd)}", highlight=False, soft_wrap=True)
     process = subprocess.Popen(cmd)
     try:
-        local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+        local = f"http://{_loopback(host)}:{port}"
         seconds = served.wait_until_ready(local, process)
         console.print(
             f"[bold green]ready[/bold green] after {seconds:.0f} s: {url}  "
@@ -83,3 +83,12 @@ def serve_teacher(
                 process.kill()
     if process.returncode not in (0, -15, None):
         raise typer.Exit(process.returncode)
+
+
+def _loopback(host: str) -> str:
+    """Where this machine reaches a server bound to ``host`` (the wildcards mean loopback)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host

@@ -34,7 +34,7 @@ RESERVED_NAMES = ("student", "reference", "old", "rollout")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
-_URL_RE = re.compile(r"https?://(?:\[[^\]/]*\]|[^:/,\[\]\s]+):\d+(?:/[^:,\s]*)?")
+_URL_RE = re.compile(r"https?://(?:\[[^\]/]*\]|[^:/,\[\]\s]+):\d+(?:/[^:,\s]*)?", re.I)
 
 
 @dataclass(frozen=True)

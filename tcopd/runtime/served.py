@@ -172,7 +172,7 @@ class ServedTeacher:
                     f"served teacher {self.name!r} at {server.url} refused a scoring request "
                     f"(HTTP {resp.status_code}): {server_message(resp)}"
                 )
-            return resp.json()
+            return _json(resp, f"served teacher {self.name!r} at {server.url}")
         tries = self.settings.retries + 1
         raise ModelError(
             f"served teacher {self.name!r} at {server.url}: no answer after {tries} tries "
@@ -288,7 +288,14 @@ async def _get(
             f"served teacher {teacher.name!r} at {server.url}: {path} answered HTTP "
             f"{resp.status_code}: {server_message(resp)}"
         )
-    return resp.json()
+    return _json(resp, f"served teacher {teacher.name!r} at {server.url}{path}")
+
+
+def _json(resp: httpx.Response, who: str) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        raise ModelError(f"{who}: the answer is not JSON ({resp.text[:120]!r})") from None
 
 
 async def _check_server(
@@ -336,7 +343,12 @@ async def _check_vocabulary(
     for token in (len(tokenizer) - 1, len(tokenizer)):
         body = {"model": server.model, "tokens": [token]}
         if token == len(tokenizer):
-            resp = await client.post(f"{server.url}/detokenize", json=body)
+            try:
+                resp = await client.post(f"{server.url}/detokenize", json=body)
+            except httpx.TransportError as e:
+                raise ModelError(
+                    f"{who}: cannot reach {server.url} ({type(e).__name__}: {e})"
+                ) from None
             if 400 <= resp.status_code < 500:
                 continue  # out of the server's vocabulary too
         got = (await _get(client, teacher, server, "/detokenize", body)).get("prompt")
