@@ -255,3 +255,46 @@ def test_multitask_lambda_table_from_config(tmp_path, capsys):
     cfg.write_text("lambda_table:\n  math: {physics: 1.0}\n")
     code, _, err = run_cli(tiny_args(world, tmp_path / "r2", "--config", str(cfg)), capsys)
     assert code == 1 and "names teacher 'physics', which is not configured" in err
+
+
+def test_per_domain_metrics_add_up_to_the_totals(tmp_path, capsys):
+    """rollout_accuracy/<d> and response_len_mean/<d>, weighted by each domain's responses,
+    give back the step's totals (computed by separate code)."""
+    from train_fixtures import make_world
+
+    world = make_world(tmp_path / "w", n_prompts=8, domains=("math", "code"))
+    cfg = tmp_path / "mt.yaml"
+    cfg.write_text("lambda_table:\n  math: {expert: 1.5, anti_expert: -0.5}\n")
+    out = tmp_path / "r"
+    args = tiny_args(world, out, "--steps", "2", "--batch-size", "4", "--config", str(cfg))
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()):
+        acc = {d: row[f"rollout_accuracy/{d}"] or 0.0 for d in ("math", "code")}
+        lens = {d: row[f"response_len_mean/{d}"] or 0.0 for d in ("math", "code")}
+        n = {d: row[f"responses/{d}"] for d in ("math", "code")}
+        total = sum(n.values())
+        assert total == row["responses"] and min(n.values()) >= 0
+        assert abs(sum(acc[d] * n[d] for d in n) / total - row["rollout_accuracy"]) < 1e-9
+        assert abs(sum(lens[d] * n[d] for d in n) / total - row["response_len_mean"]) < 1e-9
+
+
+def test_domain_without_a_lambda_is_refused_before_loading(tmp_path, capsys):
+    """Teachers without λ of their own + a table without a row for 'code': one line naming it."""
+    from train_fixtures import make_world
+
+    world = make_world(tmp_path / "w", n_prompts=8, domains=("math", "code"))
+    cfg = tmp_path / "mt.yaml"
+    cfg.write_text("lambda_table:\n  math: {math: 1.5, code: -0.5}\n")
+    args = tiny_args(world, tmp_path / "r", "--config", str(cfg))
+    i = args.index("--expert")
+    args[i : i + 6] = [
+        "--teacher",
+        f"math={world.expert}",
+        "--teacher",
+        f"code={world.anti_expert}",
+    ]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1, err
+    assert "domain 'code': 4 prompt(s)" in err and "no row" in err, err
+    assert not (tmp_path / "r" / "checkpoints").exists()

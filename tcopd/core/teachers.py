@@ -148,12 +148,16 @@ def build_teacher_specs(
     lambdas: Sequence[float] | str | None = None,
     teachers: Sequence[str] = (),
     served: Sequence[Mapping[str, Any]] = (),
+    table_given: bool = False,
 ) -> list[TeacherSpec]:
     """Combine the short flags, ``--teacher`` arguments and YAML ``served_teachers`` entries
     (:func:`parse_served_entry`) into validated specs, in that order.
 
     λ defaults: ``--expert`` alone without ``--lambdas`` is OPD (λ = 1). Every other teacher
-    needs its λ, from ``--lambdas`` or from ``:LAMBDA`` (``lam:`` in YAML). ``--expert`` and
+    needs its λ, from ``--lambdas`` or from ``:LAMBDA`` (``lam:`` in YAML) — except with a
+    per-domain λ table (``table_given``): teachers without a λ then have none outside the
+    table (0), and a domain without a row is refused when the data is read
+    (:func:`check_domains`). ``--expert`` and
     ``--anti-expert`` may be server URLs too (a ``:LAMBDA`` on them counts as their λ).
     """
     if isinstance(lambdas, str):
@@ -173,7 +177,9 @@ def build_teacher_specs(
         )
     needing = [p for p in pending if p[2] is None]
     if lambdas is None:
-        if len(needing) == 1 and needing[0][0] == "expert" and len(pending) == 1:
+        if table_given:
+            lambdas = [0.0] * len(needing)
+        elif len(needing) == 1 and needing[0][0] == "expert" and len(pending) == 1:
             lambdas = [1.0]
         elif needing:
             names = ", ".join(p[0] for p in needing)
@@ -194,7 +200,7 @@ def build_teacher_specs(
         TeacherSpec(n, p, lam if lam is not None else next(it), _urls_of(p))
         for n, p, lam in pending
     ]
-    validate_specs(specs)
+    validate_specs(specs, table_given)
     return specs
 
 
@@ -234,8 +240,9 @@ def parse_served_entry(entry: Any, index: int = 0) -> tuple[str, str, float | No
     return str(entry["name"]), ",".join(urls), lam
 
 
-def validate_specs(specs: Sequence[TeacherSpec]) -> None:
-    """Unique, well-formed, non-reserved names; finite λ; at least one λ ≠ 0."""
+def validate_specs(specs: Sequence[TeacherSpec], table_given: bool = False) -> None:
+    """Unique, well-formed, non-reserved names; finite λ; at least one λ ≠ 0 (without a table:
+    with one, its rows give the λ)."""
     seen: set[str] = set()
     for s in specs:
         if not _NAME_RE.match(s.name):
@@ -251,7 +258,7 @@ def validate_specs(specs: Sequence[TeacherSpec]) -> None:
         seen.add(s.name)
         if not math.isfinite(s.lam):
             raise ConfigError(f"λ of teacher {s.name!r} must be finite, got {s.lam}")
-    if specs and all(s.lam == 0 for s in specs):
+    if specs and all(s.lam == 0 for s in specs) and not table_given:
         raise ConfigError(
             "all λ are zero: at least one teacher needs a non-zero λ (else there is no reward)"
         )
@@ -281,6 +288,27 @@ def validate_lambda_table(
             raise ConfigError(f"lambda_table[{domain!r}]: all λ are zero for this domain")
         out[str(domain)] = full
     return out
+
+
+def check_domains(
+    domains: Sequence[str | None],
+    table: Mapping[str, Mapping[str, float]],
+    specs: Sequence[TeacherSpec],
+    source: str,
+) -> None:
+    """Every domain in the data has a λ: a table row, or the teachers' own λ (not all zero)."""
+    if any(s.lam != 0 for s in specs):
+        return
+    missing: dict[str, int] = {}
+    for d in domains:
+        if d is None or d not in table:
+            missing[str(d)] = missing.get(str(d), 0) + 1
+    if missing:
+        d, n = next(iter(missing.items()))
+        raise ConfigError(
+            f"domain {d!r}: {n} prompt(s) of {source} carry it, but lambda_table has no row for "
+            f"it and the teachers have no λ of their own (add a row, or give --lambdas)"
+        )
 
 
 def active_teachers(

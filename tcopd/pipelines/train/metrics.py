@@ -56,6 +56,7 @@ def step_row(
         "ungraded": float(grades.ungraded),
         "is_weight": float((is_BT * m).sum()) if is_BT is not None else 0.0,
         **{f"logratio/{k}": float(v) for k, v in signal.logratio_sums().items()},
+        **_domain_sums(tr, batch, grades, m),
     }
     s = tr.reduce.sum(local)
     ntok, nseq = s["tokens"], s["responses"]
@@ -89,10 +90,39 @@ def step_row(
         "rollout_accuracy": s["correct"] / nseq if grades.graded else None,
         "ungraded": int(s["ungraded"]),
         "responses": int(nseq),
+        **_per_domain(tr, s, grades.graded),
         **{f"time_{k}_s": v for k, v in times.items()},
         "tokens_per_s": ntok / times["step"],
         "peak_mem_gb": peak_memory(tr),
     }
+
+
+def _domains(tr: Trainer) -> list[str]:
+    """The training data's domains when there are several (the same list on every rank)."""
+    found = sorted({d for d in tr.data.domains if d is not None})
+    return found if len(found) > 1 else []
+
+
+def _domain_sums(tr: Trainer, batch: Rollouts, grades: Grades, m: torch.Tensor) -> dict[str, float]:
+    lengths = m.sum(dim=1)
+    out: dict[str, float] = {}
+    for d in _domains(tr):
+        rows = [i for i, dom in enumerate(batch.domains) if dom == d]
+        out[f"n/{d}"] = float(len(rows))
+        out[f"correct/{d}"] = float(grades.correct_B[rows].sum()) if rows else 0.0
+        out[f"tokens/{d}"] = float(lengths[rows].sum()) if rows else 0.0
+    return out
+
+
+def _per_domain(tr: Trainer, s: dict[str, float], graded: bool) -> dict[str, float | None]:
+    """``responses/<d>``, ``rollout_accuracy/<d>``, ``response_len_mean/<d>`` (several domains)."""
+    out: dict[str, float | None] = {}
+    for d in _domains(tr):
+        n = s[f"n/{d}"]
+        out[f"responses/{d}"] = int(n)
+        out[f"rollout_accuracy/{d}"] = s[f"correct/{d}"] / n if n and graded else None
+        out[f"response_len_mean/{d}"] = s[f"tokens/{d}"] / n if n else None
+    return out
 
 
 def _sleeps(tr: Trainer) -> bool:

@@ -28,6 +28,7 @@ from tcopd.core.teachers import (
     TeacherSpec,
     active_teachers,
     build_teacher_specs,
+    check_domains,
     validate_lambda_table,
 )
 from tcopd.errors import ConfigError
@@ -78,7 +79,12 @@ def teachers_of(cfg: TrainConfig) -> tuple[list[TeacherSpec], dict, list[Teacher
     loss (it needs hidden states); ``teacher_placement: server`` needs every teacher served.
     """
     specs = build_teacher_specs(
-        cfg.expert, cfg.anti_expert, cfg.lambdas, cfg.teacher, cfg.served_teachers
+        cfg.expert,
+        cfg.anti_expert,
+        cfg.lambdas,
+        cfg.teacher,
+        cfg.served_teachers,
+        table_given=bool(cfg.lambda_table),
     )
     table = validate_lambda_table(cfg.lambda_table, specs)
     active = active_teachers(specs, table)
@@ -118,6 +124,13 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
     dtype = model_dtype(cfg, dist.device)
     emit("loading models")
     tokenizer = load_tokenizer(cfg.student)
+    data = load_prompts(cfg.data, tokenizer, cfg.template, cfg.max_prompt_tokens)
+    eval_data = (
+        load_prompts(cfg.eval_data, tokenizer, cfg.template, cfg.max_prompt_tokens)
+        if cfg.eval_data
+        else None
+    )
+    check_domains(data.domains, table, specs, str(cfg.data))
     student = load_causal_lm(cfg.student, dtype=dtype, device=dist.device)
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable()
@@ -128,12 +141,6 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
     scorer = _scorer(cfg, dist, tokenizer, student, active, dtype, with_reference=not skip_ref)
     if cfg.loss == "dense":
         check_dense(cfg, student, scorer, dist.device)
-    data = load_prompts(cfg.data, tokenizer, cfg.template, cfg.max_prompt_tokens)
-    eval_data = (
-        load_prompts(cfg.eval_data, tokenizer, cfg.template, cfg.max_prompt_tokens)
-        if cfg.eval_data
-        else None
-    )
     separate = cfg.engine == "hf" and cfg.zero_stage == 3  # see the module docstring
     rollout_copy = copy.deepcopy(student).requires_grad_(False) if separate else None
     emit("starting DeepSpeed")
