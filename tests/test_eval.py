@@ -335,3 +335,28 @@ def test_cli_on_the_toy_world(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["benchmark"] == "toy" and summary["problems"] == 4 and summary["n"] == 2
     assert len(read_rows(out / "samples.jsonl")) == 8
+
+
+def test_per_domain_summary_when_the_benchmark_has_several_domains(world, tmp_path):
+    data = tmp_path / "mixed.jsonl"
+    problems = PROBLEMS + [("y = 2 so y + y is", "4")]
+    rows = [
+        prepared_row(i, q, a) | {"domain": "code" if i % 2 else "math"}
+        for i, (q, a) in enumerate(problems)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(config(world, tmp_path / "out", data=str(data)))
+    samples = read_rows(tmp_path / "out" / "samples.jsonl")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary["domains"]) == {"math", "code"}
+    for d in ("math", "code"):
+        mine = [r for r in samples if r["domain"] == d]
+        ids = sorted({r["problem_id"] for r in mine})
+        acc = [sum(r["correct"] is True for r in mine if r["problem_id"] == p) / 3 for p in ids]
+        got = summary["domains"][d]
+        assert got["problems"] == 2
+        assert got["mean_at_n"] == pytest.approx(100 * sum(acc) / 2)
+        assert got["mean_tokens"] == pytest.approx(sum(r["num_tokens"] for r in mine) / len(mine))
+    # one domain: no per-domain block
+    run(config(world, tmp_path / "one"))
+    assert "domains" not in json.loads((tmp_path / "one" / "summary.json").read_text())

@@ -103,6 +103,7 @@ def _render(result: EvalResult) -> None:
             str(s["ungraded"]),
         )
     console.print(table)
+    _render_domains(result)
     for r in result.runs:
         pass_k = "  ".join(f"@{k} {v:.1f}" for k, v in r.summary["pass_at_k"].items())
         console.print(f"{_label(r)} pass@k: {pass_k}")
@@ -117,3 +118,24 @@ def _render(result: EvalResult) -> None:
             )
     if result.comparison_path:
         console.print(f"wrote {result.comparison_path}")
+
+
+def _render_domains(result: EvalResult) -> None:
+    """Per-domain mean@n and length, when the benchmark has several domains."""
+    if not any(r.summary.get("domains") for r in result.runs):
+        return
+    table = Table(title="per domain: mean@n in % ± standard error, mean tokens")
+    table.add_column("model", overflow="fold")
+    table.add_column("domain")
+    for col in ("problems", "mean@n", "mean tokens"):
+        table.add_column(col, justify="right")
+    for r in result.runs:
+        for d, s in r.summary.get("domains", {}).items():
+            table.add_row(
+                _label(r),
+                d,
+                str(s["problems"]),
+                f"{s['mean_at_n']:.2f} ± {s['stderr']:.2f}",
+                f"{s['mean_tokens']:.0f}",
+            )
+    console.print(table)

@@ -45,7 +45,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,7 @@ class Problem:
     problem_id: str
     messages: list[dict[str, Any]]
     gold: str
+    domain: str | None = None
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -124,7 +125,7 @@ def _rows_to_problems(rows: Sequence[dict[str, Any]], source: str) -> list[Probl
             raise DataError(
                 f"{source}: row {i + 1} lacks prompt or reward_model.ground_truth (prepared format)"
             ) from None
-        problems.append(Problem(i, pid, messages, str(gold)))
+        problems.append(Problem(i, pid, messages, str(gold), row.get("domain")))
     return problems
 
 
@@ -181,6 +182,7 @@ class _Plan:
     skipped: int  # prompts longer than the context
     total: int  # samples the summary will count
     finished: int  # of those, already in the file
+    domains: dict[str, str | None] = field(default_factory=dict)  # problem id → its domain
 
 
 def _sampling_header(config: EvalConfig, template: str) -> dict[str, Any]:
@@ -228,6 +230,7 @@ def _plan(config: EvalConfig, model: str, problems: list[Problem], out_dir: Path
     done = {(str(r["problem_id"]), int(r["sample_index"])) for r in rows}
     context = model_io.max_positions(model_io.load_config(model))
     plan = _Plan(template, context, [], [], done, skipped=0, total=0, finished=0)
+    plan.domains = {p.problem_id: p.domain for p in problems}
     for prob in problems:
         text = render_prompt(prob.messages, tokenizer, template)
         ids = tokenizer(text, add_special_tokens=(template == "plain"))["input_ids"]
@@ -259,6 +262,7 @@ def _sample_row(prob: Problem, prompt: str, completion: Any) -> dict[str, Any]:
         "gold": prob.gold,
         "extracted": extract_boxed(completion.text),
         "correct": None,
+        "domain": prob.domain,
     }
 
 
@@ -373,8 +377,27 @@ def _write_summary(
             "tokens_per_s": tokens / seconds if seconds > 0 else None,
         }
     )
+    domains = per_domain(rows, plan.kept, config.n, plan.domains)
+    if domains:
+        summary["domains"] = domains
     io.write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def per_domain(
+    rows: Sequence[dict[str, Any]], order: Sequence[str], n: int | None, domain_of: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """mean@n ± stderr, mean tokens, problems of each domain, when the problems have several."""
+    names = sorted({str(d) for d in domain_of.values() if d is not None})
+    if len(names) < 2:
+        return {}
+    keep = ("problems", "samples", "mean_at_n", "stderr", "mean_tokens", "truncated_fraction")
+    out = {}
+    for d in names:
+        ids = [p for p in order if str(domain_of.get(p)) == d]
+        s = summarize_samples(rows, ids, n, {})
+        out[d] = {k: s[k] for k in keep}
+    return out
 
 
 def _evaluate_model(
