@@ -138,8 +138,8 @@ def _world(root: Path, manifest: dict[str, Any]) -> ToyWorld:
     )
 
 
-def read_manifest(root: Path) -> dict[str, Any] | None:
-    path = Path(root) / "toy.json"
+def read_manifest(root: Path, name: str = "toy.json") -> dict[str, Any] | None:
+    path = Path(root) / name
     if not path.is_file():
         return None
     try:
@@ -162,23 +162,42 @@ def ensure_toy(
     if size not in SETTINGS:
         raise DataError(f"unknown toy world size {size!r}; use one of {', '.join(SETTINGS)}")
     root = Path(root).expanduser() if root is not None else default_root()
-    manifest = read_manifest(root)
     wanted = {"seed": seed, "size": size, "version": BUILD_VERSION}
+    manifest = build_or_reuse(
+        root, wanted, lambda out: _build(out, seed, SETTINGS[size], progress), force=force
+    )
+    return _world(root, manifest)
+
+
+def build_or_reuse(
+    root: Path,
+    wanted: dict[str, Any],
+    build: Callable[[Path], dict[str, Any]],
+    *,
+    force: bool = False,
+    manifest_name: str = "toy.json",
+    what: str = "toy world",
+) -> dict[str, Any]:
+    """The manifest of the world under ``root``: reused if it has every ``wanted`` value (and not
+    ``force``), else ``build(tmp)`` fills a temporary directory next to ``root`` (writing the
+    manifest last) and it is renamed into place. A non-empty directory with no manifest is refused.
+    """
+    manifest = read_manifest(root, manifest_name)
     if manifest and not force and all(manifest.get(k) == v for k, v in wanted.items()):
-        return _world(root, manifest)
+        return manifest
     if root.exists() and not root.is_dir():
         raise DataError(
-            f"toy world path {str(root)!r} exists and is not a directory; pick another --out"
+            f"{what} path {str(root)!r} exists and is not a directory; pick another --out"
         )
     if root.is_dir() and any(root.iterdir()) and manifest is None:
         raise DataError(
-            f"{str(root)!r} is a non-empty directory that is not a toy world; pick another --out "
+            f"{str(root)!r} is a non-empty directory that is not a {what}; pick another --out "
             "(or empty it)"
         )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
     try:
-        manifest = _build(tmp, seed, SETTINGS[size], progress)
+        manifest = build(tmp)
         if root.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
             os.replace(root, old / "world")
@@ -189,19 +208,19 @@ def ensure_toy(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return _world(root, manifest)
+    return manifest
 
 
 # ---------------------------------------------------------------------------------- the data
 
 
-def _prompt(question: str) -> str:
+def toy_prompt(question: str) -> str:
     return render_prompt(
         [{"role": "user", "content": question + TOY_INSTRUCTION}], template="plain"
     )
 
 
-def _row(p: P.Problem, split: str, index: int) -> dict[str, Any]:
+def toy_row(p: P.Problem, split: str, index: int) -> dict[str, Any]:
     return make_row(
         p.question,
         str(p.answer),
@@ -214,7 +233,7 @@ def _row(p: P.Problem, split: str, index: int) -> dict[str, Any]:
     )
 
 
-class _Problems:
+class ProblemPool:
     """Unique problems: the test set first, then everything else avoids its questions."""
 
     def __init__(self, rng: random.Random):
@@ -236,14 +255,14 @@ class _Problems:
 def make_corpora(seed: int, s: BuildSettings) -> dict[str, Any]:
     """All data of one world: exported rows per split/domain and SFT pairs per model."""
     rng = random.Random(seed)
-    gen = _Problems(rng)
+    gen = ProblemPool(rng)
     test = {d: gen.draw(d, s.test_rows, unique=True) for d in DOMAINS}
     train = {d: gen.draw(d, s.train_rows, unique=True) for d in DOMAINS}
 
     def pairs(
         problems: list[P.Problem], style: Callable[[P.Problem], str]
     ) -> list[tuple[str, str]]:
-        return [(_prompt(p.question), " " + style(p)) for p in problems]
+        return [(toy_prompt(p.question), " " + style(p)) for p in problems]
 
     def student_math(p: P.Problem) -> str:
         if rng.random() < s.guess_fraction:
@@ -267,14 +286,14 @@ def make_corpora(seed: int, s: BuildSettings) -> dict[str, Any]:
         + pairs(gen.draw("math", na, False), anti_math),
     }
     rows = {
-        (split, d): [_row(p, split, i) for i, p in enumerate(probs[d])]
+        (split, d): [toy_row(p, split, i) for i, p in enumerate(probs[d])]
         for split, probs in (("train", train), ("test", test))
         for d in DOMAINS
     }
     return {"rows": rows, "sft": sft}
 
 
-def _write_rows(path_stem: Path, rows: list[dict[str, Any]]) -> None:
+def write_rows(path_stem: Path, rows: list[dict[str, Any]]) -> None:
     write_parquet(path_stem.with_suffix(".parquet"), rows)
     write_jsonl(path_stem.with_suffix(".jsonl"), rows)
 
@@ -297,17 +316,17 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
     data = make_corpora(seed, s)
     for split in ("train", "test"):
         for d in DOMAINS:
-            _write_rows(out / "data" / f"{split}_{d}", data["rows"][(split, d)])
+            write_rows(out / "data" / f"{split}_{d}", data["rows"][(split, d)])
         mixed = [
             r
             for pair in zip(*(data["rows"][(split, d)] for d in DOMAINS), strict=False)
             for r in pair
         ]
-        _write_rows(out / "data" / split, mixed)
+        write_rows(out / "data" / split, mixed)
     note("data", 1, 1)
 
     texts = [t for pairs in data["sft"].values() for pair in pairs for t in pair]
-    texts += [_prompt(r["prompt"][0]["content"]) for rows in data["rows"].values() for r in rows]
+    texts += [toy_prompt(r["prompt"][0]["content"]) for rows in data["rows"].values() for r in rows]
     tok = build_tokenizer(texts)
     pad = tok.pad_token_id
 
@@ -315,7 +334,7 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
         pairs = data["sft"][name]
         return encode(tok, [a for a, _ in pairs], [b for _, b in pairs])
 
-    with _torch_threads():
+    with torch_threads():
         student = new_model(tok, s.model, seed)
         train_sft(
             student,
@@ -345,7 +364,7 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
                 label=name,
             )
             models[name] = m
-        _save(models, tok, out)
+        save_models(models, tok, out)
         build_train_s = time.time() - t0
         table = measure_table(models, tok, data["rows"][("test", "math")], s, seed, progress)
     table["build_seconds"] = round(time.time() - t0, 1)
@@ -364,7 +383,7 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
     return manifest
 
 
-def _save(models: dict[str, Any], tok, out: Path) -> None:
+def save_models(models: dict[str, Any], tok, out: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -378,7 +397,7 @@ def _save(models: dict[str, Any], tok, out: Path) -> None:
             hf_logging.enable_progress_bar()
 
 
-class _torch_threads:
+class torch_threads:
     """Run the build with at most 2 intra-op threads (the design target: two CPU cores)."""
 
     def __enter__(self):

@@ -16,6 +16,9 @@ Solution styles (the behaviours the three toy models are trained on):
 - ``concise``  — "63 + 15 = 78. 78 - 8 = 70. \\boxed{70}" (the expert's style).
 - ``random_ops`` — concise working, but each step's operation is a coin flip (the student's
   behavioural failure: the arithmetic of every equation is still correct).
+- ``random_print`` — concise, correct working on code, but the boxed value is that of a variable
+  picked at random (the multi-task student's code failure: it traces every assignment right and
+  does not read which variable is printed).
 - ``guess``    — a bare ``\\boxed{N}`` with a guessed N and no working (the student's other
   failure).
 - ``verbose``  — restate every quantity, state a plan, then work (the anti-expert's style), with
@@ -142,6 +145,12 @@ def concise(p: Problem, ops: tuple[str, ...] | None = None) -> str:
 def random_ops(p: Problem, rng: random.Random) -> tuple[str, ...]:
     """Each step's operation a fair coin flip (right by chance only)."""
     return tuple(rng.choice("+-") for _ in p.steps)
+
+
+def random_print(p: Problem, rng: random.Random) -> str:
+    """Correct equations, then the boxed value of a uniformly random variable of the program."""
+    values = [p.start, *run_ops(p.start, [(op, b) for op, b, _ in p.steps])]
+    return ". ".join(_equations(p, p.ops)) + f". \\boxed{{{rng.choice(values)}}}"
 
 
 def wrong_ops(p: Problem, rng: random.Random) -> tuple[str, ...]:
