@@ -1,4 +1,9 @@
-"""``tcopd prepare NAME``: datasets in verl's row format, and the toy world."""
+"""``tcopd prepare NAME``: datasets in verl's row format, and the toy worlds.
+
+``prepare toy --multitask`` builds the multi-task world straight from the runtime layer
+(:func:`tcopd.runtime.toy.multitask.ensure_toy_multitask`): it has no dataset options to resolve,
+and ``PrepareConfig`` describes the single-task sources only.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,10 @@ from rich.table import Table
 from tcopd.cli.main import app
 from tcopd.cli.options import ConfigOpt, SeedOpt, console, err_console
 from tcopd.config import load_config
+from tcopd.errors import ConfigError
 from tcopd.pipelines import prepare as pipeline
 from tcopd.progress import Event
+from tcopd.runtime.toy import multitask
 
 
 @app.command("prepare")
@@ -80,9 +87,20 @@ def prepare(
     small: Annotated[
         bool | None, typer.Option("--small/--full", help="toy: the small, seconds-fast world.")
     ] = None,
+    multitask_world: Annotated[
+        bool,
+        typer.Option(
+            "--multitask", help="toy: the multi-task world (math + code, a teacher for each)."
+        ),
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Write NAME as parquet + JSONL in verl's row format (or build the toy world)."""
+    if multitask_world:
+        if name != "toy":
+            raise ConfigError(f"--multitask is for 'tcopd prepare toy', not {name!r}")
+        _prepare_multitask(out, seed or 0, bool(force), bool(small))
+        return
     overrides = dict(
         source=name,
         path=str(path) if path else None,
@@ -105,23 +123,49 @@ def prepare(
     if cfg.source != "toy":  # a dataset loads in seconds; datasets shows its own download bars
         _render(pipeline.run(cfg))
         return
-    with Progress(
+    with _progress_bar() as bar:
+        result = pipeline.run(cfg, progress=_reporter(bar))
+    _render(result)
+
+
+def _progress_bar() -> Progress:
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
-    ) as bar:
-        tasks: dict[str, int] = {}
+    )
 
-        def progress(event: Event) -> None:
-            if event.phase not in tasks:
-                tasks[event.phase] = bar.add_task(event.phase, total=event.total)
-            bar.update(tasks[event.phase], completed=event.done, total=event.total)
 
-        result = pipeline.run(cfg, progress=progress)
-    _render(result)
+def _reporter(bar: Progress):
+    """A progress callback that keeps one bar per build phase."""
+    tasks: dict[str, int] = {}
+
+    def progress(event: Event) -> None:
+        if event.phase not in tasks:
+            tasks[event.phase] = bar.add_task(event.phase, total=event.total)
+        bar.update(tasks[event.phase], completed=event.done, total=event.total)
+
+    return progress
+
+
+def _prepare_multitask(out: Path | None, seed: int, force: bool, small: bool) -> None:
+    root = out.expanduser() if out else multitask.default_root()
+    size = "small" if small else "full"
+    before = multitask.read_multitask_manifest(root)
+    with _progress_bar() as bar:
+        world = multitask.ensure_toy_multitask(
+            root, seed=seed, force=force, size=size, progress=_reporter(bar)
+        )
+    reused = not force and before is not None and before == multitask.read_multitask_manifest(root)
+    note = f"multi-task toy world ({size}, seed {seed}) at {root}" + (" (reused)" if reused else "")
+    console.print(note, highlight=False)
+    console.print(_multitask_table(world.table()))
+    files = [*world.train_files.values(), *world.test_files.values(), *world.models.values()]
+    for f in [*files, world.table_json, world.table_md]:
+        console.print(f"  {f}" if reused else f"wrote {f}", highlight=False)
 
 
 def _render(result: pipeline.PrepareResult) -> None:
@@ -154,4 +198,28 @@ def _toy_table(t: dict) -> Table:
             f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_se']:.1f}",
             f"{r['mean_length']:.1f} ± {r['mean_length_se']:.1f}",
         )
+    return table
+
+
+def _multitask_table(t: dict) -> Table:
+    doms = t["domains"]
+    first = doms["math"]
+    table = Table(
+        title=f"multi-task toy world: {first['problems']} held-out problems per domain, "
+        f"T={first['temperature']:g}, max {first['max_new_tokens']} tokens "
+        f"(build {t.get('build_seconds', 0):.0f} s)"
+    )
+    table.add_column("model")
+    for d in doms:
+        table.add_column(f"{d} accuracy (%)", justify="right")
+        table.add_column(f"{d} mean length", justify="right")
+    for name in first["models"]:
+        cells = []
+        for d in doms:
+            r = doms[d]["models"][name]
+            cells += [
+                f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_se']:.1f}",
+                f"{r['mean_length']:.1f} ± {r['mean_length_se']:.1f}",
+            ]
+        table.add_row(name, *cells)
     return table
