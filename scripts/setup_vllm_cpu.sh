@@ -44,6 +44,9 @@ fi
 
 if [[ "$run_tests" == 1 ]]; then
   export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
+  # DeepSpeed's compiled op of this venv in its own cache: sharing the main venv's directory makes
+  # each venv rebuild it (tens of seconds per training) whenever the other one ran last.
+  export TORCH_EXTENSIONS_DIR=${VLLM_TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions_vllm}
   export VLLM_TARGET_DEVICE=${VLLM_TARGET_DEVICE:-cpu}
   "$VENV/bin/python" -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
   exec "$VENV/bin/python" -m pytest -q -m vllm -p no:cacheprovider "$@" tests
