@@ -2,7 +2,8 @@
 
 Algorithm choices:
 
-- Data: a benchmark name (``aime24``, ``aime25``, ``math500``, ``toy``, ``toy-code``) through
+- Data: a benchmark name (``aime24``, ``aime25``, ``math500``, ``toy``, ``toy-code``,
+  ``toy-multitask``) through
   ``runtime.datasets.load_benchmark`` (with ``data``: a local copy of it), or ``data`` alone = a
   file in the prepared (verl) format. The
   prompt is the row's ``prompt`` messages rendered with ``template`` (``chat``: the tokenizer's
@@ -148,6 +149,8 @@ def load_problems(config: EvalConfig) -> tuple[str, list[Problem]]:
 def _resolve_models(config: EvalConfig) -> list[str]:
     if config.models:
         return list(config.models)
+    if config.benchmark == "toy-multitask":
+        return [str(toy.ensure_toy_multitask().student)]
     return [str(toy.ensure_toy().student)]
 
 

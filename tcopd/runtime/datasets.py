@@ -48,12 +48,12 @@ from tcopd.errors import DataError
 from tcopd.runtime.io import read_rows
 from tcopd.runtime.prompts import DEFAULT_INSTRUCTION
 from tcopd.runtime.rows import make_row
-from tcopd.runtime.toy import ensure_toy
+from tcopd.runtime.toy import ensure_toy, ensure_toy_multitask
 from tcopd.runtime.toy.build import read_manifest
 
 REQUIRED_FIELDS = ("data_source", "prompt", "ability", "reward_model", "extra_info", "domain")
 SOURCES = ("deepmath", "gopd-math", "aime24", "aime25", "math500")
-BENCHMARKS = ("aime24", "aime25", "math500", "toy", "toy-code")
+BENCHMARKS = ("aime24", "aime25", "math500", "toy", "toy-code", "toy-multitask")
 ROW_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
@@ -475,8 +475,13 @@ def _is_prepared(path: Path) -> bool:
 
 def load_benchmark(name: str, from_path: str | Path | None = None) -> list[dict[str, Any]]:
     """Prepared-format rows of benchmark ``name``: aime24, aime25, math500, toy (toy math test set),
-    toy-code. ``from_path`` is a prepared file, or a local copy in the Hub's layout (aime/math500),
-    or a toy world's directory (toy)."""
+    toy-code, toy-multitask (the multi-task world's mixed math + code test set, rows with their
+    ``domain``). ``from_path`` is a prepared file, or a local copy in the Hub's layout
+    (aime/math500), or a toy world's directory (toy)."""
+    if name == "toy-multitask":
+        if from_path is not None and Path(from_path).is_file():
+            return load_prepared(from_path)
+        return load_prepared(ensure_toy_multitask(root=from_path).test_files["mixed"])
     if name in ("toy", "toy-code"):
         if from_path is not None and Path(from_path).is_file():  # a prepared copy of it
             return load_prepared(from_path)
