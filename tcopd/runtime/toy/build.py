@@ -398,13 +398,17 @@ def save_models(models: dict[str, Any], tok, out: Path) -> None:
 
 
 class torch_threads:
-    """Run the build with at most 2 intra-op threads (the design target: two CPU cores)."""
+    """Run the build with at most ``most`` intra-op threads (default 2: the design target is two
+    CPU cores)."""
+
+    def __init__(self, most: int = 2):
+        self.most = most
 
     def __enter__(self):
         import torch
 
         self.before = torch.get_num_threads()
-        torch.set_num_threads(min(2, self.before))
+        torch.set_num_threads(min(self.most, self.before))
 
     def __exit__(self, *exc):
         import torch
