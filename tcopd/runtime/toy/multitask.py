@@ -32,6 +32,7 @@ directory for its own; it is written last, after a build in a temporary director
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 import time
@@ -130,8 +131,6 @@ class ToyMultitaskWorld:
         return {"math": self.math_teacher, "code": self.code_teacher}
 
     def table(self) -> dict[str, Any]:
-        import json
-
         return json.loads(self.table_json.read_text())
 
 
