@@ -39,3 +39,22 @@ def test_short_tcopd_run_raises_toy_math_accuracy(tmp_path, capsys):
     assert final >= student_acc + 15, (student_acc, final)
     # the anti-expert was loaded and scored: its log-ratio is logged every step
     assert all("logratio/anti_expert" in r for r in rows)
+
+
+@pytest.mark.slow
+def test_toy_fills_in_only_the_teachers_not_given():
+    """--toy --anti-expert URL: the toy expert beside the given (served) anti-expert; --teacher
+    names every teacher itself."""
+    from tcopd.pipelines.train import resolve_toy
+    from tcopd.pipelines.train.config import TrainConfig
+    from tcopd.runtime.toy import ensure_toy
+
+    world = ensure_toy()
+    url = "http://127.0.0.1:8001"
+    cfg = resolve_toy(TrainConfig(out="r", toy=True, lambdas="1.5,-0.5", anti_expert=url))
+    assert (cfg.expert, cfg.anti_expert) == (str(world.expert), url)
+    cfg = resolve_toy(TrainConfig(out="r", toy=True, lambdas="1.5", expert=url))
+    assert (cfg.expert, cfg.anti_expert) == (url, None)
+    cfg = resolve_toy(TrainConfig(out="r", toy=True, teacher=(f"code={url}:-0.5",)))
+    assert (cfg.expert, cfg.anti_expert) == (None, None)
+    assert cfg.student == str(world.student) and cfg.data == str(world.train_files["math"])

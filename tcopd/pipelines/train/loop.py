@@ -53,14 +53,16 @@ class TrainResult:
 def resolve_toy(cfg: TrainConfig, progress: Progress | None = None) -> TrainConfig:
     """Fill the toy world's paths into a ``toy: true`` config (building the world if absent).
 
-    Default teachers: the math expert, and the code anti-expert when two λ are given; default
-    data: the toy *math* train and test sets (the paper's single-task setting).
+    Default teachers (unless ``--teacher`` names them): the math expert, and the code
+    anti-expert when two λ are given — each only where ``--expert`` / ``--anti-expert`` is not
+    given (so ``--anti-expert http://host:8001`` serves the anti-expert beside the toy expert);
+    default data: the toy *math* train and test sets (the paper's single-task setting).
     """
     if not cfg.toy:
         return cfg
-    teachers_given = bool(cfg.expert or cfg.anti_expert or cfg.teacher)
+    named = bool(cfg.teacher or cfg.served_teachers)  # the user names every teacher
     two = bool(cfg.lambdas) and len(cfg.lambdas.split(",")) >= 2
-    if cfg.student and cfg.data and teachers_given:
+    if cfg.student and cfg.data and (named or (cfg.expert and (cfg.anti_expert or not two))):
         return cfg  # everything given explicitly: no need to touch (or build) the toy world
 
     if progress:
@@ -69,9 +71,8 @@ def resolve_toy(cfg: TrainConfig, progress: Progress | None = None) -> TrainConf
     return replace(
         cfg,
         student=cfg.student or str(world.student),
-        expert=cfg.expert or (None if teachers_given else str(world.expert)),
-        anti_expert=cfg.anti_expert
-        or (None if teachers_given or not two else str(world.anti_expert)),
+        expert=cfg.expert or (None if named else str(world.expert)),
+        anti_expert=cfg.anti_expert or (None if named or not two else str(world.anti_expert)),
         data=cfg.data or str(world.train_files["math"]),
         eval_data=cfg.eval_data or str(world.test_files["math"]),
     )
