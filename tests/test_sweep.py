@@ -67,6 +67,25 @@ def test_grid_names_directories_and_order():
     assert [s.name for s in expand_grid(SweepConfig(out="o"))] == ["base"]
 
 
+def test_named_settings_keep_their_names_order_and_values():
+    table = {"math": {"math": 1.5, "code": -0.5}, "code": {"math": -0.5, "code": 1.5}}
+    cfg = SweepConfig(
+        out="o",
+        settings={
+            "routed G-OPD": {"lambda_table": {"math": {"math": 1.5}, "code": {"code": 1.5}}},
+            "TC-OPD −0.5": {"lambda_table": table, "lambdas": "1.50, -0.5"},
+            "math-only": {"data": "m.jsonl", "teacher": ["math=/m:1"]},
+        },
+        train={"lr": 0.001, "data": "mixed.jsonl"},
+    )
+    settings = expand_grid(cfg)
+    assert [s.name for s in settings] == ["routed G-OPD", "TC-OPD −0.5", "math-only"]
+    assert [s.dirname for s in settings] == ["routed__G-OPD", "TC-OPD___0.5", "math-only"]
+    assert settings[1].values == {"lambda_table": table, "lambdas": "1.5,-0.5"}
+    assert find_baseline(settings, None).name == "routed G-OPD"
+    assert find_baseline(settings, "math-only") is settings[2]
+
+
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
@@ -77,6 +96,11 @@ def test_grid_names_directories_and_order():
         ({"grid": {"lr": []}}, "non-empty list"),
         ({"lambdas": ["1"], "grid": {"lambdas": ["2"]}}, "given twice"),
         ({"grid": {"lr": [0.1]}, "train": {"lr": 0.2}}, "both a grid axis and a base"),
+        ({"settings": {"a": {"lr": 0.1}}, "lambdas": ["1"]}, "named settings or a grid"),
+        ({"settings": {"a": {"seed": 1}}}, "set by the sweep"),
+        ({"settings": {"a": {"lrr": 1}}}, "setting 'a': 'lrr' is not a train setting"),
+        ({"settings": {"a": [1]}}, "must map train settings"),
+        ({"settings": {"a": {"lambdas": "1,x"}}}, "setting 'a'"),
     ],
 )
 def test_bad_grids(kwargs, needle):

@@ -54,6 +54,11 @@ class SweepConfig:
         help="More grid axes {train setting: [values]}, crossed with --lambdas "
         "(YAML, e.g. {lr: [0.001, 0.0005]}).",
     )
+    settings: dict = field(
+        {},
+        help="Named settings {name: {train setting: value}} instead of a grid (YAML), for "
+        "settings that differ in several keys at once (data, lambda_table, teachers).",
+    )
     seeds: str | list[int] = field(
         "0", help="Training seeds, e.g. 0,1,2: every setting runs with each."
     )
@@ -181,7 +186,12 @@ def _dirname(name: str) -> str:
 
 
 def expand_grid(cfg: SweepConfig) -> list[Setting]:
-    """The settings of the grid: λ settings × the YAML axes (first axis slowest)."""
+    """The settings of the grid: λ settings × the YAML axes (first axis slowest), or the named
+    ``settings`` as they are given."""
+    if cfg.settings:
+        if cfg.lambdas or cfg.grid:
+            raise ConfigError("give named settings or a grid (--lambdas / grid:), not both")
+        return _named_settings(cfg.settings)
     axes: list[tuple[str, list[Any]]] = []
     if cfg.lambdas:
         if "lambdas" in cfg.grid:
@@ -216,6 +226,33 @@ def expand_grid(cfg: SweepConfig) -> list[Setting]:
                 f"the grid holds the same setting twice: {seen[s.dirname]!r}, {s.name!r}"
             )
         seen[s.dirname] = s.name
+    return settings
+
+
+def _named_settings(named: dict) -> list[Setting]:
+    """``{name: {train setting: value}}`` → settings in the given order (each key a train
+    setting the sweep does not set itself; a setting's values override the base ``train:``)."""
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings: list[Setting] = []
+    for name, values in named.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"setting {name!r} must map train settings to values, got {values!r}")
+        for key in values:
+            if key in NOT_AXES:
+                raise ConfigError(
+                    f"setting {name!r}: {key!r} is set by the sweep (use {NOT_AXES[key]})"
+                )
+            if key not in train_fields:
+                raise ConfigError(
+                    f"setting {name!r}: {key!r} is not a train setting (see tcopd train --help)"
+                )
+        values = dict(values)
+        if "lambdas" in values:
+            try:
+                values["lambdas"] = normalize_lambdas(values["lambdas"])
+            except TcopdError as e:
+                raise ConfigError(f"setting {name!r}: {e}")
+        settings.append(Setting(str(name), _dirname(str(name)), values))
     return settings
 
 
