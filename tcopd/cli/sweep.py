@@ -70,7 +70,8 @@ def _panels(command: Any) -> Any:
 @app.command(
     "sweep",
     epilog="YAML (--config): the sweep's keys at the top (lambdas, seeds, grid: {setting: "
-    "\\[values]}, eval_benchmark, eval_n, eval_options: {...}, baseline, ...) and the base train "
+    "\\[values]} or named settings: {name: {setting: value}}, eval_benchmark, eval_n, "
+    "eval_options: {...}, baseline, ...) and the base train "
     "settings under train:. Outputs, statistics and resume: docs/sweep.md.",
 )
 @_panels
