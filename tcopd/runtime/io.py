@@ -88,7 +88,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """Rows of a ``.jsonl``/``.json``/``.parquet``/``.csv`` file as ``(row_number, row)`` (1-based)."""
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"input file {str(p)!r} does not exist")
     suffix = p.suffix.lower()
