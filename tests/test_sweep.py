@@ -164,12 +164,24 @@ def test_one_run_per_device_at_a_time(tmp_path, monkeypatch):
 # ------------------------------------------------------------ statistics from run files
 
 
-def _fake_run(run_dir: Path, correct: list[list[bool]], tokens: int, curve: list[float]) -> None:
+def _fake_run(
+    run_dir: Path,
+    correct: list[list[bool]],
+    tokens: int,
+    curve: list[float],
+    domains: list[str] | None = None,
+) -> None:
     """A finished run's files: eval/samples.jsonl (problems × samples) and train/metrics.jsonl."""
     (run_dir / "eval").mkdir(parents=True)
     (run_dir / "train").mkdir(parents=True)
     rows = [
-        {"problem_id": f"p{p}", "sample_index": i, "correct": c, "num_tokens": tokens}
+        {
+            "problem_id": f"p{p}",
+            "sample_index": i,
+            "correct": c,
+            "num_tokens": tokens + (p if domains else 0),
+        }
+        | ({"domain": domains[p]} if domains else {})
         for p, cs in enumerate(correct)
         for i, c in enumerate(cs)
     ]
@@ -480,3 +492,43 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(world, tmp_path):
     assert "error:" in failed["error"] and "no prompt fits max_prompt_tokens=1" in failed["error"]
     assert [r["status"] for r in rep["runs"]] == ["failed", "done"]
     assert "no pair of finished seeds" in rep["claims"][0]
+
+
+def test_per_domain_statistics_by_hand(tmp_path):
+    """Problems p0, p1 are math, p2, p3 code: mean@n, tokens and paired differences per domain."""
+    cfg = SweepConfig(out=str(tmp_path), settings={"multi": {}, "single": {}}, seeds="0,1")
+    settings = expand_grid(cfg)
+    runs = {(r.setting.name, r.seed): r for r in plan_runs(tmp_path, settings, [0, 1])}
+    doms = ["math", "math", "code", "code"]
+    multi = {0: [[T, F], [F, F], [T, T], [T, F]], 1: [[T, T], [F, F], [F, F], [T, T]]}
+    single = {0: [[T, T], [T, F], [T, T], [T, T]], 1: [[T, T], [T, T], [F, F], [T, T]]}
+    for seed in (0, 1):
+        _fake_run(runs["multi", seed].dir, multi[seed], 10, [0.1], doms)
+        _fake_run(runs["single", seed].dir, single[seed], 20, [0.2], doms)
+    results = [report.load_result(run, {"status": "done"}) for run in runs.values()]
+    rep = report.statistics(cfg, settings, settings[0], results, {})
+    assert rep["domains"] == ["code", "math"]
+
+    def frac(cs):
+        return [100.0 * sum(c) / len(c) for c in cs]
+
+    for name, table in (("multi", multi), ("single", single)):
+        for d, rows in (("math", slice(0, 2)), ("code", slice(2, 4))):
+            block = rep["per_setting"][name]["domains"][d]
+            per_seed = {str(k): sum(frac(v[rows])) / 2 for k, v in table.items()}
+            assert block["mean_at_n"]["per_seed"] == pytest.approx(per_seed)
+            base = 10 if name == "multi" else 20
+            assert block["mean_tokens"]["mean"] == pytest.approx(
+                base + (0.5 if d == "math" else 2.5)
+            )
+    for d, rows in (("math", slice(0, 2)), ("code", slice(2, 4))):
+        got = rep["differences"]["single"]["domains"][d]["mean_at_n"]
+        expected = stats.paired_bootstrap(
+            [frac(single[k][rows]) for k in (0, 1)],
+            [frac(multi[k][rows]) for k in (0, 1)],
+            cfg.bootstrap,
+            cfg.bootstrap_seed,
+        )
+        assert got["diff"] == pytest.approx(expected.diff) and got["problems"] == 2
+        assert got["ci"] == [expected.low, expected.high]
+    assert any(line.startswith("mean@n: single [math]") for line in rep["claims"])

@@ -45,6 +45,8 @@ class RunResult:
     mean_tokens: float | None = None
     steps: list[int] = field(default_factory=list)
     curve: list[float] = field(default_factory=list)  # rollout_accuracy per step
+    domain_of: dict[str, str] = field(default_factory=dict)  # problem_id → domain (when given)
+    domain_tokens: dict[str, float] = field(default_factory=dict)  # domain → mean tokens
 
     @property
     def done(self) -> bool:
@@ -80,12 +82,39 @@ def load_result(run: Run, state: dict[str, Any]) -> RunResult:
     res.steps, res.curve = _curve(run.train_dir)
     correct: dict[str, list[bool]] = {}
     tokens: list[int] = []
+    by_domain: dict[str, list[int]] = {}
     for _, row in io.iter_jsonl(run.eval_dir / "samples.jsonl"):
         correct.setdefault(str(row["problem_id"]), []).append(row.get("correct") is True)
         tokens.append(int(row.get("num_tokens") or 0))
+        if row.get("domain") is not None:
+            res.domain_of[str(row["problem_id"])] = str(row["domain"])
+            by_domain.setdefault(str(row["domain"]), []).append(tokens[-1])
     res.accuracy = {p: sum(v) / len(v) for p, v in correct.items()}
     res.mean_tokens = sum(tokens) / len(tokens) if tokens else None
+    if len(by_domain) > 1:
+        res.domain_tokens = {d: sum(v) / len(v) for d, v in by_domain.items()}
+    else:
+        res.domain_of = {}
     return res
+
+
+def in_domain(res: RunResult, domain: str) -> RunResult:
+    """The run restricted to one domain's problems (mean@n and tokens of that domain)."""
+    keep = {p: a for p, a in res.accuracy.items() if res.domain_of.get(p) == domain}
+    return RunResult(
+        res.setting,
+        res.seed,
+        res.status,
+        accuracy=keep,
+        mean_tokens=res.domain_tokens.get(domain),
+        steps=res.steps,
+        curve=res.curve,
+    )
+
+
+def domains_of(results: list[RunResult]) -> list[str]:
+    """The evaluation's domains, when its problems carry several (else none)."""
+    return sorted({d for r in results if r.done for d in r.domain_of.values()})
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -211,6 +240,17 @@ def _claims(differences: dict[str, Any], baseline: str, target: float | None) ->
     return lines
 
 
+def _domain_claims(differences: dict[str, Any], baseline: str) -> list[str]:
+    """mean@n claim lines per domain (evaluations with several domains)."""
+    lines = []
+    for name, diff in differences.items():
+        for d, block in diff.get("domains", {}).items():
+            m = block["mean_at_n"]
+            note = "" if m is None else f"; {m['n']} seeds × {m['problems']} problems"
+            lines.append(claim("mean_at_n", f"{name} [{d}]", f"{baseline} [{d}]", m, note))
+    return lines
+
+
 # ------------------------------------------------------------------------------- the report
 
 
@@ -258,18 +298,41 @@ def statistics(
     target = (
         cfg.target if cfg.target is not None else default_target(list(base.values()), cfg.smooth)
     )
+    domains = domains_of(results)
     per_setting = {}
     for s in settings:
         values = {seed: _seed_values(r, target, cfg.smooth) for seed, r in done[s.name].items()}
         block: dict[str, Any] = {"seeds": sorted(done[s.name]), "values": s.values}
         for stat in STATISTICS:
             block[stat] = _summary({seed: v[stat] for seed, v in values.items()})
+        if domains:
+            block["domains"] = {
+                d: {
+                    stat: _summary(
+                        {seed: getattr(in_domain(r, d), stat) for seed, r in done[s.name].items()}
+                    )
+                    for stat in ("mean_at_n", "mean_tokens")
+                }
+                for d in domains
+            }
         per_setting[s.name] = block
     differences = {
         s.name: {"vs": baseline.name, **_difference(done[s.name], base, target, cfg)}
         for s in settings
         if s.name != baseline.name
     }
+    for name, diff in differences.items():
+        if domains:
+            diff["domains"] = {
+                d: {
+                    "mean_at_n": _paired_mean_at_n(
+                        {k: in_domain(r, d) for k, r in done[name].items()},
+                        {k: in_domain(r, d) for k, r in base.items()},
+                        cfg,
+                    )
+                }
+                for d in domains
+            }
     source = (
         "--target"
         if cfg.target is not None
@@ -285,7 +348,9 @@ def statistics(
         "runs": [_run_row(r, target, cfg.smooth) for r in results],
         "per_setting": per_setting,
         "differences": differences,
-        "claims": _claims(differences, baseline.name, target),
+        "domains": domains,
+        "claims": _claims(differences, baseline.name, target)
+        + _domain_claims(differences, baseline.name),
         "failed": [
             {"setting": r.setting, "seed": r.seed, "error": r.error}
             for r in results
@@ -321,6 +386,18 @@ def write_tables(out: Path, report: dict[str, Any], seeds: list[int]) -> list[Pa
         for name, block in report["per_setting"].items()
         for stat in STATISTICS
         for b in (block[stat],)
+    ] + [
+        [
+            name,
+            f"{stat}[{d}]",
+            b["mean"],
+            *b["ci"],
+            b["n"],
+            *(b["per_seed"].get(str(s)) for s in seeds),
+        ]
+        for name, block in report["per_setting"].items()
+        for d, stats_d in block.get("domains", {}).items()
+        for stat, b in stats_d.items()
     ]
     header = SETTINGS_HEADER + [f"seed{s}" for s in seeds]
     runs = [[r[k] for k in RUNS_HEADER] for r in report["runs"]]
@@ -340,6 +417,12 @@ def _diff_rows(report: dict[str, Any]) -> list[list[Any]]:
             rows.append(
                 [name, diff["vs"], stat, d["diff"], *d["ci"], d["n"], d.get("problems"),
                  d.get("sign_agreement"), method]
+            )  # fmt: skip
+        for dom, block in diff.get("domains", {}).items():
+            d = block["mean_at_n"] or {"diff": None, "ci": [None, None], "n": 0}
+            rows.append(
+                [name, diff["vs"], f"mean_at_n[{dom}]", d["diff"], *d["ci"], d["n"],
+                 d.get("problems"), d.get("sign_agreement"), "bootstrap seeds x problems"]
             )  # fmt: skip
     return rows
 
