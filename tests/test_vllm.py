@@ -108,3 +108,22 @@ def test_update_weights_switches_output_to_new_weights(world):
     # and back, from an HF checkpoint directory
     engine.update_weights(world["path_a"])
     assert greedy_ids(engine, world["prompts"]) == want_a
+
+
+def test_many_long_seeded_prompts_in_one_call(world):
+    """7,680 prompt tokens in one call, every request seeded: vLLM 0.32's CPU worker crashed when
+    such a batch's prefill was split across steps (a CPU generator cannot be rewound)."""
+    tok = world["tok"]
+    prompts = [
+        tok(" ".join(f"what is {i % 7} + {j % 5} ?" for j in range(20)), add_special_tokens=False)[
+            "input_ids"
+        ]
+        for i in range(64)
+    ]
+    assert sum(map(len, prompts)) > 4096  # more than vLLM's default per-step budget
+    sp = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, logprobs=True, seed=3)
+    batch = world["engine"].generate(prompts, sp)
+    assert len(batch) == 128
+    assert all(c.response_ids and len(c.logprobs) == len(c.response_ids) for c in batch)
+    again = world["engine"].generate(prompts, sp)  # the same seeds give the same samples
+    assert [c.response_ids for c in again] == [c.response_ids for c in batch]

@@ -83,6 +83,7 @@ class VLLMEngine:
         enforce_eager: bool = False,
         seed: int = 0,
         log_path: str | Path | None = None,
+        max_num_batched_tokens: int | None = None,
     ):
         if not isinstance(model, (str, Path)):
             raise ModelError(
@@ -127,6 +128,10 @@ class VLLMEngine:
             enable_sleep_mode=self.sleep_enabled,
             enforce_eager=enforce_eager,
         )
+        if max_num_batched_tokens is None and not torch.cuda.is_available():
+            max_num_batched_tokens = CPU_BATCHED_TOKENS  # see the constant
+        if max_num_batched_tokens is not None:
+            kwargs["max_num_batched_tokens"] = max_num_batched_tokens
         if max_model_len is not None:
             # never above what the model's positions allow (vLLM refuses a longer context)
             limit = getattr(hf_config, "max_position_embeddings", None)
@@ -261,6 +266,12 @@ class VLLMEngine:
             llm.llm_engine.engine_core.shutdown()
             self.llm = None
 
+
+# vLLM 0.32's CPU worker crashes ("CPU Generator does not use offset") when a seeded request's
+# prefill is split across engine steps (chunked prefill): it rewinds the request's generator,
+# which a CPU generator cannot do. Every sampling request here is seeded, so on CPU the per-step
+# token budget is made large enough that one generate call's prompts never get split.
+CPU_BATCHED_TOKENS = 1 << 17
 
 _MARK = ".tcopd-engine-weights"  # a directory write_weights wrote (complete, lm_head included)
 
