@@ -247,3 +247,32 @@ def test_plan_batches_respects_budget():
     assert [i for b in batches for i in b] == list(range(6))
     for b in batches:
         assert len(b) == 1 or len(b) * (max(lengths[i] for i in b) + 10) <= 45
+
+
+def test_engine_error_finds_the_root_cause_in_the_engine_log(tmp_path):
+    """The one-line error of a dead vLLM engine: the worker's exception from its log (past the
+    byte where this start began), not the wrappers that point at it."""
+    from tcopd.runtime.vllm_engine import engine_error
+
+    log = tmp_path / "vllm-rank0.log"
+    old = "(Worker pid=1) ERROR [x.py:1] ValueError: an earlier run's failure\n"
+    log.write_text(old)
+    log.open("a").write(
+        "(Worker pid=8) ERROR 11-27 18:47:01 [multiproc_executor.py:1063] Traceback (most recent call last):\n"
+        "(Worker pid=8) ERROR 11-27 18:47:01 [multiproc_executor.py:1063] RuntimeError: CPU Generator does not use offset\n"
+        "(EngineCore pid=7) ERROR 11-27 18:47:01 [core.py:1512] EngineCore encountered a fatal error.\n"
+        "(EngineCore pid=7) ERROR 11-27 18:47:01 [core.py:1512] RuntimeError: Worker failed with error 'x', please check the stack trace above for the root cause\n"
+        "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the root cause.\n"
+    )
+    wrapper = RuntimeError(
+        "EngineCore encountered an issue. See stack trace (above) for the root cause."
+    )
+    line = engine_error(wrapper, log, start=len(old))
+    assert line.startswith("RuntimeError: CPU Generator does not use offset (log: ")
+    only_old = tmp_path / "old.log"
+    only_old.write_text(old)
+    assert engine_error(wrapper, only_old, start=len(old)) == str(
+        wrapper
+    )  # nothing new: the exception
+    value = RuntimeError("1 validation error\n  Value error, max_model_len is too long [type=x]")
+    assert engine_error(value, None) == "max_model_len is too long [type=x]"

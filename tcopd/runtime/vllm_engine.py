@@ -297,7 +297,7 @@ def _free_device_bytes() -> int:
     return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
 
 
-_EXCEPTION_LINE = re.compile(r"^(?:\S*\s)?(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+_EXCEPTION_LINE = re.compile(r"(?:^|[\]\s])(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
 _WRAPPERS = ("EngineDeadError", "EngineGenerateError")
 
 
@@ -309,8 +309,9 @@ def engine_error(e: BaseException, log_path: Path | None = None, start: int = 0)
         with open(log_path, "rb") as f:
             f.seek(start)
             text = f.read().decode(errors="replace").splitlines()[-400:]
-        found = [m for m in map(_EXCEPTION_LINE.match, text) if m and m[1] not in _WRAPPERS]
-        found = [m for m in found if "See root cause above" not in m[2]]
+        found = [m for m in map(_EXCEPTION_LINE.search, text) if m and m[1] not in _WRAPPERS]
+        # wrappers that point elsewhere ("... check the stack trace above for the root cause")
+        found = [m for m in found if "root cause" not in m[2] and "stack trace" not in m[2]]
         if found:
             line = f"{found[-1][1]}: {found[-1][2].strip()} (log: {log_path})"
             return line if len(line) <= 500 else line[:497] + "..."
