@@ -532,3 +532,5 @@ def test_per_domain_statistics_by_hand(tmp_path):
         assert got["diff"] == pytest.approx(expected.diff) and got["problems"] == 2
         assert got["ci"] == [expected.low, expected.high]
     assert any(line.startswith("mean@n: single [math]") for line in rep["claims"])
+    files = report.write_figures(tmp_path, settings, results, rep, 1)
+    assert tmp_path / "domains.png" in files and (tmp_path / "domains.png").stat().st_size > 0

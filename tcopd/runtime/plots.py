@@ -188,3 +188,35 @@ def plot_heatmap(
     ax.set_title(title)
     fig.tight_layout()
     return _save_png_and_svg(fig, png_path)
+
+
+def plot_grouped_bars(
+    groups: Sequence[str],
+    series: dict[str, Sequence[tuple[float | None, float | None, float | None]]],
+    png_path: str | Path,
+    *,
+    ylabel: str,
+    title: str,
+) -> tuple[Path, Path]:
+    """Bars per group (x) and series (one colour each); each bar ``(value, low, high)`` with its
+    interval as an error bar (``None``: no bar, or no interval)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2.0 + 1.1 * len(groups), 4.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(len(series), 1)
+    for k, (name, bars) in enumerate(series.items()):
+        xs = [g + (k - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        values = [b[0] if b[0] is not None else 0.0 for b in bars]
+        low = [b[0] - b[1] if b[0] is not None and b[1] is not None else 0.0 for b in bars]
+        high = [b[2] - b[0] if b[0] is not None and b[2] is not None else 0.0 for b in bars]
+        ax.bar(xs, values, width, label=name, yerr=[low, high], capsize=2)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save_png_and_svg(fig, png_path)

@@ -480,7 +480,8 @@ def write_figures(
     report: dict[str, Any],
     smooth: int,
 ) -> list[Path]:
-    """curves (rollout accuracy, band over seeds), forest (paired differences), heatmap (2-D λ)."""
+    """curves (rollout accuracy, band over seeds), forest (paired differences), heatmap (2-D λ),
+    domains (mean@n per domain and setting, when the evaluation has several domains)."""
     files: list[Path] = []
     bands = {}
     for s in settings:
@@ -507,6 +508,21 @@ def write_figures(
     if panels:
         files += plots.plot_forest(
             panels, out / "forest.png", title=f"paired differences vs {report['baseline']} (95% CI)"
+        )
+    if report.get("domains"):
+        series = {}
+        for d in report["domains"]:
+            bars = []
+            for s in settings:
+                b = report["per_setting"][s.name]["domains"][d]["mean_at_n"]
+                bars.append((b["mean"], *b["ci"]))
+            series[d] = bars
+        files += plots.plot_grouped_bars(
+            [s.name for s in settings],
+            series,
+            out / "domains.png",
+            ylabel="mean@n (%)",
+            title="mean@n per domain: mean over seeds, 95% CI (t over seeds)",
         )
     grid = _lambda_grid(settings, report)
     if grid is not None:
