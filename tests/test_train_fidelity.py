@@ -120,7 +120,11 @@ def test_every_setting_is_a_flag_or_listed_as_yaml_only(capsys):
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        if hints[f.name] is dict:
+        if (
+            hints[f.name] is dict
+            or typing.get_origin(hints[f.name]) is list
+            and typing.get_args(hints[f.name]) == (dict,)
+        ):  # mappings (lambda_table) and lists of mappings (served_teachers)
             assert f.name in text.split("YAML):", 1)[1], f.name
         else:
             # rich may cut a long flag with an ellipsis: match its first 17 characters
