@@ -210,16 +210,9 @@ def _multitask_table(t: dict) -> Table:
         f"(build {t.get('build_seconds', 0):.0f} s)"
     )
     table.add_column("model")
-    for d in doms:
+    for d in multitask.DOMAINS:  # the order of multitask.model_cells
         table.add_column(f"{d} accuracy (%)", justify="right")
         table.add_column(f"{d} mean length", justify="right")
     for name in first["models"]:
-        cells = []
-        for d in doms:
-            r = doms[d]["models"][name]
-            cells += [
-                f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_se']:.1f}",
-                f"{r['mean_length']:.1f} ± {r['mean_length_se']:.1f}",
-            ]
-        table.add_row(name, *cells)
+        table.add_row(name, *multitask.model_cells(t, name))
     return table

@@ -128,14 +128,7 @@ class VLLMEngine:
             enable_sleep_mode=self.sleep_enabled,
             enforce_eager=enforce_eager,
         )
-        if max_num_batched_tokens is None and not torch.cuda.is_available():
-            max_num_batched_tokens = CPU_BATCHED_TOKENS  # see the constant
-        if max_num_batched_tokens is not None:
-            kwargs["max_num_batched_tokens"] = max_num_batched_tokens
-        if max_model_len is not None:
-            # never above what the model's positions allow (vLLM refuses a longer context)
-            limit = getattr(hf_config, "max_position_embeddings", None)
-            kwargs["max_model_len"] = min(max_model_len, limit) if limit else max_model_len
+        kwargs |= _lengths(hf_config, max_model_len, max_num_batched_tokens)
         self.log_path = Path(log_path) if log_path else None
         self._log_start = _size(self.log_path)  # a resumed run appends: read only what is new
         try:
@@ -272,6 +265,23 @@ class VLLMEngine:
 # which a CPU generator cannot do. Every sampling request here is seeded, so on CPU the per-step
 # token budget is made large enough that one generate call's prompts never get split.
 CPU_BATCHED_TOKENS = 1 << 17
+
+
+def _lengths(
+    hf_config: Any, max_model_len: int | None, max_num_batched_tokens: int | None
+) -> dict[str, int]:
+    """The context (never above the model's positions: vLLM refuses a longer one) and the
+    per-step token budget (on CPU: :data:`CPU_BATCHED_TOKENS` unless given)."""
+    out: dict[str, int] = {}
+    if max_num_batched_tokens is None and not torch.cuda.is_available():
+        max_num_batched_tokens = CPU_BATCHED_TOKENS
+    if max_num_batched_tokens is not None:
+        out["max_num_batched_tokens"] = max_num_batched_tokens
+    if max_model_len is not None:
+        limit = getattr(hf_config, "max_position_embeddings", None)
+        out["max_model_len"] = min(max_model_len, limit) if limit else max_model_len
+    return out
+
 
 _MARK = ".tcopd-engine-weights"  # a directory write_weights wrote (complete, lm_head included)
 

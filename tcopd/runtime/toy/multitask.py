@@ -366,6 +366,18 @@ def shape_checks(domains: dict[str, dict[str, Any]]) -> dict[str, float]:
     return checks
 
 
+def model_cells(table: dict[str, Any], name: str) -> list[str]:
+    """One model's row of the table: accuracy and mean length (± SE) per domain."""
+    cells = []
+    for d in DOMAINS:
+        r = table["domains"][d]["models"][name]
+        cells += [
+            f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_se']:.1f}",
+            f"{r['mean_length']:.1f} ± {r['mean_length_se']:.1f}",
+        ]
+    return cells
+
+
 def table_markdown(table: dict[str, Any]) -> str:
     doms = table["domains"]
     first = doms[DOMAINS[0]]
@@ -379,14 +391,7 @@ def table_markdown(table: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for name in first["models"]:
-        cells = []
-        for d in DOMAINS:
-            r = doms[d]["models"][name]
-            cells += [
-                f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_se']:.1f}",
-                f"{r['mean_length']:.1f} ± {r['mean_length_se']:.1f}",
-            ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(model_cells(table, name)) + " |")
     if "build_seconds" in table:
         lines += ["", f"Build time: {table['build_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
