@@ -283,6 +283,33 @@ def _difference(
     return out
 
 
+def _domain_summaries(runs: dict[int, RunResult], domains: list[str]) -> dict[str, Any]:
+    """mean@n and mean length per domain, over the seeds."""
+    return {
+        d: {
+            stat: _summary({seed: getattr(in_domain(r, d), stat) for seed, r in runs.items()})
+            for stat in ("mean_at_n", "mean_tokens")
+        }
+        for d in domains
+    }
+
+
+def _domain_differences(
+    mine: dict[int, RunResult], base: dict[int, RunResult], domains: list[str], cfg: SweepConfig
+) -> dict[str, Any]:
+    """mean@n against the baseline on each domain's problems (paired bootstrap)."""
+    return {
+        d: {
+            "mean_at_n": _paired_mean_at_n(
+                {k: in_domain(r, d) for k, r in mine.items()},
+                {k: in_domain(r, d) for k, r in base.items()},
+                cfg,
+            )
+        }
+        for d in domains
+    }
+
+
 def statistics(
     cfg: SweepConfig,
     settings: list[Setting],
@@ -306,15 +333,7 @@ def statistics(
         for stat in STATISTICS:
             block[stat] = _summary({seed: v[stat] for seed, v in values.items()})
         if domains:
-            block["domains"] = {
-                d: {
-                    stat: _summary(
-                        {seed: getattr(in_domain(r, d), stat) for seed, r in done[s.name].items()}
-                    )
-                    for stat in ("mean_at_n", "mean_tokens")
-                }
-                for d in domains
-            }
+            block["domains"] = _domain_summaries(done[s.name], domains)
         per_setting[s.name] = block
     differences = {
         s.name: {"vs": baseline.name, **_difference(done[s.name], base, target, cfg)}
@@ -323,16 +342,7 @@ def statistics(
     }
     for name, diff in differences.items():
         if domains:
-            diff["domains"] = {
-                d: {
-                    "mean_at_n": _paired_mean_at_n(
-                        {k: in_domain(r, d) for k, r in done[name].items()},
-                        {k: in_domain(r, d) for k, r in base.items()},
-                        cfg,
-                    )
-                }
-                for d in domains
-            }
+            diff["domains"] = _domain_differences(done[name], base, domains, cfg)
     source = (
         "--target"
         if cfg.target is not None
@@ -473,6 +483,21 @@ def _lambda_grid(
     return matrix, rows, cols
 
 
+def _domain_bars(out: Path, settings: list[Setting], report: dict[str, Any]) -> tuple[Path, Path]:
+    """domains.png: mean@n per setting and domain with its 95% t interval over seeds."""
+    series = {}
+    for d in report["domains"]:
+        blocks = [report["per_setting"][s.name]["domains"][d]["mean_at_n"] for s in settings]
+        series[d] = [(b["mean"], *b["ci"]) for b in blocks]
+    return plots.plot_grouped_bars(
+        [s.name for s in settings],
+        series,
+        out / "domains.png",
+        ylabel="mean@n (%)",
+        title="mean@n per domain: mean over seeds, 95% CI (t over seeds)",
+    )
+
+
 def write_figures(
     out: Path,
     settings: list[Setting],
@@ -510,20 +535,7 @@ def write_figures(
             panels, out / "forest.png", title=f"paired differences vs {report['baseline']} (95% CI)"
         )
     if report.get("domains"):
-        series = {}
-        for d in report["domains"]:
-            bars = []
-            for s in settings:
-                b = report["per_setting"][s.name]["domains"][d]["mean_at_n"]
-                bars.append((b["mean"], *b["ci"]))
-            series[d] = bars
-        files += plots.plot_grouped_bars(
-            [s.name for s in settings],
-            series,
-            out / "domains.png",
-            ylabel="mean@n (%)",
-            title="mean@n per domain: mean over seeds, 95% CI (t over seeds)",
-        )
+        files += _domain_bars(out, settings, report)
     grid = _lambda_grid(settings, report)
     if grid is not None:
         matrix, rows, cols = grid
