@@ -75,3 +75,17 @@ def test_heavy_dependencies_have_one_importer():
     for lib, owner in HEAVY_SINGLE_IMPORTER.items():
         importers = [rel for rel, p in _modules() if lib in {n.split(".")[0] for n in _imports(p)}]
         assert set(importers) <= {owner}, f"{lib} imported by {importers}, only {owner} may"
+
+
+PIPELINES_MAX_LINES = 500  # STYLE.md: "pipelines under 500"
+ANY_MODULE_MAX_LINES = 800  # STYLE.md: "a file past 800 lines is a design smell"
+
+
+def test_module_sizes():
+    too_long = []
+    for rel, p in _modules():
+        n = len(p.read_text().splitlines())
+        limit = PIPELINES_MAX_LINES if rel.startswith("tcopd/pipelines/") else ANY_MODULE_MAX_LINES
+        if n > limit:
+            too_long.append(f"{rel}: {n} lines (limit {limit})")
+    assert not too_long, "split these modules: " + "; ".join(too_long)

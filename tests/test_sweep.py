@@ -19,7 +19,7 @@ from train_fixtures import make_world, write_prepared
 
 from tcopd.cli.main import main
 from tcopd.errors import ConfigError
-from tcopd.pipelines.sweep import report
+from tcopd.pipelines.sweep import figures, report
 from tcopd.pipelines.sweep.config import SweepConfig, expand_grid, find_baseline
 from tcopd.pipelines.sweep.runner import plan_runs
 from tcopd.runtime import stats
@@ -296,7 +296,7 @@ def test_tables_and_figures(tmp_path):
     for stem in ("curves", "forest", "heatmap"):  # a 2 × 2 λ grid gets the heatmap
         assert f"{stem}.png" in names and f"{stem}.svg" in names
         assert (tmp_path / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    matrix, rows_, cols = report._lambda_grid(settings, rep)
+    matrix, rows_, cols = figures.lambda_grid(settings, rep)
     assert (rows_, cols) == (["-1.5", "-0.5"], ["1.5", "2"])
     assert matrix[1] == [37.5, 100.0] and matrix[0][0] == 37.5 and math.isnan(matrix[0][1])
 

@@ -6,8 +6,9 @@ starts, refuse a restart with another grid) → ``runner.run_all`` (``tcopd trai
 eval`` per run in subprocesses, resumable) → ``report`` (``sweep.json``, CSVs, claims, figures).
 
 Where things are: ``config.py`` (SweepConfig, the grid, resolved settings, what a restart must
-match), ``runner.py`` (state, subprocesses, devices), ``report.py`` (statistics and outputs;
-the formulas in ``tcopd.runtime.stats``), ``child.py`` (the subprocess launcher).
+match), ``runner.py`` (state, subprocesses, devices), ``report.py`` (statistics, claims and
+tables; the formulas in ``tcopd.runtime.stats``), ``figures.py`` (curves, forest plot, λ
+heatmap, domains), ``child.py`` (the subprocess launcher).
 
 Restart: running the same sweep again (or ``--resume OUT``) skips finished runs, evaluates
 trained ones, resumes interrupted trainings and retries failed runs; the statistics are
@@ -27,6 +28,7 @@ import yaml
 
 from tcopd.config import build, read_yaml, to_dict
 from tcopd.errors import ConfigError
+from tcopd.pipelines.sweep import figures
 from tcopd.pipelines.sweep import report as rep
 from tcopd.pipelines.sweep.config import (
     Setting,
@@ -200,5 +202,5 @@ def run(cfg: SweepConfig, progress: Progress | None = None) -> SweepResult:
         stats = rep.statistics(cfg, p.settings, p.baseline, results, _header(p, cfg.seed_list))
         files = [io.write_json(out / "sweep.json", stats)]
         files += rep.write_tables(out, stats, cfg.seed_list)
-        files += rep.write_figures(out, p.settings, results, stats, cfg.smooth)
+        files += figures.write_figures(out, p.settings, results, stats, cfg.smooth)
     return SweepResult(out, stats, files)

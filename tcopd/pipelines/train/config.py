@@ -15,6 +15,7 @@ The resolved ``config.yaml`` of a run records the recipe and every resulting val
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,7 +62,9 @@ class TrainConfig:
     temperature: float = field(
         1.0, help="Rollout temperature τ; every model is scored at τ too (docs/algorithm.md)."
     )
-    top_p: float = field(1.0, help="Rollout top-p.")
+    top_p: float = field(
+        1.0, help="Rollout top-p; training needs 1 (the trainer scores the full tempered policy)."
+    )
     lr: float = field(1e-6, help="AdamW learning rate.")
     weight_decay: float = field(0.0, help="AdamW weight decay.")
     grad_clip: float = field(1.0, help="Gradient-norm clipping (0: off).")
@@ -70,7 +73,9 @@ class TrainConfig:
     clip_eps: float = field(0.2, help="PPO clip ε.")
     clip_eps_high: float | None = field(None, help="Upper clip (default: ε).")
     dual_clip: float | None = field(3.0, help="Dual-clip c for negative advantages (null: off).")
-    beta: float = field(1.0, help="KL coefficient β in A = r − β(lp_old − lp_ref).")
+    beta: float = field(
+        1.0, help="KL coefficient β in A = r − β(lp_old − lp_ref): >= 0 (sampled), > 0 (dense)."
+    )
     score_reference: Literal["auto", "always"] = field(
         "auto",
         help="auto: skip scoring π_ref when its terms cancel (Σ_k w_k = β, e.g. OPD); always: score it.",
@@ -147,6 +152,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Reject impossible values before anything is loaded or initialised."""
+        self._check_ranges()
+        self._check_sampling_and_beta()
+        self._check_combinations()
+
+    def _check_ranges(self) -> None:
+        """Counts at least 1, rates > 0, switches and intervals >= 0."""
         positive = (
             "steps batch_size samples_per_prompt max_response_tokens max_prompt_tokens "
             "ppo_epochs mini_batches eval_n train_token_budget score_token_budget "
@@ -158,28 +169,51 @@ class TrainConfig:
         for name in ("lr", "temperature", "is_cap", "clip_eps", "grade_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         for name in ("weight_decay", "grad_clip", "eval_every", "eval_prompts", "save_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.teacher_timeout_s <= 0 or self.teacher_retries < 0:
+            raise ConfigError("teacher_timeout_s must be > 0 and teacher_retries >= 0")
+        if self.teacher_max_inflight_tokens < 1:
+            raise ConfigError("teacher_max_inflight_tokens must be at least 1")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ConfigError(f"dual_clip must be > 1 (or null: off), got {self.dual_clip}")
+
+    def _check_sampling_and_beta(self) -> None:
+        """top_p and β: values the trainer's math needs (docs/train.md, "Sampling and β")."""
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_p < 1.0:
+            # The sampler's log-probs are those of the renormalised nucleus, the trainer's π_old
+            # those of the full tempered policy: the IS weight would be ≈ the nucleus mass.
+            raise ConfigError(
+                f"--top-p {self.top_p}: training needs top_p = 1 (the trainer scores the full "
+                "tempered policy; nucleus log-probs would bias the importance weights); use "
+                "top_p < 1 only in eval (tcopd eval --top-p, tcopd sweep --eval-top-p)"
+            )
+        dense = self.loss == "dense"
+        if not (math.isfinite(self.beta) and (self.beta > 0 if dense else self.beta >= 0)):
+            # A = r − β(lp_old − lp_ref): β < 0 rewards moving away from π_ref; the dense
+            # target log p* = log π_ref + r/β − log Z divides by β.
+            raise ConfigError(
+                f"--beta {self.beta}: β weighs KL(π_θ ‖ π_ref) and must be >= 0 with --loss "
+                "sampled, > 0 with --loss dense (its target divides by β); this run has "
+                f"--loss {self.loss}"
+            )
+
+    def _check_combinations(self) -> None:
+        """Settings that are valid alone but not together."""
         if self.loss == "dense" and self.teacher_placement in ("shard", "server"):
             raise ConfigError(
                 "--loss dense needs every teacher's hidden states on each rank: use "
                 f"--teacher-placement local or offload (not {self.teacher_placement})"
             )
-        if self.teacher_timeout_s <= 0 or self.teacher_retries < 0:
-            raise ConfigError("teacher_timeout_s must be > 0 and teacher_retries >= 0")
-        if self.teacher_max_inflight_tokens < 1:
-            raise ConfigError("teacher_max_inflight_tokens must be at least 1")
         if self.loss == "dense" and self.outcome_weight:
             raise ConfigError("--outcome-weight applies to the sampled loss only (--loss sampled)")
         if self.outcome_weight and not self.grade:
             raise ConfigError("outcome_weight needs graded rollouts: drop --no-grade")
-        if self.dual_clip is not None and self.dual_clip <= 1:
-            raise ConfigError(f"dual_clip must be > 1 (or null: off), got {self.dual_clip}")
 
 
 # What G-OPD's scripts set (verl v0.6.1 with micro-batch 1: per-sequence averaging).

@@ -43,8 +43,38 @@ def step_row(
     times: dict[str, float],
 ) -> dict[str, Any]:
     """The metrics of step ``step`` (0-based; the row says ``step + 1``)."""
+    # Collectives in the same order on every rank: sum, max, then peak memory's gather.
+    s = tr.reduce.sum(_local_sums(tr, batch, scores, grades, signal, is_BT))
+    peak = tr.reduce.max(_local_peaks(tr, batch, signal.mask_BT, is_BT))
+    return {
+        "step": step + 1,
+        "loss": update["loss"],
+        **_signal_means(s, signal.names, tr.scores_reference),
+        "clip_fraction": update["clip_fraction"],
+        "approx_kl_old": update["approx_kl"],
+        "grad_norm": update["grad_norm"],
+        **_is_weight_stats(s, peak, is_BT is not None),
+        # device memory vLLM's sleep freed for scoring and the update (sleep mode on only)
+        "rollout_sleep_freed_gb": peak["freed"] / 1e9 if _sleeps(tr) else None,
+        **_rollout_stats(s, peak, grades.graded),
+        **_per_domain(tr, s, grades.graded),
+        **{f"time_{k}_s": v for k, v in times.items()},
+        "tokens_per_s": s["tokens"] / times["step"],
+        "peak_mem_gb": peak_memory(tr),
+    }
+
+
+def _local_sums(
+    tr: Trainer,
+    batch: Rollouts,
+    scores: Scores,
+    grades: Grades,
+    signal: Signal,
+    is_BT: torch.Tensor | None,
+) -> dict[str, float]:
+    """This rank's sums by name (tokens, responses, reward, …), to be summed over ranks."""
     m = signal.mask_BT
-    local = {
+    return {
         "tokens": float(m.sum()),
         "responses": float(len(batch.completions)),
         "reward": float((signal.reward_BT * m).sum()),
@@ -58,42 +88,55 @@ def step_row(
         **{f"logratio/{k}": float(v) for k, v in signal.logratio_sums().items()},
         **_domain_sums(tr, batch, grades, m),
     }
-    s = tr.reduce.sum(local)
-    ntok, nseq = s["tokens"], s["responses"]
-    peak = tr.reduce.max(
-        {
-            "len": float(max(len(r) for r in batch.responses)),
-            "is": float(is_BT.max()) if is_BT is not None else 0.0,
-            "neg_is": float(-is_BT[m.bool()].min()) if is_BT is not None else 0.0,
-            "freed": float(getattr(tr.rollout, "freed_bytes", 0)),
-        }
-    )
+
+
+def _local_peaks(
+    tr: Trainer, batch: Rollouts, m: torch.Tensor, is_BT: torch.Tensor | None
+) -> dict[str, float]:
+    """This rank's maxima by name, to be maxed over ranks (the IS minimum as ``−max(−w)``)."""
     return {
-        "step": step + 1,
-        "loss": update["loss"],
+        "len": float(max(len(r) for r in batch.responses)),
+        "is": float(is_BT.max()) if is_BT is not None else 0.0,
+        "neg_is": float(-is_BT[m.bool()].min()) if is_BT is not None else 0.0,
+        "freed": float(getattr(tr.rollout, "freed_bytes", 0)),
+    }
+
+
+def _signal_means(
+    s: dict[str, float], names: tuple[str, ...], scores_reference: bool
+) -> dict[str, float | None]:
+    """Token means of the reward, each teacher's log-ratio, the KL term, −lp_old, entropy."""
+    ntok = s["tokens"]
+    return {
         "reward_mean": s["reward"] / ntok,
-        **{f"logratio/{n}": s[f"logratio/{n}"] / ntok for n in signal.names},
-        "kl_ref": s["kl_ref"] / ntok if tr.scores_reference else None,
+        **{f"logratio/{n}": s[f"logratio/{n}"] / ntok for n in names},
+        "kl_ref": s["kl_ref"] / ntok if scores_reference else None,
         "neg_logp_old": s["neg_logp_old"] / ntok,
         "entropy": s["entropy"] / ntok,
-        "clip_fraction": update["clip_fraction"],
-        "approx_kl_old": update["approx_kl"],
-        "grad_norm": update["grad_norm"],
-        "is_weight_mean": s["is_weight"] / ntok if is_BT is not None else None,
-        "is_weight_max": peak["is"] if is_BT is not None else None,
-        "is_weight_min": -peak["neg_is"] if is_BT is not None else None,
-        # device memory vLLM's sleep freed for scoring and the update (sleep mode on only)
-        "rollout_sleep_freed_gb": peak["freed"] / 1e9 if _sleeps(tr) else None,
+    }
+
+
+def _is_weight_stats(
+    s: dict[str, float], peak: dict[str, float], has_is: bool
+) -> dict[str, float | None]:
+    """Token mean, max and min of the truncated IS weight (null when it is off)."""
+    return {
+        "is_weight_mean": s["is_weight"] / s["tokens"] if has_is else None,
+        "is_weight_max": peak["is"] if has_is else None,
+        "is_weight_min": -peak["neg_is"] if has_is else None,
+    }
+
+
+def _rollout_stats(s: dict[str, float], peak: dict[str, float], graded: bool) -> dict[str, Any]:
+    """Lengths, truncation and grading of the step's rollouts (over all ranks)."""
+    ntok, nseq = s["tokens"], s["responses"]
+    return {
         "response_len_mean": ntok / nseq,
         "response_len_max": peak["len"],
         "truncated_fraction": s["truncated"] / nseq,
-        "rollout_accuracy": s["correct"] / nseq if grades.graded else None,
+        "rollout_accuracy": s["correct"] / nseq if graded else None,
         "ungraded": int(s["ungraded"]),
         "responses": int(nseq),
-        **_per_domain(tr, s, grades.graded),
-        **{f"time_{k}_s": v for k, v in times.items()},
-        "tokens_per_s": ntok / times["step"],
-        "peak_mem_gb": peak_memory(tr),
     }
 
 
