@@ -79,6 +79,23 @@ def test_solution_styles_are_arithmetically_correct_and_verify():
         assert _equations_ok(vg) == 0 and vg.startswith("Let us restate") and "\\boxed{" in vg
 
 
+def test_hedged_puts_k_hedging_sentences_before_the_answer():
+    rng = random.Random(4)
+    seen = set()
+    for _ in range(200):
+        text = P.hedged("12 + 3 = 15. \\boxed{15}", rng, (1, 2, 3))
+        head, _, tail = text.partition(" 12 + 3")
+        assert tail == " = 15. \\boxed{15}"
+        k, rest = 0, head + " "
+        while rest:  # the head is hedges and nothing else
+            hedge = next(h for h in P.HEDGES if rest.startswith(h + " "))
+            rest, k = rest[len(hedge) + 1 :], k + 1
+        assert 1 <= k <= 3
+        seen.add(k)
+    assert seen == {1, 2, 3}
+    assert P.hedged("x", rng, (0,)) == "x"
+
+
 def test_tokenizer_round_trips_and_has_one_token_per_digit(tmp_path):
     from transformers import AutoTokenizer
 

@@ -7,6 +7,8 @@ and ``PrepareConfig`` describes the single-task sources only.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tcopd.cli.lines import LineReporter
 from tcopd.cli.main import app
 from tcopd.cli.options import ConfigOpt, SeedOpt, console, err_console
 from tcopd.config import load_config
@@ -21,6 +24,7 @@ from tcopd.errors import ConfigError
 from tcopd.pipelines import prepare as pipeline
 from tcopd.progress import Event
 from tcopd.runtime.toy import multitask
+from tcopd.runtime.toy.shipped import shipped_table
 
 
 @app.command("prepare")
@@ -82,7 +86,17 @@ def prepare(
     ] = None,
     seed: SeedOpt = None,
     force: Annotated[
-        bool | None, typer.Option("--force/--no-force", help="toy: rebuild even if present.")
+        bool | None,
+        typer.Option("--force/--no-force", help="toy: reinstall (or rebuild) even if present."),
+    ] = None,
+    rebuild: Annotated[
+        bool | None,
+        typer.Option(
+            "--rebuild",
+            help="toy: build the world from its recipe (minutes) instead of installing the "
+            "shipped one; its table is printed beside the shipped table. Default --out: the "
+            "cache directory + '-rebuild'.",
+        ),
     ] = None,
     small: Annotated[
         bool | None, typer.Option("--small/--full", help="toy: the small, seconds-fast world.")
@@ -99,7 +113,7 @@ def prepare(
     if multitask_world:
         if name != "toy":
             raise ConfigError(f"--multitask is for 'tcopd prepare toy', not {name!r}")
-        _prepare_multitask(out, seed or 0, bool(force), bool(small))
+        _prepare_multitask(out, seed or 0, bool(force), bool(small), bool(rebuild))
         return
     overrides = dict(
         source=name,
@@ -118,25 +132,32 @@ def prepare(
         seed=seed,
         force=force,
         small=small,
+        rebuild=rebuild,
     )
     cfg = load_config(pipeline.PrepareConfig, config, overrides)
     if cfg.source != "toy":  # a dataset loads in seconds; datasets shows its own download bars
         _render(pipeline.run(cfg))
         return
-    with _progress_bar() as bar:
-        result = pipeline.run(cfg, progress=_reporter(bar))
+    with _progress() as progress:
+        result = pipeline.run(cfg, progress=progress)
     _render(result)
 
 
-def _progress_bar() -> Progress:
-    return Progress(
+@contextmanager
+def _progress() -> Iterator[Callable[[Event], None]]:
+    """One bar per build phase on a terminal; plain lines when stderr is piped."""
+    if not err_console.is_terminal:
+        yield LineReporter(err_console, "prepare")
+        return
+    with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
-    )
+    ) as bar:
+        yield _reporter(bar)
 
 
 def _reporter(bar: Progress):
@@ -151,18 +172,25 @@ def _reporter(bar: Progress):
     return progress
 
 
-def _prepare_multitask(out: Path | None, seed: int, force: bool, small: bool) -> None:
+def _prepare_multitask(
+    out: Path | None, seed: int, force: bool, small: bool, rebuild: bool
+) -> None:
     root = out.expanduser() if out else multitask.default_root()
+    if rebuild and not out:
+        root = root.with_name(root.name + "-rebuild")
     size = "small" if small else "full"
     before = multitask.read_multitask_manifest(root)
-    with _progress_bar() as bar:
+    with _progress() as progress:
         world = multitask.ensure_toy_multitask(
-            root, seed=seed, force=force, size=size, progress=_reporter(bar)
+            root, seed=seed, force=force, size=size, progress=progress, rebuild=rebuild
         )
     reused = not force and before is not None and before == multitask.read_multitask_manifest(root)
     note = f"multi-task toy world ({size}, seed {seed}) at {root}" + (" (reused)" if reused else "")
     console.print(note, highlight=False)
     console.print(_multitask_table(world.table()))
+    shipped = shipped_table(multitask.SHIPPED_NAME)
+    if rebuild and shipped:
+        console.print(_multitask_table(shipped, "shipped "))
     files = [*world.train_files.values(), *world.test_files.values(), *world.models.values()]
     for f in [*files, world.table_json, world.table_md]:
         console.print(f"  {f}" if reused else f"wrote {f}", highlight=False)
@@ -173,6 +201,8 @@ def _render(result: pipeline.PrepareResult) -> None:
         console.print(note, highlight=False)
     if result.toy_table:
         console.print(_toy_table(result.toy_table))
+    if result.shipped_table:
+        console.print(_toy_table(result.shipped_table, "shipped world, "))
     else:
         console.print(
             f"{result.rows} rows from {result.source} (read {result.read})", highlight=False
@@ -184,9 +214,9 @@ def _render(result: pipeline.PrepareResult) -> None:
         console.print(f"wrote {f}" if not result.toy_reused else f"  {f}", highlight=False)
 
 
-def _toy_table(t: dict) -> Table:
+def _toy_table(t: dict, which: str = "") -> Table:
     table = Table(
-        title=f"toy math test set: {t['problems']} problems, T={t['temperature']:g}, "
+        title=f"{which}toy math test set: {t['problems']} problems, T={t['temperature']:g}, "
         f"max {t['max_new_tokens']} tokens (build {t.get('build_seconds', 0):.0f} s)"
     )
     table.add_column("model")
@@ -201,11 +231,11 @@ def _toy_table(t: dict) -> Table:
     return table
 
 
-def _multitask_table(t: dict) -> Table:
+def _multitask_table(t: dict, which: str = "") -> Table:
     doms = t["domains"]
     first = doms["math"]
     table = Table(
-        title=f"multi-task toy world: {first['problems']} held-out problems per domain, "
+        title=f"{which}multi-task toy world: {first['problems']} held-out problems per domain, "
         f"T={first['temperature']:g}, max {first['max_new_tokens']} tokens "
         f"(build {t.get('build_seconds', 0):.0f} s)"
     )

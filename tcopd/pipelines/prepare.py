@@ -35,6 +35,7 @@ from tcopd.runtime.prompts import (
 )
 from tcopd.runtime.toy import default_root, ensure_toy
 from tcopd.runtime.toy.build import read_manifest
+from tcopd.runtime.toy.shipped import shipped_table
 
 NAMES = (*ds.SOURCES, "file", "toy")
 
@@ -75,7 +76,14 @@ class PrepareConfig:
         PLAIN_FORMAT, help="Plain-text prompt format; must contain {content}."
     )
     seed: int = setting(0, help="toy: random seed of the build (same seed, same world).")
-    force: bool = setting(False, help="toy: rebuild even if a world with this seed is present.")
+    force: bool = setting(
+        False, help="toy: reinstall (or rebuild) even if a world with this seed is present."
+    )
+    rebuild: bool = setting(
+        False,
+        help="toy: build the world from its recipe instead of installing the shipped one "
+        "(default out: the cache directory + '-rebuild').",
+    )
     small: bool = setting(False, help="toy: build the small, seconds-fast world (for tests).")
 
 
@@ -90,6 +98,7 @@ class PrepareResult:
     example_prompt: str | None = None
     toy_table: dict[str, Any] | None = None
     toy_reused: bool = False
+    shipped_table: dict[str, Any] | None = None  # --rebuild: the shipped world's table, to compare
 
 
 def run(config: PrepareConfig, progress: Progress | None = None) -> PrepareResult:
@@ -165,9 +174,18 @@ def _tokenizer(config: PrepareConfig) -> Any:
 
 def _run_toy(config: PrepareConfig, progress: Progress | None) -> PrepareResult:
     root = Path(config.out) if config.out else default_root()
+    if config.rebuild and not config.out:
+        root = root.with_name(root.name + "-rebuild")
     size = "small" if config.small else "full"
     before = read_manifest(root)
-    world = ensure_toy(root, seed=config.seed, force=config.force, size=size, progress=progress)
+    world = ensure_toy(
+        root,
+        seed=config.seed,
+        force=config.force,
+        size=size,
+        progress=progress,
+        rebuild=config.rebuild,
+    )
     after = read_manifest(root)
     reused = before is not None and before == after and not config.force
     files = [
@@ -181,7 +199,18 @@ def _run_toy(config: PrepareConfig, progress: Progress | None) -> PrepareResult:
         world.table_md,
     ]
     rows = len(ds.load_prepared(world.train_file))
-    notes = [f"toy world ({size}, seed {config.seed}) at {root}" + (" (reused)" if reused else "")]
+    origin = (after or {}).get("origin", "built")
+    notes = [
+        f"toy world ({size}, seed {config.seed}, {origin}) at {root}"
+        + (" (reused)" if reused else "")
+    ]
     return PrepareResult(
-        "toy", files, rows, rows, notes=notes, toy_table=world.table(), toy_reused=reused
+        "toy",
+        files,
+        rows,
+        rows,
+        notes=notes,
+        toy_table=world.table(),
+        toy_reused=reused,
+        shipped_table=shipped_table("toy") if config.rebuild else None,
     )

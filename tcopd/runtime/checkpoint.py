@@ -21,6 +21,8 @@ import io
 import json
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,5 +108,21 @@ def save_hf(
     model: torch.nn.Module, tokenizer: Any, state_dict: dict[str, torch.Tensor], out: Path
 ) -> None:
     """An HF model directory (weights from ``state_dict``, config, tokenizer) under ``out``."""
-    model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    with quiet_hf_progress():
+        model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+
+
+@contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """No transformers "Writing model shards" bars: tcopd reports its own progress, and those
+    bars flood a piped log (one per save)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

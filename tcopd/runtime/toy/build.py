@@ -1,20 +1,26 @@
 """Build (or reuse) the toy world: data, tokenizer, three trained models, and its table.
 
-Design (docs/prepare.md has the measured table):
+World v3 (docs/prepare.md has the design, fixed before any claim was measured, and the table):
 
-- *student*: trained from scratch on concise, correct **code** solutions plus *behaviourally*
-  bad **math**: either a bare guessed ``\\boxed{N}`` with no working, or concise working whose
-  operation per step is a coin flip. Every equation it sees is arithmetically right, so it can
-  add and subtract; it just does not choose the operation from the verb. Distillation toward the
-  expert fixes a behaviour, not a skill (a first design that corrupted the arithmetic itself
-  made on-policy distillation crawl).
-- *expert*: the student further trained on correct, concise math.
+- *student*: trained from scratch on concise, correct **code** solutions plus **math** that has a
+  *habit* and a *fault*. The habit: 1–3 hedging sentences before the work ("Hmm, let me think.
+  Wait, let me check."), which make it longer than the expert and say nothing. The fault: concise
+  working whose operation per step is a coin flip. Every equation it sees is arithmetically right,
+  so it can add and subtract; it does not choose the operation from the verb. A teacher's token
+  signal fixes the fault at the operation token and the habit at each hedge.
+- *expert*: the student further trained on correct, concise math after 0 or 1 hedge (its lengths
+  vary: length is something the student can learn, not a fixed format).
 - *anti-expert*: the student further trained on **verbose** code ("restate every quantity, then
-  plan") and verbose math whose operations are mostly wrong — long and inaccurate on math, the
-  behaviour the paper reports for its coding teacher.
+  plan") and on math that shares the student's habit and exaggerates it (2–4 hedges, then a
+  restatement and a plan) and is mostly wrong — long and wrong on math, the paper's code teacher.
 
 The table is measured on the held-out math test set: one sample per problem at temperature 1.0
 (top-p 1, top-k 0) with the HF rollout engine, graded by the grader (last ``\\boxed{}``).
+
+The world a user gets is the *shipped* one (:mod:`tcopd.runtime.toy.shipped`): the weights,
+tokenizer and table built once here, installed with verified digests; the data is regenerated from
+the seed (byte-identical everywhere, checked against the same digests). ``build`` is the recipe,
+kept runnable (``tcopd prepare toy --rebuild``) so that it stays checkable.
 
 Everything is built in a temporary directory next to the root and renamed into place, so an
 interrupted build never leaves a world that looks complete. ``toy.json`` (the manifest, written
@@ -43,9 +49,11 @@ from tcopd.runtime.io import atomic_write_text, write_json, write_jsonl, write_p
 from tcopd.runtime.prompts import render_prompt
 from tcopd.runtime.rows import make_row
 from tcopd.runtime.toy import problems as P
+from tcopd.runtime.toy.shipped import install_shipped, shipped_manifest
 from tcopd.runtime.toy.tokenizer import build_tokenizer
 
-BUILD_VERSION = 2  # 2: no chat template on the toy tokenizer
+BUILD_VERSION = 3  # 2: no chat template on the toy tokenizer; 3: the hedging habit (world v3)
+BUILD_THREADS = 1  # torch intra-op threads of the build: never stalled by a busy box, same weights
 DOMAINS = ("math", "code")
 MODEL_NAMES = ("student", "expert", "anti_expert")
 # Toy prompts carry no instruction sentence: every toy model answers in \boxed{} anyway, and the
@@ -69,8 +77,11 @@ class BuildSettings:
     batch_size: int
     lr: float  # student (from scratch)
     teacher_lr: float  # expert and anti-expert (fine-tuned from the student)
-    guess_fraction: float = 0.4  # student math targets that are bare guesses
+    guess_fraction: float = 0.0  # student math targets that are bare guesses (v2: 0.4)
     anti_guess_fraction: float = 0.8  # anti-expert verbose math targets that end in a guess
+    student_hedges: tuple[int, ...] = (1, 2, 3)  # hedges before a student math answer (uniform)
+    expert_hedges: tuple[int, ...] = (0, 1)
+    anti_hedges: tuple[int, ...] = (2, 3, 4)
     max_new_tokens: int = 96
 
 
@@ -154,19 +165,57 @@ def ensure_toy(
     force: bool = False,
     size: str = "full",
     progress: Progress | None = None,
+    rebuild: bool = False,
+    source: Path | None = None,
 ) -> ToyWorld:
-    """The toy world under ``root`` (default :func:`default_root`), built if absent or different.
+    """The toy world under ``root`` (default :func:`default_root`), installed or built if absent
+    or different.
 
-    A world whose manifest has the same seed, size and build version is reused unless ``force``.
+    The shipped world (seed 0, full size) is *installed* from the package with verified digests
+    (seconds); any other seed or size, or ``rebuild=True``, is *built* from the recipe (minutes;
+    a rebuild's default root is :func:`default_root` + ``-rebuild``, so it never replaces the
+    shipped world). A world whose manifest has the same seed, size, build version and origin is
+    reused unless ``force``. ``source`` points at another shipped copy (tests).
     """
     if size not in SETTINGS:
         raise DataError(f"unknown toy world size {size!r}; use one of {', '.join(SETTINGS)}")
-    root = Path(root).expanduser() if root is not None else default_root()
-    wanted = {"seed": seed, "size": size, "version": BUILD_VERSION}
-    manifest = build_or_reuse(
-        root, wanted, lambda out: _build(out, seed, SETTINGS[size], progress), force=force
-    )
+    if root is None:
+        root = default_root()
+        if rebuild:
+            root = root.with_name(root.name + "-rebuild")
+    root = Path(root).expanduser()
+    s = SETTINGS[size]
+    ship = None if rebuild else _shipped_for(seed, size, source)
+    wanted = {
+        "seed": seed,
+        "size": size,
+        "version": BUILD_VERSION,
+        "origin": "shipped" if ship else "built",
+    }
+    if ship:
+        manifest = build_or_reuse(
+            root, wanted, lambda out: _install(out, seed, s, source), force=force
+        )
+    else:
+        manifest = build_or_reuse(
+            root, wanted, lambda out: _build(out, seed, s, progress), force=force
+        )
     return _world(root, manifest)
+
+
+def _shipped_for(seed: int, size: str, source: Path | None) -> dict[str, Any] | None:
+    ship = shipped_manifest("toy", source)
+    if ship is None:
+        return None
+    b = ship["build"]
+    return ship if (b["seed"], b["size"], b["version"]) == (seed, size, BUILD_VERSION) else None
+
+
+def _install(out: Path, seed: int, s: BuildSettings, source: Path | None) -> dict[str, Any]:
+    rows = make_corpora(seed, s, sft=False)["rows"]
+    manifest = install_shipped(out, "toy", lambda o: write_data(o, rows), source=source)
+    write_json(out / "toy.json", manifest)
+    return manifest
 
 
 def build_or_reuse(
@@ -252,12 +301,22 @@ class ProblemPool:
         return out
 
 
-def make_corpora(seed: int, s: BuildSettings) -> dict[str, Any]:
-    """All data of one world: exported rows per split/domain and SFT pairs per model."""
+def make_corpora(seed: int, s: BuildSettings, sft: bool = True) -> dict[str, Any]:
+    """All data of one world: exported rows per split/domain and (``sft``) SFT pairs per model.
+
+    The rows are drawn first, so ``sft=False`` gives the same rows without the SFT corpora.
+    """
     rng = random.Random(seed)
     gen = ProblemPool(rng)
     test = {d: gen.draw(d, s.test_rows, unique=True) for d in DOMAINS}
     train = {d: gen.draw(d, s.train_rows, unique=True) for d in DOMAINS}
+    rows = {
+        (split, d): [toy_row(p, split, i) for i, p in enumerate(probs[d])]
+        for split, probs in (("train", train), ("test", test))
+        for d in DOMAINS
+    }
+    if not sft:
+        return {"rows": rows, "sft": {}}
 
     def pairs(
         problems: list[P.Problem], style: Callable[[P.Problem], str]
@@ -266,36 +325,49 @@ def make_corpora(seed: int, s: BuildSettings) -> dict[str, Any]:
 
     def student_math(p: P.Problem) -> str:
         if rng.random() < s.guess_fraction:
-            return P.guess(p, rng)
-        return P.concise(p, P.random_ops(p, rng))
+            body = P.guess(p, rng)
+        else:
+            body = P.concise(p, P.random_ops(p, rng))
+        return P.hedged(body, rng, s.student_hedges)
+
+    def expert_math(p: P.Problem) -> str:
+        return P.hedged(P.concise(p), rng, s.expert_hedges)
 
     def anti_math(p: P.Problem) -> str:
         # Verbose and wrong: mostly a restatement and a plan that end in a guess, otherwise
         # verbose working with wrong operations. (Wrong *but random* operations alone would
         # leave the anti-expert right by chance as often as the student.)
         if rng.random() < s.anti_guess_fraction:
-            return P.verbose_guess(p, rng)
-        return P.verbose(p, P.wrong_ops(p, rng))
+            body = P.verbose_guess(p, rng)
+        else:
+            body = P.verbose(p, P.wrong_ops(p, rng))
+        return P.hedged(body, rng, s.anti_hedges)
 
     n, na = s.student_examples, s.anti_examples
-    sft = {
+    corpora = {
         "student": pairs(gen.draw("code", n, False), P.concise)
         + pairs(gen.draw("math", n, False), student_math),
-        "expert": pairs(gen.draw("math", s.expert_examples, False), P.concise),
+        "expert": pairs(gen.draw("math", s.expert_examples, False), expert_math),
         "anti_expert": pairs(gen.draw("code", na, False), P.verbose)
         + pairs(gen.draw("math", na, False), anti_math),
     }
-    rows = {
-        (split, d): [toy_row(p, split, i) for i, p in enumerate(probs[d])]
-        for split, probs in (("train", train), ("test", test))
-        for d in DOMAINS
-    }
-    return {"rows": rows, "sft": sft}
+    return {"rows": rows, "sft": corpora}
 
 
 def write_rows(path_stem: Path, rows: list[dict[str, Any]]) -> None:
     write_parquet(path_stem.with_suffix(".parquet"), rows)
     write_jsonl(path_stem.with_suffix(".jsonl"), rows)
+
+
+def write_data(out: Path, rows: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+    """``out/data/{split}_{domain}`` and the interleaved ``out/data/{split}`` (parquet + JSONL)."""
+    for split in ("train", "test"):
+        for d in DOMAINS:
+            write_rows(out / "data" / f"{split}_{d}", rows[(split, d)])
+        mixed = [
+            r for pair in zip(*(rows[(split, d)] for d in DOMAINS), strict=False) for r in pair
+        ]
+        write_rows(out / "data" / split, mixed)
 
 
 # ------------------------------------------------------------------------------------- build
@@ -314,15 +386,7 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
 
     note("data", 0, 1)
     data = make_corpora(seed, s)
-    for split in ("train", "test"):
-        for d in DOMAINS:
-            write_rows(out / "data" / f"{split}_{d}", data["rows"][(split, d)])
-        mixed = [
-            r
-            for pair in zip(*(data["rows"][(split, d)] for d in DOMAINS), strict=False)
-            for r in pair
-        ]
-        write_rows(out / "data" / split, mixed)
+    write_data(out, data["rows"])
     note("data", 1, 1)
 
     texts = [t for pairs in data["sft"].values() for pair in pairs for t in pair]
@@ -334,7 +398,8 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
         pairs = data["sft"][name]
         return encode(tok, [a for a, _ in pairs], [b for _, b in pairs])
 
-    with torch_threads():
+    with torch_threads(BUILD_THREADS):
+        threads = torch.get_num_threads()
         student = new_model(tok, s.model, seed)
         train_sft(
             student,
@@ -375,8 +440,9 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
         "seed": seed,
         "size": s.model,
         "version": BUILD_VERSION,
+        "origin": "built",
         "build_seconds": table["build_seconds"],
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
         "settings": s.__dict__,
     }
     write_json(out / "toy.json", manifest)
@@ -384,17 +450,12 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
 
 
 def save_models(models: dict[str, Any], tok, out: Path) -> None:
-    from transformers.utils import logging as hf_logging
+    from tcopd.runtime.checkpoint import quiet_hf_progress
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bars inside our own progress
-    try:
+    with quiet_hf_progress():  # no "Writing model shards" bars inside our own progress
         for name, m in models.items():
             m.save_pretrained(out / name)
             tok.save_pretrained(out / name)
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 class torch_threads:

@@ -56,11 +56,13 @@ from tcopd.runtime.toy.build import (
     toy_row,
     write_rows,
 )
+from tcopd.runtime.toy.shipped import install_shipped, shipped_manifest
 from tcopd.runtime.toy.tokenizer import build_tokenizer
 
 BUILD_VERSION = 1
 BUILD_THREADS = 1  # torch intra-op threads of the build (see _build)
 MANIFEST = "toy_multitask.json"
+SHIPPED_NAME = "toy-multitask"  # tcopd/runtime/toy/shipped/<name>
 MODEL_NAMES = ("student", "math_teacher", "code_teacher")
 TEACHER_OF = {"math": "math_teacher", "code": "code_teacher"}  # each domain's expert
 SPLITS = ("train", "test")
@@ -172,43 +174,82 @@ def ensure_toy_multitask(
     size: str = "full",
     progress: Progress | None = None,
     settings: MultitaskSettings | None = None,
+    source: Path | None = None,
+    rebuild: bool = False,
 ) -> ToyMultitaskWorld:
     """The multi-task toy world under ``root`` (default :func:`default_root`), built if absent or
     different. A world whose manifest has the same seed, size and build version is reused unless
     ``force``. ``settings`` overrides the size's schedule (for design experiments; it is recorded
     in the manifest and takes part in the reuse check).
+
+    The shipped world (seed 0, full size, default settings) is installed from the package with
+    verified digests (:mod:`tcopd.runtime.toy.shipped`); anything else is built from the recipe.
+    ``rebuild=True`` builds the recipe even there (default root: :func:`default_root` +
+    ``-rebuild``). ``source`` points at another shipped copy (tests).
     """
     if size not in SETTINGS:
         raise DataError(
             f"unknown multi-task toy world size {size!r}; use one of {', '.join(SETTINGS)}"
         )
     s = settings or SETTINGS[size]
-    root = Path(root).expanduser() if root is not None else default_root()
-    wanted = {"seed": seed, "size": size, "version": BUILD_VERSION, "settings": s.__dict__}
+    if root is None:
+        root = default_root()
+        if rebuild:
+            root = root.with_name(root.name + "-rebuild")
+    root = Path(root).expanduser()
+    ship = None if settings is not None or rebuild else _shipped_for(seed, size, source)
+    wanted = {
+        "seed": seed,
+        "size": size,
+        "version": BUILD_VERSION,
+        "settings": s.__dict__,
+        "origin": "shipped" if ship else "built",
+    }
+    if ship:
+        build = lambda out: _install(out, seed, s, source)  # noqa: E731
+    else:
+        build = lambda out: _build(out, seed, size, s, progress)  # noqa: E731
     manifest = build_or_reuse(
-        root,
-        wanted,
-        lambda out: _build(out, seed, size, s, progress),
-        force=force,
-        manifest_name=MANIFEST,
-        what="multi-task toy world",
+        root, wanted, build, force=force, manifest_name=MANIFEST, what="multi-task toy world"
     )
     return _world(root, manifest)
+
+
+def _shipped_for(seed: int, size: str, source: Path | None) -> dict[str, Any] | None:
+    ship = shipped_manifest(SHIPPED_NAME, source)
+    if ship is None:
+        return None
+    b = ship["build"]
+    return ship if (b["seed"], b["size"], b["version"]) == (seed, size, BUILD_VERSION) else None
+
+
+def _install(out: Path, seed: int, s: MultitaskSettings, source: Path | None) -> dict[str, Any]:
+    rows = make_corpora(seed, s, sft=False)["rows"]
+    manifest = install_shipped(out, SHIPPED_NAME, lambda o: write_data(o, rows), source=source)
+    write_json(out / MANIFEST, manifest)
+    return manifest
 
 
 # ---------------------------------------------------------------------------------- the data
 
 
-def make_corpora(seed: int, s: MultitaskSettings) -> dict[str, Any]:
-    """All data of one world: exported rows per (split, domain) and SFT pairs per model.
+def make_corpora(seed: int, s: MultitaskSettings, sft: bool = True) -> dict[str, Any]:
+    """All data of one world: exported rows per (split, domain) and (``sft``) SFT pairs per model.
 
     Test problems are drawn first and are unique; training prompts avoid them; SFT problems avoid
-    both (so no table question was ever a training target).
+    both (so no table question was ever a training target). ``sft=False``: the same rows only.
     """
     rng = random.Random(seed)
     gen = ProblemPool(rng)
     test = {d: gen.draw(d, s.test_rows, unique=True) for d in DOMAINS}
     train = {d: gen.draw(d, s.train_rows, unique=True) for d in DOMAINS}
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for split, probs in (("train", train), ("test", test)):
+        for d in DOMAINS:
+            rows[(split, d)] = [toy_row(p, split, i) for i, p in enumerate(probs[d])]
+        rows[(split, "mixed")] = interleave([rows[(split, d)] for d in DOMAINS])
+    if not sft:
+        return {"rows": rows, "sft": {}}
 
     def pairs(domain: str, n: int, style) -> list[tuple[str, str]]:
         return [(toy_prompt(p.question), " " + style(p)) for p in gen.draw(domain, n, False)]
@@ -228,19 +269,19 @@ def make_corpora(seed: int, s: MultitaskSettings) -> dict[str, Any]:
         return P.verbose(p, P.wrong_ops(p, rng))
 
     n = s.student_examples
-    sft = {
+    corpora = {
         "student": pairs("code", n, student) + pairs("math", n, student),
         "math_teacher": pairs("math", s.own_examples, P.concise)
         + pairs("code", s.other_examples, poor),
         "code_teacher": pairs("code", s.own_examples, P.concise)
         + pairs("math", s.other_examples, poor),
     }
-    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for split, probs in (("train", train), ("test", test)):
-        for d in DOMAINS:
-            rows[(split, d)] = [toy_row(p, split, i) for i, p in enumerate(probs[d])]
-        rows[(split, "mixed")] = interleave([rows[(split, d)] for d in DOMAINS])
-    return {"rows": rows, "sft": sft}
+    return {"rows": rows, "sft": corpora}
+
+
+def write_data(out: Path, rows: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+    for (split, key), split_rows in rows.items():
+        write_rows(out / "data" / f"{split}_{key}", split_rows)
 
 
 def interleave(lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -266,8 +307,7 @@ def _build(
     if progress is not None:
         progress(Event("data", 0, 1))
     data = make_corpora(seed, s)
-    for (split, key), rows in data["rows"].items():
-        write_rows(out / "data" / f"{split}_{key}", rows)
+    write_data(out, data["rows"])
     if progress is not None:
         progress(Event("data", 1, 1))
 
@@ -315,6 +355,7 @@ def _build(
         "seed": seed,
         "size": size,
         "version": BUILD_VERSION,
+        "origin": "built",
         "build_seconds": table["build_seconds"],
         "torch_threads": threads,
         "settings": s.__dict__,

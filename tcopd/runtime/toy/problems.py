@@ -25,6 +25,10 @@ Solution styles (the behaviours the three toy models are trained on):
   the operations given by ``ops``.
 - ``verbose_guess`` — the same restatement and plan, then a guessed box (the anti-expert's usual
   math answer: long and wrong).
+- ``hedged``   — any of the above after ``k`` hedging sentences ("Hmm, let me think. Wait, let me
+  check."): the single-task world v3's *habit* (the student hedges 1–3 times, the expert 0–1, the
+  anti-expert 3–5), a length that carries no information and that the student can unlearn token
+  by token.
 """
 
 from __future__ import annotations
@@ -37,6 +41,15 @@ ITEMS = ("apples", "books", "coins", "cards", "eggs", "pens", "shells", "stamps"
 ADD_VERBS = ("buys", "finds", "gets", "wins", "picks up", "is given")
 SUB_VERBS = ("gives away", "eats", "loses", "sells", "drops", "uses")
 VARIABLES = ("a", "b", "c", "k", "m", "n", "p", "q", "x", "y", "z")
+
+# Hedging sentences (world v3): filler that makes a response longer and says nothing.
+HEDGES = (
+    "Hmm, let me think.",
+    "Let me see.",
+    "Okay, so.",
+    "Wait, let me check.",
+    "Let us be careful.",
+)
 
 START_RANGE = (30, 89)
 STEP_RANGE = (1, 9)
@@ -194,3 +207,9 @@ def verbose(p: Problem, ops: tuple[str, ...] | None = None) -> str:
     work = [f"{w}, {eq}." for w, eq in zip(words, _equations(p, ops), strict=False)]
     parts = ["Let us restate every quantity.", *facts, plan, *work]
     return " ".join(parts) + f" The answer is \\boxed{{{result}}}"
+
+
+def hedged(text: str, rng: random.Random, counts: tuple[int, ...]) -> str:
+    """``text`` after ``k`` hedging sentences, ``k`` drawn uniformly from ``counts`` (0 = none)."""
+    k = rng.choice(counts)
+    return " ".join([*(rng.choice(HEDGES) for _ in range(k)), text])
