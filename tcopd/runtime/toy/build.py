@@ -5,9 +5,9 @@ World v3 (docs/prepare.md has the design, fixed before any claim was measured, a
 - *student*: trained from scratch on concise, correct **code** solutions plus **math** that has a
   *habit* and a *fault*. The habit: 1–3 hedging sentences before the work ("Hmm, let me think.
   Wait, let me check."), which make it longer than the expert and say nothing. The fault: concise
-  working whose operation per step is a coin flip. Every equation it sees is arithmetically right,
-  so it can add and subtract; it does not choose the operation from the verb. A teacher's token
-  signal fixes the fault at the operation token and the habit at each hedge.
+  working whose operation per step follows the verb only 65 % of the time. Every equation it sees
+  is arithmetically right, so it can add and subtract; it reads the verb, but carelessly. A
+  teacher's token signal fixes the fault at the operation token and the habit at each hedge.
 - *expert*: the student further trained on correct, concise math after 0 or 1 hedge (its lengths
   vary: length is something the student can learn, not a fixed format).
 - *anti-expert*: the student further trained on **verbose** code ("restate every quantity, then
@@ -78,6 +78,7 @@ class BuildSettings:
     lr: float  # student (from scratch)
     teacher_lr: float  # expert and anti-expert (fine-tuned from the student)
     guess_fraction: float = 0.0  # student math targets that are bare guesses (v2: 0.4)
+    student_op_accuracy: float = 0.65  # P(right operation) per step in student targets (v2: 0.5)
     anti_guess_fraction: float = 0.8  # anti-expert verbose math targets that end in a guess
     student_hedges: tuple[int, ...] = (1, 2, 3)  # hedges before a student math answer (uniform)
     expert_hedges: tuple[int, ...] = (0, 1)
@@ -327,7 +328,7 @@ def make_corpora(seed: int, s: BuildSettings, sft: bool = True) -> dict[str, Any
         if rng.random() < s.guess_fraction:
             body = P.guess(p, rng)
         else:
-            body = P.concise(p, P.random_ops(p, rng))
+            body = P.concise(p, P.careless_ops(p, rng, s.student_op_accuracy))
         return P.hedged(body, rng, s.student_hedges)
 
     def expert_math(p: P.Problem) -> str:

@@ -16,6 +16,8 @@ Solution styles (the behaviours the three toy models are trained on):
 - ``concise``  — "63 + 15 = 78. 78 - 8 = 70. \\boxed{70}" (the expert's style).
 - ``random_ops`` — concise working, but each step's operation is a coin flip (the student's
   behavioural failure: the arithmetic of every equation is still correct).
+- ``careless_ops`` — each step's operation right with a probability (world v3's student: it reads
+  the verb, but not reliably).
 - ``random_print`` — concise, correct working on code, but the boxed value is that of a variable
   picked at random (the multi-task student's code failure: it traces every assignment right and
   does not read which variable is printed).
@@ -164,6 +166,13 @@ def random_print(p: Problem, rng: random.Random) -> str:
     """Correct equations, then the boxed value of a uniformly random variable of the program."""
     values = [p.start, *run_ops(p.start, [(op, b) for op, b, _ in p.steps])]
     return ". ".join(_equations(p, p.ops)) + f". \\boxed{{{rng.choice(values)}}}"
+
+
+def careless_ops(p: Problem, rng: random.Random, right: float) -> tuple[str, ...]:
+    """Each step's operation right with probability ``right``, else the other one: a solver that
+    reads the verb but not reliably (world v3's student, ``right`` = 0.65)."""
+    flip = {"+": "-", "-": "+"}
+    return tuple(op if rng.random() < right else flip[op] for op in p.ops)
 
 
 def wrong_ops(p: Problem, rng: random.Random) -> tuple[str, ...]:
