@@ -11,6 +11,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tcopd.cli.analyze import show
+from tcopd.cli.lines import LineReporter
 from tcopd.cli.main import app
 from tcopd.cli.options import console
 from tcopd.errors import TrainingError
@@ -102,7 +103,10 @@ def demo_cmd(
 
 @contextmanager
 def _bar() -> Iterator[Callable[[Event], None]]:
-    """A spinner line showing the latest progress event."""
+    """A spinner line showing the latest progress event (plain lines when output is piped)."""
+    if not console.is_terminal:
+        yield LineReporter(console, "demo")
+        return
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]demo[/bold] {task.description}"),

@@ -33,7 +33,8 @@ class LineReporter:
                 self._line(_label(event))
         if event.step is not None and event.metrics is not None:
             if (event.step + 1) % self.every_steps == 0 or event.step == 0:
-                self._line(f"{_label(event)} step {event.step + 1}{_summary(event.metrics)}")
+                who = f"{event.detail} · " if event.detail else ""
+                self._line(f"{who}step {event.step + 1}{_summary(event.metrics)}")
         elif _counted(event):
             tenth = (10 * event.done) // max(1, event.total)
             if tenth != self.tenth and (tenth % 5 == 0 or event.total >= 20):

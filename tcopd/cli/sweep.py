@@ -25,6 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from tcopd.cli.lines import LineReporter
 from tcopd.cli.main import app
 from tcopd.cli.options import ConfigOpt, config_flags, console, err_console
 from tcopd.errors import ConfigError, TrainingError
@@ -117,9 +118,11 @@ def sweep_cmd(
 
 
 class _Display:
-    """Runs done / total with the ETA, and what each device is doing."""
+    """Runs done / total with the ETA, and what each device is doing (plain lines when stderr is
+    piped: one per finished run and per run phase)."""
 
     def __init__(self) -> None:
+        self.lines = None if err_console.is_terminal else LineReporter(err_console, "sweep")
         self.progress = Progress(
             TextColumn("[bold]sweep[/bold]"),
             BarColumn(),
@@ -135,18 +138,26 @@ class _Display:
         self.active: dict[str, str] = {}  # run label → what it is doing
 
     def __enter__(self) -> _Display:
-        self.progress.__enter__()
-        self.task = self.progress.add_task("sweep", total=None, activity="checking settings")
+        if self.lines is None:
+            self.progress.__enter__()
+            self.task = self.progress.add_task("sweep", total=None, activity="checking settings")
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
+        if self.lines is None:
+            self.progress.__exit__(*exc)
 
     def _activity(self, text: str | None = None) -> None:
         text = text if text is not None else "; ".join(self.active.values())
         self.progress.update(self.task, activity=text)
 
     def __call__(self, event: Event) -> None:
+        if self.lines is not None:
+            if event.phase == "warning":
+                err_console.print(f"warning: {event.detail}", soft_wrap=True, markup=False)
+            elif event.phase in ("sweep", "run"):  # a run's steps: one line per tenth
+                self.lines(event)
+            return
         if event.phase == "sweep":
             self.progress.update(self.task, completed=event.done, total=event.total)
             label = event.detail.rsplit(": ", 1)[0]

@@ -16,6 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from tcopd.cli.lines import LineReporter
 from tcopd.cli.main import app
 from tcopd.cli.options import ConfigOpt, config_flags, console, yaml_only
 from tcopd.errors import ConfigError
@@ -89,9 +90,10 @@ def train_cmd(
 
 
 class _Display:
-    """Live progress: step, phase, reward, accuracy, ETA."""
+    """Live progress: step, phase, reward, accuracy, ETA (plain lines when output is piped)."""
 
     def __init__(self, steps: int):
+        self.lines = None if console.is_terminal else LineReporter(console, "train")
         self.progress = Progress(
             TextColumn("[bold]train[/bold]"),
             BarColumn(),
@@ -106,6 +108,8 @@ class _Display:
         self.steps = steps
 
     def __enter__(self) -> _Display:
+        if self.lines is not None:
+            return self
         self.progress.__enter__()
         self.task = self.progress.add_task(
             "train", total=self.steps, phase="starting", reward="-", acc="-"
@@ -113,9 +117,13 @@ class _Display:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
+        if self.lines is None:
+            self.progress.__exit__(*exc)
 
     def __call__(self, event: Event) -> None:
+        if self.lines is not None:
+            self.lines(event)
+            return
         step = event.step
         if event.metrics is not None:
             m = event.metrics
