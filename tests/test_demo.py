@@ -181,3 +181,21 @@ def test_small_demo_with_two_seeds_goes_through_the_sweep(tmp_path, toy_dir, cap
             assert (run / "train.log").read_text().count("$ tcopd train") == 1
             assert (run / "eval.log").read_text().count("$ tcopd eval") == 1
     assert json.loads((out / "table1_accuracy.json").read_text()) == table1
+
+
+def test_the_reading_of_table_1_names_groups_in_a_fixed_order():
+    """2·SE of a difference decides; groups list methods in METHODS order, not by rank."""
+    from tcopd.pipelines.demo import _notes
+
+    acc = {"student": (20.0, 2.0), "OPD": (60.0, 3.0), "G-OPD": (64.0, 3.0)}
+    acc |= {"TC-OPD(1.5,-0.5)": (62.0, 3.0), "TC-OPD(1.5,-1.5)": (58.0, 3.0)}
+    notes = _notes(acc)
+    assert notes[0].startswith("OPD beats the student (60.0 vs 20.0")
+    assert notes[-1].startswith("No ordering among the distilled methods is shown")
+    acc["OPD"] = (40.0, 3.0)  # 24 points below G-OPD: 2·SE of the difference is 8.5
+    acc["TC-OPD(1.5,-1.5)"] = (45.0, 3.0)
+    assert _notes(acc)[-1].startswith(
+        "Best distilled: G-OPD, TC-OPD(1.5,-0.5), within noise of each other"
+    )
+    acc["student"] = (38.0, 2.0)  # 2·SE = 7.2 > 40 − 38
+    assert _notes(acc)[0].startswith("OPD does not clearly beat the student")

@@ -1,4 +1,11 @@
-"""On the toy world, a short TC-OPD run raises the student's toy-math accuracy (slow: ~1 min)."""
+"""On the shipped toy world, the toy recipe's TC-OPD run raises the student's toy-math accuracy
+(slow: ~1 min).
+
+Threshold, from 5 seeds of exactly this run (`examples/sweep_toy_claims.yaml`, setting
+tc-opd-0.5, 2026-12-04): the trainer's final evaluation (100 held-out problems, n = 1) was
+72 / 74 / 75 / 67 / 73 % against the student's 21.0 %, i.e. at least +46 points. The test asks
+for +26: the minimum minus a 20-point margin for machines whose float streams differ.
+"""
 
 from __future__ import annotations
 
@@ -26,17 +33,17 @@ def test_short_tcopd_run_raises_toy_math_accuracy(tmp_path, capsys):
                 "--out",
                 str(out),
                 "--steps",
-                "30",
+                "40",
                 "--eval-every",
-                "30",
+                "40",
             ]
         )
     except SystemExit as e:
         assert e.code in (0, None)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     final = rows[-1]["eval_mean_at_n"]  # 100 held-out toy-math problems, temperature 1.0
-    print(f"student {student_acc:.1f}% → TC-OPD(1.5,-0.5) after 30 steps {final:.1f}%")
-    assert final >= student_acc + 15, (student_acc, final)
+    print(f"student {student_acc:.1f}% → TC-OPD(1.5,-0.5) after 40 steps {final:.1f}%")
+    assert final >= student_acc + 26, (student_acc, final)
     # the anti-expert was loaded and scored: its log-ratio is logged every step
     assert all("logratio/anti_expert" in r for r in rows)
 

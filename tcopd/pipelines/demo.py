@@ -257,14 +257,20 @@ def _notes(acc: dict[str, tuple[float, float]]) -> list[str]:
         )
     distilled = [n for n, _, _ in METHODS]
     best = max(distilled, key=lambda n: acc[n][0])
-    close = [
+    close = [  # in METHODS order, so that the line reads the same whichever seed came out on top
         n
         for n in distilled
-        if n != best and acc[best][0] - acc[n][0] <= 2 * (acc[best][1] ** 2 + acc[n][1] ** 2) ** 0.5
+        if acc[best][0] - acc[n][0] <= 2 * (acc[best][1] ** 2 + acc[n][1] ** 2) ** 0.5
     ]
-    if close:
+    if len(close) == len(distilled):
         notes.append(
-            f"Best distilled: {best}; within noise of it: {', '.join(close)} — no ordering claimed among them."
+            "No ordering among the distilled methods is shown: every one is within 2 standard "
+            "errors of the best (one seed; `--seeds N` or `tcopd sweep` for intervals over seeds)."
+        )
+    elif len(close) > 1:
+        notes.append(
+            f"Best distilled: {', '.join(close)}, within noise of each other and ahead of the "
+            "others by more than 2 standard errors."
         )
     else:
         notes.append(f"Best distilled: {best}, ahead of the others by more than 2 standard errors.")
