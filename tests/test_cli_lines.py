@@ -45,3 +45,16 @@ def test_short_counted_phases_print_start_and_end():
         rep(Event("table", done, 3))
     texts = [line.split(" s] ", 1)[1] for line in buf.getvalue().splitlines()]
     assert texts == ["table 0/3", "table 3/3"]  # short phases: start and end only
+
+
+def test_interleaved_counted_phases_with_changing_details_print_each_tenth_once():
+    rep, buf = _reporter()
+    for model in ("student", "expert"):
+        for done in range(201):
+            rep(Event("generated", done, 200, detail=f"{600 + done} tok/s"))
+            rep(Event("graded", done, 200, detail=model))
+    texts = [line.split(" s] ", 1)[1] for line in buf.getvalue().splitlines()]
+    assert len([t for t in texts if "generated" in t]) == 2 * 11
+    assert [t for t in texts if "graded" in t][:11] == [
+        f"student · graded {d}/200" for d in range(0, 201, 20)
+    ]

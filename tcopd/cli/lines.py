@@ -23,23 +23,24 @@ class LineReporter:
         self.console, self.prefix, self.every_steps = console, prefix, every_steps
         self.t0 = time.monotonic()
         self.key: tuple[str, str] | None = None
-        self.tenth = -1
+        self.tenths: dict[str, int] = {}  # counted phase → the last tenth printed
 
     def __call__(self, event: Event) -> None:
-        key = (event.phase, event.detail)
-        if key != self.key:
-            self.key, self.tenth = key, -1
-            if event.step is None and not _counted(event):
-                self._line(_label(event))
         if event.step is not None and event.metrics is not None:
             if (event.step + 1) % self.every_steps == 0 or event.step == 0:
                 who = f"{event.detail} · " if event.detail else ""
                 self._line(f"{who}step {event.step + 1}{_summary(event.metrics)}")
         elif _counted(event):
+            # keyed on the phase alone: a detail such as "695 tok/s" changes with every event
             tenth = (10 * event.done) // max(1, event.total)
-            if tenth != self.tenth and (tenth % 5 == 0 or event.total >= 20):
-                self.tenth = tenth
+            if event.done == 0 or tenth < self.tenths.get(event.phase, -1):
+                self.tenths[event.phase] = -1  # the phase starts again (next model, next run)
+            if tenth != self.tenths.get(event.phase, -1) and (tenth % 5 == 0 or event.total >= 20):
+                self.tenths[event.phase] = tenth
                 self._line(f"{_label(event)} {event.done}/{event.total}")
+        elif event.step is None and (event.phase, event.detail) != self.key:
+            self.key = (event.phase, event.detail)
+            self._line(_label(event))
 
     def _line(self, text: str) -> None:
         elapsed = time.monotonic() - self.t0
