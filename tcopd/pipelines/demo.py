@@ -255,25 +255,15 @@ def _notes(acc: dict[str, tuple[float, float]]) -> list[str]:
         notes.append(
             f"{name} {verdict} the student ({m:.1f} vs {base:.1f}, 2·SE of the difference = {gap:.1f})."
         )
-    distilled = [n for n, _, _ in METHODS]
-    best = max(distilled, key=lambda n: acc[n][0])
-    close = [  # in METHODS order, so that the line reads the same whichever seed came out on top
-        n
-        for n in distilled
-        if acc[best][0] - acc[n][0] <= 2 * (acc[best][1] ** 2 + acc[n][1] ** 2) ** 0.5
-    ]
-    if len(close) == len(distilled):
-        notes.append(
-            "No ordering among the distilled methods is shown: every one is within 2 standard "
-            "errors of the best (one seed; `--seeds N` or `tcopd sweep` for intervals over seeds)."
-        )
-    elif len(close) > 1:
-        notes.append(
-            f"Best distilled: {', '.join(close)}, within noise of each other and ahead of the "
-            "others by more than 2 standard errors."
-        )
-    else:
-        notes.append(f"Best distilled: {best}, ahead of the others by more than 2 standard errors.")
+    # Ordering the methods needs intervals over training seeds: a standard error over problems
+    # covers only the evaluation's noise, and on the shipped world one method's mean@4 moves by
+    # about 5 points (standard deviation) from one training seed to the next (docs/results.md).
+    means = [acc[n][0] for n, _, _ in METHODS]
+    notes.append(
+        f"One seed orders none of the distilled methods (here {min(means):.1f}–{max(means):.1f} %): "
+        "a method's accuracy moves by about 5 points between training seeds on this world "
+        "(docs/results.md); `--seeds N` gives intervals over seeds."
+    )
     return notes
 
 
