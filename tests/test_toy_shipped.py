@@ -127,3 +127,24 @@ def test_cli_prepare_toy_installs_and_prints_the_table(tmp_path, capsys):
         assert e.code in (0, None)
     out = capsys.readouterr().out
     assert "shipped" in out and "student" in out and "anti_expert" in out
+
+
+def test_a_rebuilt_world_given_by_path_is_used_as_it_is(tmp_path):
+    """load_benchmark("toy", from_path=DIR) never replaces DIR's world with the shipped one, even
+    when DIR holds a rebuild of the shipped seed and size (origin "built")."""
+    from tcopd.runtime.datasets import load_benchmark
+
+    world = build.ensure_toy(tmp_path / "rebuilt", seed=3, size="small")
+    manifest_path = world.root / "toy.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(seed=0, size="full")  # what `prepare toy --rebuild` writes (origin built)
+    manifest_path.write_text(json.dumps(manifest))
+    rows = load_benchmark("toy", from_path=str(world.root))
+    assert [r["prompt"] for r in rows] == [
+        json.loads(x)["prompt"] for x in (world.root / "data" / "test_math.jsonl").open()
+    ]
+    assert json.loads(manifest_path.read_text())["origin"] == "built"
+    assert (
+        not (world.root / "student" / "model.safetensors").read_bytes()
+        == (SHIPPED_ROOT / "toy" / "student" / "model.safetensors").read_bytes()
+    )

@@ -153,7 +153,7 @@ def run(cfg: MultitaskDemoConfig, progress: Progress | None = None) -> Multitask
     out = Path(cfg.out)
     if cfg.force and out.exists():
         shutil.rmtree(out)
-    report(progress, "multi-task toy world (building on first use)")
+    report(progress, "multi-task toy world (installed on first use)")
     world = ensure_toy_multitask(progress=progress)
     result = sweep.run(sweep_config(cfg, world, [cfg.seed]), progress)
     rows = per_domain_rows(result.report)

@@ -49,7 +49,8 @@ from tcopd.runtime.io import read_rows
 from tcopd.runtime.prompts import DEFAULT_INSTRUCTION
 from tcopd.runtime.rows import make_row
 from tcopd.runtime.toy import ensure_toy, ensure_toy_multitask
-from tcopd.runtime.toy.build import read_manifest
+from tcopd.runtime.toy.build import open_toy
+from tcopd.runtime.toy.multitask import open_toy_multitask
 
 REQUIRED_FIELDS = ("data_source", "prompt", "ability", "reward_model", "extra_info", "domain")
 SOURCES = ("deepmath", "gopd-math", "aime24", "aime25", "math500")
@@ -481,17 +482,20 @@ def load_benchmark(name: str, from_path: str | Path | None = None) -> list[dict[
     if name == "toy-multitask":
         if from_path is not None and Path(from_path).is_file():
             return load_prepared(from_path)
-        return load_prepared(ensure_toy_multitask(root=from_path).test_files["mixed"])
+        # A world already there is used as it is (shipped or rebuilt); none: install the default.
+        world = (open_toy_multitask(from_path) if from_path is not None else None) or (
+            ensure_toy_multitask(root=from_path)
+        )
+        return load_prepared(world.test_files["mixed"])
     if name in ("toy", "toy-code"):
         if from_path is not None and Path(from_path).is_file():  # a prepared copy of it
             return load_prepared(from_path)
 
-        # A built world is used as it is (whatever its seed and size); none there: build the default.
-        manifest = read_manifest(Path(from_path)) if from_path is not None else None
-        if manifest is not None:
-            world = ensure_toy(root=from_path, seed=manifest["seed"], size=manifest["size"])
-        else:
-            world = ensure_toy(root=from_path)
+        # A world already there is used as it is (whatever its seed, size or origin: a rebuilt
+        # world is never replaced by the shipped one); none there: install the default.
+        world = (open_toy(from_path) if from_path is not None else None) or ensure_toy(
+            root=from_path
+        )
         return load_prepared(world.test_files["math" if name == "toy" else "code"])
     if name not in ("aime24", "aime25", "math500"):
         raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")

@@ -66,7 +66,7 @@ def resolve_toy(cfg: TrainConfig, progress: Progress | None = None) -> TrainConf
         return cfg  # everything given explicitly: no need to touch (or build) the toy world
 
     if progress:
-        progress(Event("toy world (building on first use)"))
+        progress(Event("toy world (installed on first use)"))
     world = ensure_toy()
     return replace(
         cfg,

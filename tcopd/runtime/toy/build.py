@@ -204,6 +204,12 @@ def ensure_toy(
     return _world(root, manifest)
 
 
+def open_toy(root: str | Path) -> ToyWorld | None:
+    """The world already under ``root`` as it is (any seed, size, version or origin), else None."""
+    manifest = read_manifest(Path(root).expanduser())
+    return _world(Path(root).expanduser(), manifest) if manifest else None
+
+
 def _shipped_for(seed: int, size: str, source: Path | None) -> dict[str, Any] | None:
     ship = shipped_manifest("toy", source)
     if ship is None:

@@ -215,6 +215,12 @@ def ensure_toy_multitask(
     return _world(root, manifest)
 
 
+def open_toy_multitask(root: str | Path) -> ToyMultitaskWorld | None:
+    """The multi-task world already under ``root`` as it is (any origin), else None."""
+    manifest = read_multitask_manifest(Path(root).expanduser())
+    return _world(Path(root).expanduser(), manifest) if manifest else None
+
+
 def _shipped_for(seed: int, size: str, source: Path | None) -> dict[str, Any] | None:
     ship = shipped_manifest(SHIPPED_NAME, source)
     if ship is None:
