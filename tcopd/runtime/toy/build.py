@@ -49,7 +49,7 @@ from tcopd.runtime.io import atomic_write_text, write_json, write_jsonl, write_p
 from tcopd.runtime.prompts import render_prompt
 from tcopd.runtime.rows import make_row
 from tcopd.runtime.toy import problems as P
-from tcopd.runtime.toy.shipped import install_shipped, shipped_manifest
+from tcopd.runtime.toy.shipped import install_shipped, shipped_for
 from tcopd.runtime.toy.tokenizer import build_tokenizer
 
 BUILD_VERSION = 3  # 2: no chat template on the toy tokenizer; 3: the hedging habit (world v3)
@@ -186,7 +186,7 @@ def ensure_toy(
             root = root.with_name(root.name + "-rebuild")
     root = Path(root).expanduser()
     s = SETTINGS[size]
-    ship = None if rebuild else _shipped_for(seed, size, source)
+    ship = None if rebuild else shipped_for("toy", seed, size, BUILD_VERSION, source)
     wanted = {
         "seed": seed,
         "size": size,
@@ -208,14 +208,6 @@ def open_toy(root: str | Path) -> ToyWorld | None:
     """The world already under ``root`` as it is (any seed, size, version or origin), else None."""
     manifest = read_manifest(Path(root).expanduser())
     return _world(Path(root).expanduser(), manifest) if manifest else None
-
-
-def _shipped_for(seed: int, size: str, source: Path | None) -> dict[str, Any] | None:
-    ship = shipped_manifest("toy", source)
-    if ship is None:
-        return None
-    b = ship["build"]
-    return ship if (b["seed"], b["size"], b["version"]) == (seed, size, BUILD_VERSION) else None
 
 
 def _install(out: Path, seed: int, s: BuildSettings, source: Path | None) -> dict[str, Any]:

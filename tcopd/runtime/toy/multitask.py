@@ -56,7 +56,7 @@ from tcopd.runtime.toy.build import (
     toy_row,
     write_rows,
 )
-from tcopd.runtime.toy.shipped import install_shipped, shipped_manifest
+from tcopd.runtime.toy.shipped import install_shipped, shipped_for
 from tcopd.runtime.toy.tokenizer import build_tokenizer
 
 BUILD_VERSION = 1
@@ -197,7 +197,11 @@ def ensure_toy_multitask(
         if rebuild:
             root = root.with_name(root.name + "-rebuild")
     root = Path(root).expanduser()
-    ship = None if settings is not None or rebuild else _shipped_for(seed, size, source)
+    ship = (
+        None
+        if settings is not None or rebuild
+        else shipped_for(SHIPPED_NAME, seed, size, BUILD_VERSION, source)
+    )
     wanted = {
         "seed": seed,
         "size": size,
@@ -219,14 +223,6 @@ def open_toy_multitask(root: str | Path) -> ToyMultitaskWorld | None:
     """The multi-task world already under ``root`` as it is (any origin), else None."""
     manifest = read_multitask_manifest(Path(root).expanduser())
     return _world(Path(root).expanduser(), manifest) if manifest else None
-
-
-def _shipped_for(seed: int, size: str, source: Path | None) -> dict[str, Any] | None:
-    ship = shipped_manifest(SHIPPED_NAME, source)
-    if ship is None:
-        return None
-    b = ship["build"]
-    return ship if (b["seed"], b["size"], b["version"]) == (seed, size, BUILD_VERSION) else None
 
 
 def _install(out: Path, seed: int, s: MultitaskSettings, source: Path | None) -> dict[str, Any]:

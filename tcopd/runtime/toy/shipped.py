@@ -48,6 +48,17 @@ def shipped_manifest(name: str, source: Path | None = None) -> dict[str, Any] | 
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def shipped_for(
+    name: str, seed: int, size: str, version: int, source: Path | None = None
+) -> dict[str, Any] | None:
+    """The shipped world ``name``'s manifest when it is this seed, size and build version."""
+    ship = shipped_manifest(name, source)
+    if ship is None:
+        return None
+    b = ship["build"]
+    return ship if (b["seed"], b["size"], b["version"]) == (seed, size, version) else None
+
+
 def shipped_table(name: str) -> dict[str, Any] | None:
     """The table the shipped world ``name`` was built with (``None`` when none is shipped)."""
     path = SHIPPED_ROOT / name / "table.json"
