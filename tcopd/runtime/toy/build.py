@@ -373,61 +373,23 @@ def write_data(out: Path, rows: dict[tuple[str, str], list[dict[str, Any]]]) -> 
 
 
 def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) -> dict[str, Any]:
+    """The recipe: data → tokenizer → student, expert, anti-expert → table → manifest (last)."""
     import torch
 
-    from tcopd.runtime.toy.training import encode, new_model, train_sft
-
     t0 = time.time()
-
-    def note(phase: str, done: int, total: int) -> None:
-        if progress is not None:
-            progress(Event(phase, done, total))
-
-    note("data", 0, 1)
+    if progress is not None:
+        progress(Event("data", 0, 1))
     data = make_corpora(seed, s)
     write_data(out, data["rows"])
-    note("data", 1, 1)
+    if progress is not None:
+        progress(Event("data", 1, 1))
 
     texts = [t for pairs in data["sft"].values() for pair in pairs for t in pair]
     texts += [toy_prompt(r["prompt"][0]["content"]) for rows in data["rows"].values() for r in rows]
     tok = build_tokenizer(texts)
-    pad = tok.pad_token_id
-
-    def examples(name: str):
-        pairs = data["sft"][name]
-        return encode(tok, [a for a, _ in pairs], [b for _, b in pairs])
-
     with torch_threads(BUILD_THREADS):
         threads = torch.get_num_threads()
-        student = new_model(tok, s.model, seed)
-        train_sft(
-            student,
-            examples("student"),
-            steps=s.student_steps,
-            batch_size=s.batch_size,
-            lr=s.lr,
-            seed=seed + 1,
-            pad_id=pad,
-            progress=progress,
-            label="student",
-        )
-        models = {"student": student}
-        for k, (name, steps) in enumerate(
-            (("expert", s.expert_steps), ("anti_expert", s.anti_steps))
-        ):
-            m = copy.deepcopy(student)
-            train_sft(
-                m,
-                examples(name),
-                steps=steps,
-                batch_size=s.batch_size,
-                lr=s.teacher_lr,
-                seed=seed + 2 + k,
-                pad_id=pad,
-                progress=progress,
-                label=name,
-            )
-            models[name] = m
+        models = _train_models(data["sft"], tok, s, seed, progress)
         save_models(models, tok, out)
         build_train_s = time.time() - t0
         table = measure_table(models, tok, data["rows"][("test", "math")], s, seed, progress)
@@ -446,6 +408,40 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
     }
     write_json(out / "toy.json", manifest)
     return manifest
+
+
+def _train_models(
+    sft: dict[str, list[tuple[str, str]]],
+    tok,
+    s: BuildSettings,
+    seed: int,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """The student from scratch (seed + 1), then the expert and the anti-expert fine-tuned from
+    copies of it (seeds + 2, + 3)."""
+    from tcopd.runtime.toy.training import encode, new_model, train_sft
+
+    def train(model, name: str, steps: int, lr: float, seed_offset: int) -> None:
+        pairs = sft[name]
+        train_sft(
+            model,
+            encode(tok, [a for a, _ in pairs], [b for _, b in pairs]),
+            steps=steps,
+            batch_size=s.batch_size,
+            lr=lr,
+            seed=seed + seed_offset,
+            pad_id=tok.pad_token_id,
+            progress=progress,
+            label=name,
+        )
+
+    student = new_model(tok, s.model, seed)
+    train(student, "student", s.student_steps, s.lr, 1)
+    models = {"student": student}
+    for k, (name, steps) in enumerate((("expert", s.expert_steps), ("anti_expert", s.anti_steps))):
+        models[name] = copy.deepcopy(student)
+        train(models[name], name, steps, s.teacher_lr, 2 + k)
+    return models
 
 
 def save_models(models: dict[str, Any], tok, out: Path) -> None:
