@@ -68,6 +68,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_train_and_score_compute_the_same_signal(case, normalization):
     from tcopd.pipelines import score as score_pipeline
+    from tcopd.pipelines import score_rows
     from tcopd.pipelines.train.advantages import advantages
     from tcopd.pipelines.train.grade import Grades
     from tcopd.pipelines.train.rollout import Rollouts
@@ -91,14 +92,14 @@ def test_train_and_score_compute_the_same_signal(case, normalization):
         table=table,
     )
     comps = [Completion(b, 0, [1, 2], r, "", "stop", None) for b, r in enumerate(RESPONSES)]
-    batch = Rollouts(comps, ["0"] * 3, DOMAINS)
+    batch = Rollouts(comps, ["0"] * 3, DOMAINS, [[]] * 3)
     scores = Scores(
         lp["student"], [], {"reference": lp["reference"], **{s.name: lp[s.name] for s in active}}
     )
     signal, _ = advantages(tr, batch, scores, Grades(torch.zeros(3), 0))
     # score: its reward function, on the same log-probs
     rows = [
-        score_pipeline._Row(b, {"domain": DOMAINS[b]} if DOMAINS[b] else {}, [1, 2], r)
+        score_rows.Row(b, {"domain": DOMAINS[b]} if DOMAINS[b] else {}, [1, 2], r)
         for b, r in enumerate(RESPONSES)
     ]
     cfg = score_pipeline.ScoreConfig(teacher_normalization=normalization)

@@ -42,9 +42,12 @@ from tcopd.core.teachers import (
     validate_lambda_table,
 )
 from tcopd.errors import ConfigError, DataError
+from tcopd.pipelines.score_rows import Row, context_prompts, read_score_rows
 from tcopd.progress import Progress
 from tcopd.runtime import distributed, models, served
-from tcopd.runtime.io import read_rows, write_rows
+from tcopd.runtime.contexts import ContextRenderer, load_contexts
+from tcopd.runtime.io import write_rows
+from tcopd.runtime.prompts import check_framing
 from tcopd.runtime.scorer import Scorer
 
 
@@ -67,6 +70,14 @@ class ScoreConfig:
     )
     served_teachers: list[dict] = field(
         [], help="Teachers on vLLM servers, [{name, url (one or a list), lam}] (docs/serving.md)."
+    )
+    teacher_prompt: list[str] = field(
+        [],
+        help="A teacher's own context NAME=FILE (JSON/YAML chat messages before each row's "
+        "'messages'); such a teacher needs rows with 'messages' (docs/score.md).",
+    )
+    template: Literal["chat", "plain"] = field(
+        "chat", help="How rows given as 'messages' are rendered: chat template or plain text."
     )
     lambda_table: dict[str, Any] = field(
         {}, help="Per-domain λ {domain: {teacher: λ}} for rows with a 'domain'."
@@ -150,14 +161,6 @@ class ScoreSummary:
     compare: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
-@dataclass
-class _Row:
-    number: int
-    data: dict[str, Any]
-    prompt_ids: list[int]
-    response_ids: list[int]
-
-
 def _teachers(config: ScoreConfig) -> tuple[list[TeacherSpec], list[TeacherSpec], dict]:
     specs = build_teacher_specs(
         config.expert, config.anti_expert, config.lambdas, config.teachers, config.served_teachers
@@ -189,66 +192,24 @@ def _check_config(config: ScoreConfig) -> None:
             )
 
 
-def _id_list(value: Any, where: str, key: str) -> list[int]:
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(x, int) and not isinstance(x, bool) for x in value
-    ):
-        raise DataError(f"{where}: {key!r} must be a list of integer token ids")
-    return list(value)
-
-
-def _read_rows(path: str, tokenizer: Any, vocab: int, max_len: int | None) -> list[_Row]:
-    out: list[_Row] = []
-    for number, row in read_rows(path):
-        where = f"{path}:{number}"
-        if "response_ids" in row or "prompt_ids" in row:
-            if "prompt_ids" not in row or "response_ids" not in row:
-                raise DataError(f"{where}: a row needs both 'prompt_ids' and 'response_ids'")
-            p = _id_list(row["prompt_ids"], where, "prompt_ids")
-            r = _id_list(row["response_ids"], where, "response_ids")
-        elif isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):
-            p = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-            r = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
-        else:
-            raise DataError(
-                f"{where}: a row needs 'prompt_ids' and 'response_ids' (token ids) or 'prompt' and 'response' (text)"
-            )
-        if not r:
-            raise DataError(f"{where}: empty response: there is nothing to score (drop the row)")
-        if not p:
-            raise DataError(
-                f"{where}: empty prompt: the first response token needs at least one prompt token"
-            )
-        bad = next((t for t in p + r if t < 0 or t >= vocab), None)
-        if bad is not None:
-            raise DataError(
-                f"{where}: token id {bad} is outside the vocabulary (size {vocab}): wrong tokenizer?"
-            )
-        if max_len is not None and len(p) + len(r) > max_len:
-            raise DataError(
-                f"{where}: prompt + response is {len(p) + len(r)} tokens, longer than the model's maximum "
-                f"positions ({max_len}); truncate or drop the row"
-            )
-        out.append(_Row(number, row, p, r))
-    if not out:
-        raise DataError(f"{path}: no rows to score")
-    return out
-
-
 def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
     """Score every row of ``config.input``; write ``config.output`` and its resolved config."""
     _check_config(config)
     specs, active, table = _teachers(config)
     named_paths = {"student": config.student, "reference": config.reference or config.student}
     named_paths |= {s.name: s.path for s in active if not s.served}
-    rows, student_tok = _check_models_and_rows(config, named_paths)  # 1. cheap checks, no load
-    servers = _connect(config, active, student_tok, rows)
+    rows, toks, own = _check_models_and_rows(config, named_paths, active)  # 1. cheap, no load
+    servers = _connect(config, active, toks["student"], rows, own)
     info, owner = _placement(config, [s for s in active if not s.served])  # 2. where things run
     mine = rows[info.rank :: info.world_size]
+    own = {n: p[info.rank :: info.world_size] for n, p in own.items()}
     scorer = _load_scorer(config, named_paths, info, owner, servers)  # 3. load and score
     t0 = time.perf_counter()
     result = scorer.score(
-        [r.prompt_ids for r in mine], [r.response_ids for r in mine], progress=progress
+        [r.prompt_ids for r in mine],
+        [r.response_ids for r in mine],
+        progress=progress,
+        prompts_of=own,
     )
     seconds = time.perf_counter() - t0
     logprobs = dict(result.logprobs)
@@ -261,7 +222,7 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
         "adv_sum": float((signal.adv_BT * signal.mask_BT).sum()),
         "ratio_sums": {k: float(v) for k, v in signal.logratio_sums().items()},
         "stats": result.stats,
-        "compare": _compare_local(config, servers, mine, result.logprobs, info),
+        "compare": _compare_local(config, servers, mine, own, result.logprobs, info),
     }
     parts = distributed.Reduce(info).gather(local)
     summary = _summarise(config, parts, seconds, specs, active, named_paths, info)
@@ -272,32 +233,58 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
 
 
 def _check_models_and_rows(
-    config: ScoreConfig, named_paths: dict[str, str]
-) -> tuple[list[_Row], Any]:
-    """Every model directory is a causal-LM config, every tokenizer matches; the rows are valid.
-    Also returns the student's tokenizer (the served teachers are checked against it)."""
+    config: ScoreConfig, named_paths: dict[str, str], active: list[TeacherSpec]
+) -> tuple[list[Row], dict[str, Any], dict[str, list[list[int]]]]:
+    """Every model directory is a causal-LM config, every tokenizer matches the student's (and
+    frames a chat response as it does); the rows are valid. Also returns the tokenizers by name
+    (served teachers: the student's, checked against their servers) and each context teacher's
+    prompt ids per row (:func:`context_prompts`)."""
     configs = {name: models.load_causal_lm_config(path) for name, path in named_paths.items()}
     student_tok = models.load_tokenizer(config.student)
-    checked = {config.student}
+    toks: dict[str, Any] = {"student": student_tok}
+    framed = config.template == "chat" and bool(getattr(student_tok, "chat_template", None))
     for name, path in named_paths.items():
-        if path not in checked:
-            models.check_same_tokenizer(student_tok, models.load_tokenizer(path), name)
-            checked.add(path)
+        if name == "student":
+            continue
+        toks[name] = student_tok if path == config.student else models.load_tokenizer(path)
+        if toks[name] is not student_tok:
+            models.check_same_tokenizer(student_tok, toks[name], name)
+            if framed:
+                check_framing(student_tok, toks[name], name, "chat")
     vocab = min(int(c.vocab_size) for c in configs.values() if getattr(c, "vocab_size", None))
     limits = [m for m in (models.max_positions(c) for c in configs.values()) if m]
-    rows = _read_rows(config.input, student_tok, vocab, min(limits) if limits else None)
-    return rows, student_tok
+    limit = min(limits) if limits else None
+    rows = read_score_rows(config.input, student_tok, vocab, limit, config.template)
+    contexts = load_contexts(config.teacher_prompt, [s.name for s in _all_specs(config)])
+    contexts = {n: c for n, c in contexts.items() if n in {s.name for s in active}}
+    renderer = ContextRenderer(
+        contexts, {n: toks.get(n, student_tok) for n in contexts}, config.template
+    )
+    return rows, toks, context_prompts(renderer, rows, str(config.input), limit)
+
+
+def _all_specs(config: ScoreConfig) -> list[TeacherSpec]:
+    return build_teacher_specs(
+        config.expert, config.anti_expert, config.lambdas, config.teachers, config.served_teachers
+    )
 
 
 def _connect(
-    config: ScoreConfig, active: list[TeacherSpec], tokenizer: Any, rows: list[_Row]
+    config: ScoreConfig,
+    active: list[TeacherSpec],
+    tokenizer: Any,
+    rows: list[Row],
+    own: dict[str, list[list[int]]],
 ) -> dict[str, served.ServedTeacher]:
-    """The served teachers, checked against the student's tokenizer and the longest row."""
+    """The served teachers, checked against the student's tokenizer and the longest row (with
+    a context teacher's own prompts)."""
     settings = served.ServerSettings(
         config.teacher_timeout_s, config.teacher_retries, config.teacher_max_inflight_tokens
     )
     servers = {s.name: served.ServedTeacher(s.name, s.urls, settings) for s in active if s.served}
     longest = max(len(r.prompt_ids) + len(r.response_ids) for r in rows)
+    for prompts in own.values():
+        longest = max([longest] + [len(p) + len(r.response_ids) for p, r in zip(prompts, rows)])
     served.connect(servers, tokenizer, longest)
     return servers
 
@@ -323,12 +310,15 @@ def _load_scorer(
     attn = models.default_attn_implementation(info.device)
     load_device = "cpu" if config.placement == "offload" else info.device
     loaded: dict[str, torch.nn.Module] = {}
+    by_path: dict[str, torch.nn.Module] = {}  # a model path is loaded once (context teachers)
     for name, path in named_paths.items():
         if name == "reference" and path == config.student:
             continue  # the student's numbers are reused
         if owner.get(name, info.rank) != info.rank:
             continue
-        loaded[name] = models.load_causal_lm(path, config.dtype, load_device, attn)
+        if path not in by_path:
+            by_path[path] = models.load_causal_lm(path, config.dtype, load_device, attn)
+        loaded[name] = by_path[path]
     return Scorer(
         loaded,
         placement="local" if config.placement == "server" else config.placement,
@@ -345,7 +335,8 @@ def _load_scorer(
 def _compare_local(
     config: ScoreConfig,
     servers: dict[str, served.ServedTeacher],
-    rows: list[_Row],
+    rows: list[Row],
+    own: dict[str, list[list[int]]],
     logprobs: dict[str, list[torch.Tensor]],
     info: distributed.DistInfo,
 ) -> dict[str, tuple[float, float, int]]:
@@ -363,7 +354,9 @@ def _compare_local(
             chunk_size=config.chunk_size,
             packing=config.packing,
         )
-        local = scorer.score([r.prompt_ids for r in rows], [r.response_ids for r in rows])
+        local = scorer.score(
+            [r.prompt_ids for r in rows], [r.response_ids for r in rows], prompts_of=own
+        )
         diff = torch.cat([(a - b).abs() for a, b in zip(logprobs[name], local.logprobs[name])])
         out[name] = (float(diff.max()) if len(diff) else 0.0, float(diff.sum()), len(diff))
         del model, scorer
@@ -401,7 +394,7 @@ def _rewards(
     specs: list[TeacherSpec],
     active: list[TeacherSpec],
     table: dict,
-    rows: list[_Row],
+    rows: list[Row],
     logprobs: dict[str, list[torch.Tensor]],
 ) -> tuple[list[tuple[int, dict]], Signal]:
     """The output rows and the training signal (:func:`training_signal`, the trainer's own)."""

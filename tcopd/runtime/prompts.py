@@ -79,3 +79,52 @@ def render_prompt(
     if not isinstance(text, str):  # some versions return a list for a batch
         text = text[0]
     return text
+
+
+FRAMING_PROBE = ({"role": "user", "content": "What is 2 + 3?"},)
+FRAMING_RESPONSE = "2 + 3 = 5. The answer is \\boxed{5}."
+
+
+def response_framing(tokenizer: Any, template: Template = "chat") -> tuple[str, str]:
+    """``(header, end)``: what a template puts between the user turn and the response (the
+    generation prompt's tail: assistant header) and after the response (end of turn), rendered
+    on :data:`FRAMING_PROBE`. ``plain`` frames every model alike: ``(format tail, "")``."""
+    user = FRAMING_PROBE[0]["content"]
+    prompt = render_prompt(FRAMING_PROBE, tokenizer, template)
+    header = prompt[prompt.rindex(user) + len(user) :]
+    if template == "plain":
+        return header, ""
+    full = tokenizer.apply_chat_template(
+        [*map(dict, FRAMING_PROBE), {"role": "assistant", "content": FRAMING_RESPONSE}],
+        tokenize=False,
+        enable_thinking=False,
+    )
+    if not isinstance(full, str):
+        full = full[0]
+    cut = full.rfind(FRAMING_RESPONSE)
+    end = full[cut + len(FRAMING_RESPONSE) :] if cut >= 0 else ""
+    return header, end
+
+
+def check_framing(student_tok: Any, teacher_tok: Any, name: str, template: Template) -> None:
+    """Refuse a teacher whose template frames the student's response differently: another
+    assistant header or end-of-turn text (a teacher scoring the response after a header it never
+    produces gives a wrong signal, silently). ``plain``: nothing to compare (one format)."""
+    if template != "chat":
+        return
+    for what, a, b in zip(
+        ("text before the response (end of the user turn, assistant header)", "end of turn"),
+        response_framing(student_tok, template),
+        response_framing(teacher_tok, template),
+        strict=True,
+    ):
+        if a != b:
+            i = next(
+                (k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                min(len(a), len(b)),
+            )
+            raise ConfigError(
+                f"chat template of {name!r} frames the response differently from the student's: "
+                f"{what} {b!r} vs {a!r} (first difference at character {i}); a teacher must "
+                "score the student's response under the student's framing (docs/train.md)"
+            )

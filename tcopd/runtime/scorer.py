@@ -154,10 +154,14 @@ class Scorer:
         response_ids: Sequence[Ids],
         names: Sequence[str] | None = None,
         progress: Progress | None = None,
+        prompts_of: Mapping[str, Sequence[Ids]] | None = None,
     ) -> ScoreResult:
         """Log-probs of each response under each of ``names`` (default: all); see the class doc.
 
-        ``progress`` gets an ``Event("scoring", done, total)`` after each micro-batch, in model-tokens.
+        ``prompts_of[name]``: that model's own prompt ids for each response (a context teacher,
+        :mod:`tcopd.runtime.contexts`), used instead of ``prompt_ids``; the response ids are the
+        same for every model. ``progress`` gets an ``Event("scoring", done, total)`` after each
+        micro-batch, in model-tokens.
         """
         prompts = [_as_list(p) for p in prompt_ids]
         responses = [_as_list(r) for r in response_ids]
@@ -170,13 +174,14 @@ class Scorer:
                 f"no model named {unknown[0]!r} in this scorer (have: {', '.join(self.names)})"
             )
         self._check_ids(prompts, responses)
+        own = self._own_prompts(prompts_of, names, responses)
         served = {n: self.servers[n] for n in names if n in self.servers}
         local = [n for n in names if n not in self.owner and n not in served]
         sharded = [n for n in names if n in self.owner]
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        background = served_lib.Background(served, prompts, responses) if served else None
+        background = served_lib.Background(served, prompts, responses, own) if served else None
         self._stats = {"model_tokens": 0, "processed": 0, "real": 0, "micro_batches": 0}
         everyone = self._gather_all(prompts, responses) if sharded else [(prompts, responses)]
         all_p = [p for ps, _ in everyone for p in ps]
@@ -188,7 +193,7 @@ class Scorer:
         out: dict[str, list[torch.Tensor]] = {}
         with torch.inference_mode():
             for name in local:
-                out[name] = self._score_model(name, prompts, responses, tick)
+                out[name] = self._score_model(name, own.get(name, prompts), responses, tick)
             for name in sharded:
                 out[name] = self._score_sharded(name, everyone, all_p, all_r, tick)
         if background is not None:
@@ -213,7 +218,11 @@ class Scorer:
         return ScoreResult(out, stats)
 
     def hidden_states(
-        self, prompt_ids: Sequence[Ids], response_ids: Sequence[Ids], names: Sequence[str]
+        self,
+        prompt_ids: Sequence[Ids],
+        response_ids: Sequence[Ids],
+        names: Sequence[str],
+        prompts_of: Mapping[str, Sequence[Ids]] | None = None,
     ) -> tuple[dict[str, list[torch.Tensor]], dict[str, OutputHead]]:
         """Final hidden states that predict each response token (``T_i × H`` per response, on
         ``device``) and each model's output head (on ``device``): what the dense loss needs to
@@ -226,12 +235,13 @@ class Scorer:
             raise ConfigError(
                 "hidden states need local teachers: a served teacher gives log-probs only"
             )
-        prompts = [_as_list(p) for p in prompt_ids]
         responses = [_as_list(r) for r in response_ids]
-        lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+        own = self._own_prompts(prompts_of, names, responses)
         hidden: dict[str, list[torch.Tensor]] = {}
         heads: dict[str, OutputHead] = {}
         for name in names:
+            prompts = own.get(name) or [_as_list(p) for p in prompt_ids]
+            lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
             model = self.models[name]
             if self.placement == "offload":
                 model.to(self.device)
@@ -250,6 +260,31 @@ class Scorer:
         return hidden, heads
 
     # -- internals -------------------------------------------------------------------------
+    def _own_prompts(
+        self,
+        prompts_of: Mapping[str, Sequence[Ids]] | None,
+        names: Sequence[str],
+        responses: list[list[int]],
+    ) -> dict[str, list[list[int]]]:
+        """The checked per-model prompts of the models scored now (a sharded model has none:
+        its owner scores every rank's sequences under one prompt list)."""
+        own: dict[str, list[list[int]]] = {}
+        for name, rows in (prompts_of or {}).items():
+            if name not in names:
+                continue
+            if name in self.owner:
+                raise ConfigError(
+                    f"{name!r} has its own prompts (a context teacher): placement 'shard' "
+                    "cannot score it; use local, offload or a served teacher"
+                )
+            own[name] = [_as_list(p) for p in rows]
+            if len(own[name]) != len(responses):
+                raise DataError(
+                    f"{len(own[name])} prompts of {name!r} for {len(responses)} responses"
+                )
+            self._check_ids(own[name], responses)
+        return own
+
     def _check_ids(self, prompts: list[list[int]], responses: list[list[int]]) -> None:
         vocab = min(
             (m.get_input_embeddings().weight.shape[0] for m in self.models.values()), default=None

@@ -409,16 +409,19 @@ def score_all(
     teachers: Mapping[str, ServedTeacher],
     prompts: Sequence[list[int]],
     responses: Sequence[list[int]],
+    prompts_of: Mapping[str, Sequence[list[int]]] | None = None,
 ) -> dict[str, list[torch.Tensor]]:
-    """Every served teacher's log-probs of every response, all requests concurrent."""
+    """Every served teacher's log-probs of every response, all requests concurrent;
+    ``prompts_of[name]``: a context teacher's own prompts (instead of ``prompts``)."""
     if not teachers or not prompts:
         return {name: [] for name in teachers}
+    own = prompts_of or {}
 
     async def run() -> dict[str, list[torch.Tensor]]:
         first = next(iter(teachers.values()))
         async with _client(first.settings, len(prompts) * len(teachers)) as client:
             results = await asyncio.gather(
-                *(t.score(client, prompts, responses) for t in teachers.values())
+                *(t.score(client, own.get(n, prompts), responses) for n, t in teachers.items())
             )
         return dict(zip(teachers, results, strict=True))
 
@@ -428,17 +431,23 @@ def score_all(
 class Background:
     """:func:`score_all` in a thread, so local models score while the servers answer."""
 
-    def __init__(self, teachers: Mapping[str, ServedTeacher], prompts: list, responses: list):
+    def __init__(
+        self,
+        teachers: Mapping[str, ServedTeacher],
+        prompts: list,
+        responses: list,
+        prompts_of: Mapping[str, list] | None = None,
+    ):
         self._out: dict[str, list[torch.Tensor]] = {}
         self._error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(teachers, prompts, responses), daemon=True
+            target=self._run, args=(teachers, prompts, responses, prompts_of), daemon=True
         )
         self._thread.start()
 
-    def _run(self, teachers: Mapping[str, ServedTeacher], prompts: list, responses: list) -> None:
+    def _run(self, teachers: Mapping[str, ServedTeacher], *args: Any) -> None:
         try:
-            self._out = score_all(teachers, prompts, responses)
+            self._out = score_all(teachers, *args)
         except BaseException as e:  # re-raised in the caller's thread by result()
             self._error = e
 

@@ -36,6 +36,11 @@ class TrainConfig:
         None, help="λ for expert, anti-expert (and λ-less --teacher), e.g. '1.5,-0.5'."
     )
     teacher: list[str] = field([], help="Extra teachers NAME=PATH:LAMBDA.")
+    teacher_prompt: list[str] = field(
+        [],
+        help="A teacher's own context NAME=FILE (JSON/YAML chat messages placed before each "
+        "conversation): on-policy context distillation (docs/train.md).",
+    )
     lambda_table: dict = field(
         {}, help="Multi-task λ table {domain: {teacher: λ}}; a row overrides λ for that domain."
     )

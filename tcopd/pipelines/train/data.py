@@ -36,6 +36,7 @@ class Prompts:
     ids: list[list[int]]
     golds: list[str]
     domains: list[str | None]
+    messages: list[list[dict[str, Any]]]  # each prompt's chat messages (context teachers)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -43,7 +44,7 @@ class Prompts:
 
 def load_prompts(path: str, tokenizer: Any, template: str, max_prompt_tokens: int) -> Prompts:
     """Token ids, gold answers and domains of a prepared data file; over-long prompts skipped."""
-    ids, golds, domains, skipped = [], [], [], 0
+    ids, golds, domains, messages, skipped = [], [], [], [], 0
     for row in load_prepared(path):
         text = render_prompt(row["prompt"], tokenizer, template)
         toks = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -53,11 +54,12 @@ def load_prompts(path: str, tokenizer: Any, template: str, max_prompt_tokens: in
         ids.append(list(toks))
         golds.append(str(row["reward_model"]["ground_truth"]))
         domains.append(row.get("domain"))
+        messages.append([dict(m) for m in row["prompt"]])
     if not ids:
         raise DataError(
             f"{path}: no prompt fits max_prompt_tokens={max_prompt_tokens} ({skipped} skipped)"
         )
-    return Prompts(ids, golds, domains)
+    return Prompts(ids, golds, domains, messages)
 
 
 def data_order(n: int, seed: int, epoch: int) -> list[int]:

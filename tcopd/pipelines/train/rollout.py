@@ -28,6 +28,7 @@ class Rollouts:
     completions: list[Completion]
     golds: list[str]
     domains: list[str | None]
+    messages: list[list[dict[str, Any]]]  # each response's conversation (context teachers)
 
     @property
     def prompts(self) -> list[list[int]]:
@@ -66,6 +67,7 @@ def rollout(tr: Trainer, step: int) -> Rollouts:
         comps,
         [tr.data.golds[idx[c.prompt_index]] for c in comps],
         [tr.data.domains[idx[c.prompt_index]] for c in comps],
+        [tr.data.messages[idx[c.prompt_index]] for c in comps],
     )
 
 

@@ -8,6 +8,9 @@ tempered policy the samples came from.
 With ``--loss dense`` the teachers (and π_ref) are run once for their final hidden states, kept
 for the update (which rebuilds their full distributions chunk by chunk); their sampled-token
 log-probs, for the reward and the metrics, come from those hidden states through each head.
+
+A context teacher (``--teacher-prompt``) scores the same response ids after its own prompt ids
+(:class:`~tcopd.runtime.contexts.ContextRenderer`, one rendering per conversation).
 """
 
 from __future__ import annotations
@@ -50,12 +53,13 @@ def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
     else:
         old = [torch.zeros(len(r)) for r in batch.responses]
         entropy = [torch.zeros(len(r)) for r in batch.responses]
+    own = tr.contexts.batch(batch.messages) if tr.contexts is not None else None
     if cfg.loss == "dense":
-        hidden, heads = _hidden_states(tr, batch)
+        hidden, heads = _hidden_states(tr, batch, own)
         scored = {n: _sampled_logprobs(hidden[n], heads[n], batch, cfg) for n in hidden}
     else:
         hidden = heads = None
-        scored = dict(tr.scorer.score(batch.prompts, batch.responses).logprobs)
+        scored = dict(tr.scorer.score(batch.prompts, batch.responses, prompts_of=own).logprobs)
     # π_ref cancels (setup.py): π_old stands in for it — the same list, so that on-policy the
     # update's filling of π_old (in place) fills the stand-in too
     scored.setdefault("reference", old)
@@ -63,9 +67,9 @@ def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
 
 
 def _hidden_states(
-    tr: Trainer, batch: Rollouts
+    tr: Trainer, batch: Rollouts, own: dict[str, list[list[int]]] | None
 ) -> tuple[dict[str, list[torch.Tensor]], dict[str, Head]]:
-    hidden, raw = tr.scorer.hidden_states(batch.prompts, batch.responses, tr.scorer.names)
+    hidden, raw = tr.scorer.hidden_states(batch.prompts, batch.responses, tr.scorer.names, own)
     heads = {n: Head(h.weight, h.bias, h.scale, h.softcap) for n, h in raw.items()}
     return hidden, heads
 

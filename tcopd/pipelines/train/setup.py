@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,11 +38,13 @@ from tcopd.pipelines.train.data import Prompts, load_prompts
 from tcopd.pipelines.train.engines import rollout_engine
 from tcopd.pipelines.train.update import UpdateSettings
 from tcopd.runtime import distributed, served
+from tcopd.runtime.contexts import Context, ContextRenderer, load_contexts
 from tcopd.runtime.distributed import DistInfo, Reduce, available_memory
 from tcopd.runtime.engine import TrainEngine
 from tcopd.runtime.forward import output_head
 from tcopd.runtime.grading import Grader
 from tcopd.runtime.models import check_same_tokenizer, load_causal_lm, load_tokenizer
+from tcopd.runtime.prompts import check_framing
 from tcopd.runtime.rollout import RolloutEngine
 from tcopd.runtime.scorer import Scorer
 
@@ -62,6 +65,7 @@ class Trainer:
     engine: TrainEngine
     policy: torch.nn.Module  # the weights the rollouts come from (π_old is scored on it)
     scorer: Scorer  # π_ref (unless it cancels) and the active teachers
+    contexts: ContextRenderer | None  # the context teachers' own prompts (--teacher-prompt)
     grader: Grader | None  # None: --no-grade and nothing to evaluate
     rollout: RolloutEngine
     data: Prompts
@@ -99,6 +103,12 @@ def teachers_of(cfg: TrainConfig) -> tuple[list[TeacherSpec], dict, list[Teacher
             f"--loss dense needs hidden states, a served teacher ({remote[0]!r}) gives log-probs "
             "only: use --loss sampled or a local teacher"
         )
+    contexts = contexts_of(cfg, specs)
+    if contexts and cfg.teacher_placement == "shard":
+        raise ConfigError(
+            f"context teacher {next(iter(contexts))!r} (--teacher-prompt): placement shard "
+            "cannot score it; use --teacher-placement local or offload, or serve it"
+        )
     local = [s.name for s in active if not s.served]
     if cfg.teacher_placement == "server" and local:
         raise ConfigError(
@@ -106,6 +116,11 @@ def teachers_of(cfg: TrainConfig) -> tuple[list[TeacherSpec], dict, list[Teacher
             "(give its URL, or use another placement: URL teachers are served under any)"
         )
     return specs, table, active
+
+
+def contexts_of(cfg: TrainConfig, specs: list[TeacherSpec]) -> dict[str, Context]:
+    """The ``--teacher-prompt`` contexts, each file read and checked (no model loaded)."""
+    return load_contexts(cfg.teacher_prompt, [s.name for s in specs])
 
 
 def model_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
@@ -138,7 +153,12 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
     skip_ref = cfg.score_reference == "auto" and reference_cancels(
         specs, table, cfg.teacher_normalization, cfg.beta
     )
-    scorer = _scorer(cfg, dist, tokenizer, student, active, dtype, with_reference=not skip_ref)
+    contexts = contexts_of(cfg, specs)
+    scorer, teacher_toks = _scorer(
+        cfg, dist, tokenizer, student, active, dtype, not skip_ref, contexts
+    )
+    contexts = {n: c for n, c in contexts.items() if n in scorer.names}
+    renderer = ContextRenderer(contexts, teacher_toks, cfg.template) if contexts else None
     if cfg.loss == "dense":
         check_dense(cfg, student, scorer, dist.device)
     separate = cfg.engine == "hf" and cfg.zero_stage == 3  # see the module docstring
@@ -158,6 +178,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         engine=engine,
         policy=policy,
         scorer=scorer,
+        contexts=renderer,
         rollout=rollout_engine(cfg, dist, tokenizer, policy, separate, dtype),
         grader=Grader(cfg.grader_workers, timeout_s=cfg.grade_timeout_s) if grade else None,
         data=data,
@@ -196,16 +217,17 @@ def _scorer(
     active: list[TeacherSpec],
     dtype: torch.dtype,
     with_reference: bool,
-) -> Scorer:
-    """π_ref (when needed) and the active teachers, placed as ``teacher_placement`` says;
-    teachers given by URL are served (checked now: :func:`served.connect`, against the student's
-    tokenizer and the longest possible sequence, ``max_prompt_tokens + max_response_tokens``)."""
+    contexts: dict[str, Context],
+) -> tuple[Scorer, dict[str, Any]]:
+    """π_ref (when needed) and the active teachers, placed as ``teacher_placement`` says, and
+    each teacher's tokenizer (a served one: the student's). Teachers given by URL are served
+    (checked now: :func:`served.connect`, against the student's tokenizer and the longest
+    possible sequence, ``max_prompt_tokens + max_response_tokens``)."""
     settings = served.ServerSettings(
         cfg.teacher_timeout_s, cfg.teacher_retries, cfg.teacher_max_inflight_tokens
     )
     servers = {s.name: served.ServedTeacher(s.name, s.urls, settings) for s in active if s.served}
-    served.connect(servers, tokenizer, cfg.max_prompt_tokens + cfg.max_response_tokens)
-    active = [s for s in active if not s.served]
+    served.connect(servers, tokenizer, _longest_teacher_sequence(cfg, servers, contexts))
     placement = "local" if cfg.teacher_placement == "server" else cfg.teacher_placement
     models: dict[str, torch.nn.Module] = {}
     if with_reference and cfg.reference:
@@ -215,16 +237,11 @@ def _scorer(
         models["reference"] = copy.deepcopy(student)
     for m in models.values():
         m.requires_grad_(False)
+    local = [s for s in active if not s.served]
     owner: dict[str, int] = {}
     if placement == "shard":
-        owner = distributed.round_robin_owners([s.name for s in active], dist.world_size)
-    teachers: dict[str, torch.nn.Module] = {}
-    for spec in active:
-        check_same_tokenizer(tokenizer, load_tokenizer(spec.path), spec.name)
-        if owner.get(spec.name, dist.rank) == dist.rank:
-            place = torch.device("cpu") if placement == "offload" else dist.device
-            teachers[spec.name] = load_causal_lm(spec.path, dtype=dtype, device=place)
-            teachers[spec.name].requires_grad_(False)
+        owner = distributed.round_robin_owners([s.name for s in local], dist.world_size)
+    teachers, toks = _teacher_models(cfg, dist, tokenizer, local, owner, dtype, models)
     scorer = Scorer(
         {**models, **teachers},
         placement=placement,
@@ -237,7 +254,59 @@ def _scorer(
     )
     if placement == "offload" and "reference" in models:
         models["reference"].to(dist.device)  # needed every step; only teachers are offloaded
-    return scorer
+    return scorer, {**toks, **{name: tokenizer for name in servers}}
+
+
+def _teacher_models(
+    cfg: TrainConfig,
+    dist: DistInfo,
+    tokenizer: Any,
+    local: list[TeacherSpec],
+    owner: dict[str, int],
+    dtype: torch.dtype,
+    models: dict[str, torch.nn.Module],
+) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
+    """Load each local teacher this rank hosts, each model path once: teachers with one path
+    share one module (two context teachers of one model), and a teacher at the student's path
+    shares the frozen π_ref copy when there is one. Each tokenizer is checked against the
+    student's (vocabulary, and the chat template's framing of the response)."""
+    place = torch.device("cpu") if cfg.teacher_placement == "offload" else dist.device
+    loaded: dict[str, torch.nn.Module] = {}
+    if "reference" in models and not cfg.reference:
+        loaded[_same_path(str(cfg.student))] = models["reference"]
+    teachers: dict[str, torch.nn.Module] = {}
+    toks: dict[str, Any] = {}
+    for spec in local:
+        toks[spec.name] = load_tokenizer(spec.path)
+        check_same_tokenizer(tokenizer, toks[spec.name], spec.name)
+        check_framing(tokenizer, toks[spec.name], spec.name, cfg.template)
+        if owner.get(spec.name, dist.rank) != dist.rank:
+            continue
+        key = _same_path(spec.path)
+        if key not in loaded:
+            loaded[key] = load_causal_lm(spec.path, dtype=dtype, device=place)
+            loaded[key].requires_grad_(False)
+        teachers[spec.name] = loaded[key]
+    return teachers, toks
+
+
+def _longest_teacher_sequence(
+    cfg: TrainConfig, servers: dict[str, Any], contexts: dict[str, Context]
+) -> int:
+    """The longest sequence a served teacher may be asked to score: the longest prompt, plus a
+    served context teacher's context (its characters, an upper bound of its tokens, plus 16
+    per message for the template's markup), plus the longest response."""
+    extra = max(
+        (sum(len(c) + 16 for _, c in ctx.messages) for n, ctx in contexts.items() if n in servers),
+        default=0,
+    )
+    return cfg.max_prompt_tokens + extra + cfg.max_response_tokens
+
+
+def _same_path(path: str) -> str:
+    """A model path as a key: two spellings of one local directory are one model."""
+    p = Path(path).expanduser()
+    return str(p.resolve()) if p.exists() else path
 
 
 def check_dense(
