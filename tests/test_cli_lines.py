@@ -58,3 +58,20 @@ def test_interleaved_counted_phases_with_changing_details_print_each_tenth_once(
     assert [t for t in texts if "graded" in t][:11] == [
         f"student · graded {d}/200" for d in range(0, 201, 20)
     ]
+
+
+def test_a_phase_waiting_at_zero_prints_once():
+    """A sweep's child reports "run 0/40" every second while models load: one line, not 40."""
+    buf = io.StringIO()
+    rep = LineReporter(Console(file=buf, width=200), "sweep")
+    for _ in range(30):
+        rep(Event("train · run", 0, 40))
+    rep(Event("train · run", 4, 40))
+    for _ in range(3):
+        rep(Event("train · run", 0, 40))  # the next run starts again at 0: printed once
+    lines = buf.getvalue().splitlines()
+    assert [x.split("] ", 1)[1] for x in lines] == [
+        "train · run 0/40",
+        "train · run 4/40",
+        "train · run 0/40",
+    ]

@@ -33,7 +33,7 @@ class LineReporter:
         elif _counted(event):
             # keyed on the phase alone: a detail such as "695 tok/s" changes with every event
             tenth = (10 * event.done) // max(1, event.total)
-            if event.done == 0 or tenth < self.tenths.get(event.phase, -1):
+            if tenth < self.tenths.get(event.phase, -1):
                 self.tenths[event.phase] = -1  # the phase starts again (next model, next run)
             if tenth != self.tenths.get(event.phase, -1) and (tenth % 5 == 0 or event.total >= 20):
                 self.tenths[event.phase] = tenth
