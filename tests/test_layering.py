@@ -13,6 +13,7 @@ HEAVY_SINGLE_IMPORTER = {
     "vllm": "tcopd/runtime/vllm_engine.py",
     "deepspeed": "tcopd/runtime/engine.py",
     "math_verify": "tcopd/runtime/grading.py",
+    "gguf": "tcopd/runtime/gguf_import.py",
 }
 LAYERS = ["core", "runtime", "pipelines", "cli"]
 

@@ -1,8 +1,12 @@
-"""``tcopd prepare NAME``: datasets in verl's row format, and the toy worlds.
+"""``tcopd prepare NAME``: datasets in verl's row format, the toy worlds, and imported models.
 
 ``prepare toy --multitask`` builds the multi-task world straight from the runtime layer
 (:func:`tcopd.runtime.toy.multitask.ensure_toy_multitask`): it has no dataset options to resolve,
 and ``PrepareConfig`` describes the single-task sources only.
+
+``prepare model`` and ``prepare smollm2`` import a GGUF file as an HF model directory
+(:mod:`tcopd.pipelines.import_model`); they take ``--gguf``, ``--from``, ``--out``, ``--dtype``
+and ``--force`` only, and report one plain line per phase.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from tcopd.cli.main import app
 from tcopd.cli.options import ConfigOpt, SeedOpt, console, err_console
 from tcopd.config import load_config
 from tcopd.errors import ConfigError
+from tcopd.pipelines import import_model
 from tcopd.pipelines import prepare as pipeline
 from tcopd.progress import Event
 from tcopd.runtime.toy import multitask
@@ -30,21 +35,27 @@ from tcopd.runtime.toy.shipped import shipped_table
 @app.command("prepare")
 def prepare(
     name: Annotated[
-        str, typer.Argument(help="deepmath, gopd-math, aime24, aime25, math500, file, toy.")
+        str,
+        typer.Argument(
+            help="deepmath, gopd-math, aime24, aime25, math500, file, toy; or a model to "
+            "import: model (--gguf FILE), smollm2."
+        ),
     ],
     path: Annotated[
         Path | None, typer.Argument(help="Input file for 'file' (jsonl/json/parquet/csv).")
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Output directory (toy: default under the user cache)."),
+        typer.Option(
+            "--out", help="Output directory (toy, smollm2: default under the user cache)."
+        ),
     ] = None,
     from_path: Annotated[
         Path | None,
         typer.Option(
             "--from",
             help="Local copy in the Hub's column layout (file or directory; aime24/aime25: "
-            "a 'problem' or 'question' column); no download.",
+            "a 'problem' or 'question' column); smollm2: its wheel or .gguf. No download.",
         ),
     ] = None,
     out_name: Annotated[
@@ -87,7 +98,11 @@ def prepare(
     seed: SeedOpt = None,
     force: Annotated[
         bool | None,
-        typer.Option("--force/--no-force", help="toy: reinstall (or rebuild) even if present."),
+        typer.Option(
+            "--force/--no-force",
+            help="toy: reinstall (or rebuild) even if present; model, smollm2: replace a "
+            "non-empty --out.",
+        ),
     ] = None,
     rebuild: Annotated[
         bool | None,
@@ -107,9 +122,30 @@ def prepare(
             "--multitask", help="toy: the multi-task world (math + code, a teacher for each)."
         ),
     ] = False,
+    gguf: Annotated[
+        Path | None, typer.Option("--gguf", help="model: the GGUF file to import.")
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option("--dtype", help="model, smollm2: float32 (default) or bfloat16 weights."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Write NAME as parquet + JSONL in verl's row format (or build the toy world)."""
+    """Write NAME as parquet + JSONL in verl's row format (or build the toy world, or import a
+    GGUF model as an HF model directory)."""
+    if name in import_model.NAMES:
+        dataset_only = {
+            "PATH": path, "--name": out_name, "--min-difficulty": min_difficulty,
+            "--question-field": question_field, "--answer-field": answer_field,
+            "--domain": domain, "--instruction": instruction, "--template": template,
+            "--tokenizer": tokenizer, "--plain-format": plain_format, "--seed": seed,
+            "--rebuild": rebuild, "--small": small, "--multitask": multitask_world or None,
+        }  # fmt: skip
+        _reject_options(name, dataset_only)
+        _prepare_model(name, gguf, from_path, out, dtype, force, config)
+        return
+    if gguf is not None or dtype is not None:
+        raise ConfigError(f"--gguf and --dtype are for 'prepare model' / 'smollm2', not {name!r}")
     if multitask_world:
         if name != "toy":
             raise ConfigError(f"--multitask is for 'tcopd prepare toy', not {name!r}")
@@ -141,6 +177,61 @@ def prepare(
     with _progress() as progress:
         result = pipeline.run(cfg, progress=progress)
     _render(result)
+
+
+def _reject_options(name: str, given: dict) -> None:
+    """One line naming the dataset options that a model import does not take."""
+    flags = [flag for flag, value in given.items() if value is not None]
+    if flags:
+        raise ConfigError(
+            f"tcopd prepare {name} takes --gguf, --from, --out, --dtype, --force; "
+            f"not {', '.join(flags)}"
+        )
+
+
+def _prepare_model(
+    name: str,
+    gguf: Path | None,
+    from_path: Path | None,
+    out: Path | None,
+    dtype: str | None,
+    force: bool | None,
+    config: Path | None,
+) -> None:
+    overrides = dict(
+        source=name,
+        gguf=str(gguf) if gguf else None,
+        from_path=str(from_path) if from_path else None,
+        out=str(out) if out else None,
+        dtype=dtype,
+        force=force,
+    )
+    cfg = load_config(import_model.ImportConfig, config, overrides)
+    if cfg.source == "model" and cfg.from_path:
+        raise ConfigError("tcopd prepare model reads --gguf FILE; --from is for smollm2")
+    if cfg.source == "smollm2" and cfg.gguf:
+        raise ConfigError("tcopd prepare smollm2 takes --from WHEEL_OR_GGUF, not --gguf")
+    result = import_model.run(cfg, progress=LineReporter(err_console, "prepare"))
+    _render_import(result)
+
+
+def _render_import(result: import_model.ImportResult) -> None:
+    r = result.record
+    lines = list(result.notes)
+    if not result.reused:
+        lines.append(
+            f"imported {r['source_file']} ({r['architecture']}, {r['model_class']}, "
+            f"{r['parameters']:,} parameters) as {r['dtype']} in {r['seconds']:.0f} s"
+        )
+    lines.append(
+        f"check: max |Δ logit| {r['max_abs_logit_diff']:.3g} vs the GGUF model on a "
+        f"{r['probe_tokens']}-token probe (tolerance {r['tolerance']:.3g} = "
+        f"{import_model.TOLERANCE[r['dtype']]:g} × max |logit| {r['max_abs_logit']:.3g})"
+    )
+    size = f"{result.size_bytes / 2**20:.1f} MiB"
+    lines.append(f"  {result.out} ({size})" if result.reused else f"wrote {result.out} ({size})")
+    for line in lines:  # soft_wrap: one line each, also in a narrow or piped console
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @contextmanager

@@ -37,6 +37,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def tcopd_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/tcopd``, else ``~/.cache/tcopd``: the toy worlds, imported models, wheels."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "tcopd"
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

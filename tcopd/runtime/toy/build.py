@@ -45,7 +45,13 @@ from typing import Any
 
 from tcopd.errors import DataError
 from tcopd.progress import Event, Progress
-from tcopd.runtime.io import atomic_write_text, write_json, write_jsonl, write_parquet
+from tcopd.runtime.io import (
+    atomic_write_text,
+    tcopd_cache_dir,
+    write_json,
+    write_jsonl,
+    write_parquet,
+)
 from tcopd.runtime.prompts import render_prompt
 from tcopd.runtime.rows import make_row
 from tcopd.runtime.toy import problems as P
@@ -127,8 +133,7 @@ def default_root() -> Path:
     """``$TCOPD_TOY_DIR``, else ``$XDG_CACHE_HOME/tcopd/toy``, else ``~/.cache/tcopd/toy``."""
     if os.environ.get("TCOPD_TOY_DIR"):
         return Path(os.environ["TCOPD_TOY_DIR"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache).expanduser() / "tcopd" / "toy"
+    return tcopd_cache_dir() / "toy"
 
 
 def _world(root: Path, manifest: dict[str, Any]) -> ToyWorld:

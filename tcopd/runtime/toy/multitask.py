@@ -42,7 +42,7 @@ from typing import Any
 
 from tcopd.errors import DataError
 from tcopd.progress import Event, Progress
-from tcopd.runtime.io import atomic_write_text, write_json
+from tcopd.runtime.io import atomic_write_text, tcopd_cache_dir, write_json
 from tcopd.runtime.toy import problems as P
 from tcopd.runtime.toy.build import (
     DOMAINS,
@@ -141,8 +141,7 @@ def default_root() -> Path:
     ``~/.cache/tcopd/toy-multitask``."""
     if os.environ.get("TCOPD_TOY_MULTITASK_DIR"):
         return Path(os.environ["TCOPD_TOY_MULTITASK_DIR"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache).expanduser() / "tcopd" / "toy-multitask"
+    return tcopd_cache_dir() / "toy-multitask"
 
 
 def _world(root: Path, manifest: dict[str, Any]) -> ToyMultitaskWorld:
