@@ -203,9 +203,12 @@ class Scorer:
             tick.total += n_served
             tick(n_served)
         out = {n: out[n] for n in names}
-        seconds = time.perf_counter() - t0
+        return ScoreResult(out, self._summary(responses, time.perf_counter() - t0))
+
+    def _summary(self, responses: list[list[int]], seconds: float) -> dict[str, Any]:
+        """The stats of one :meth:`score` call (``ScoreResult.stats``)."""
         s = self._stats
-        stats = {
+        return {
             "tokens": sum(len(r) for r in responses),
             "model_tokens": s["model_tokens"],
             "seconds": seconds,
@@ -215,7 +218,6 @@ class Scorer:
             "token_budget": self.token_budget,
             "peak_mem_gb": peak_memory_gb(self.device),
         }
-        return ScoreResult(out, stats)
 
     def hidden_states(
         self,

@@ -153,12 +153,9 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
     skip_ref = cfg.score_reference == "auto" and reference_cancels(
         specs, table, cfg.teacher_normalization, cfg.beta
     )
-    contexts = contexts_of(cfg, specs)
-    scorer, teacher_toks = _scorer(
-        cfg, dist, tokenizer, student, active, dtype, not skip_ref, contexts
+    scorer, renderer = _scorer_and_contexts(
+        cfg, dist, tokenizer, student, (specs, active), dtype, skip_ref
     )
-    contexts = {n: c for n, c in contexts.items() if n in scorer.names}
-    renderer = ContextRenderer(contexts, teacher_toks, cfg.template) if contexts else None
     if cfg.loss == "dense":
         check_dense(cfg, student, scorer, dist.device)
     separate = cfg.engine == "hf" and cfg.zero_stage == 3  # see the module docstring
@@ -193,6 +190,24 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         ),
         scores_reference=not skip_ref,
     )
+
+
+def _scorer_and_contexts(
+    cfg: TrainConfig,
+    dist: DistInfo,
+    tokenizer: Any,
+    student: torch.nn.Module,
+    teachers: tuple[list[TeacherSpec], list[TeacherSpec]],
+    dtype: torch.dtype,
+    skip_ref: bool,
+) -> tuple[Scorer, ContextRenderer | None]:
+    """The scorer and, with ``--teacher-prompt``, the renderer of the context teachers' prompts
+    (``teachers``: every configured teacher, the active ones)."""
+    specs, active = teachers
+    contexts = contexts_of(cfg, specs)
+    scorer, toks = _scorer(cfg, dist, tokenizer, student, active, dtype, not skip_ref, contexts)
+    contexts = {n: c for n, c in contexts.items() if n in scorer.names}
+    return scorer, ContextRenderer(contexts, toks, cfg.template) if contexts else None
 
 
 def _train_engine(cfg: TrainConfig, student: torch.nn.Module, dtype: torch.dtype) -> TrainEngine:
