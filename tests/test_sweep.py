@@ -534,3 +534,20 @@ def test_per_domain_statistics_by_hand(tmp_path):
     assert any(line.startswith("mean@n: single [math]") for line in rep["claims"])
     files = report.write_figures(tmp_path, settings, results, rep, 1)
     assert tmp_path / "domains.png" in files and (tmp_path / "domains.png").stat().st_size > 0
+
+
+def test_a_sweep_made_before_a_new_train_setting_still_resumes():
+    """A train setting added to tcopd after a sweep was made (absent from its saved identity)
+    counts as its default: the sweep resumes; a non-default value is still a difference."""
+    from tcopd.pipelines.sweep.config import identity_difference
+
+    new = {
+        "settings": [{"name": "a", "dir": "a", "values": {}}],
+        "seeds": [0],
+        "train": {"a": {"lr": 1e-3, "teacher_prompt": []}},
+        "eval": {},
+    }
+    old = {**new, "train": {"a": {"lr": 1e-3}}}
+    assert identity_difference(old, new) is None
+    changed = {**new, "train": {"a": {"lr": 1e-3, "teacher_prompt": ["e=f.yaml"]}}}
+    assert "teacher_prompt of a was [], now ['e=f.yaml']" in identity_difference(old, changed)

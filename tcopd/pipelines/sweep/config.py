@@ -337,6 +337,17 @@ def identity(
     }
 
 
+def _train_defaults() -> dict[str, Any]:
+    """Each train setting's default, as :func:`identity` records it (``to_dict``)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def identity_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     """The first way ``new`` differs from ``old`` (``None``: the same sweep), in words."""
     old_names = [s["name"] for s in old.get("settings", [])]
@@ -351,11 +362,13 @@ def identity_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
         return f"the settings are in another order (the sweep has {', '.join(old_names)})"
     if old.get("seeds") != new["seeds"]:
         return f"seeds were {_fmt(old.get('seeds'))}, now {_fmt(new['seeds'])}"
+    defaults = _train_defaults()
     for name in new_names:
         was, now = old["train"].get(name, {}), new["train"][name]
         for key in sorted(set(was) | set(now)):
-            if was.get(key) != now.get(key):
-                return f"train setting {key} of {name} was {was.get(key)!r}, now {now.get(key)!r}"
+            before = was.get(key, defaults.get(key))  # a setting newer than the sweep: its default
+            if before != now.get(key):
+                return f"train setting {key} of {name} was {before!r}, now {now.get(key)!r}"
     was, now = old.get("eval", {}), new["eval"]
     for key in sorted(set(was) | set(now)):
         if was.get(key) != now.get(key):
