@@ -551,3 +551,26 @@ def test_a_sweep_made_before_a_new_train_setting_still_resumes():
     assert identity_difference(old, new) is None
     changed = {**new, "train": {"a": {"lr": 1e-3, "teacher_prompt": ["e=f.yaml"]}}}
     assert "teacher_prompt of a was [], now ['e=f.yaml']" in identity_difference(old, changed)
+
+
+def test_printed_claims_keep_their_domain_brackets(monkeypatch):
+    """`A [math] > B [math]` is printed as it is (rich would read `[math]` as markup, drop it)."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from tcopd.cli import sweep as cli_sweep
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cli_sweep, "console", Console(file=buf, width=300))
+    report = {
+        "eval": {"n": 2}, "benchmark": "toy-multitask", "settings": [], "per_setting": {},
+        "differences": {}, "baseline": "b", "target": {"value": None},
+        "claims": ["mean@n: a [math] > b [math]: +1.00 points"],
+        "failed": [{"setting": "x [code]", "seed": 0, "error": "boom [1]"}],
+    }  # fmt: skip
+    cli_sweep._render(SimpleNamespace(report=report, files=[]))
+    out = buf.getvalue()
+    assert "mean@n: a [math] > b [math]: +1.00 points" in out
+    assert "x [code] seed 0: boom [1]" in out

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -217,10 +218,11 @@ def _render(result: SweepResult) -> None:
     if target is not None:
         console.print(f"target rollout accuracy {target:.3f} ({r['target']['source']})")
     for line in r["claims"]:
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, soft_wrap=True, markup=False)  # "A [math] > B [math]"
     for f in r["failed"]:
         console.print(
-            f"[red]failed[/red]: {f['setting']} seed {f['seed']}: {f['error']}", soft_wrap=True
+            f"[red]failed[/red]: {escape(str(f['setting']))} seed {f['seed']}: {escape(str(f['error']))}",
+            soft_wrap=True,
         )
     for f in result.files:
         console.print(f"wrote {f}")
