@@ -281,6 +281,21 @@ def _score_rows(path: Path, tok, with_messages=True):
     return path
 
 
+def _check_scored_with_context(world, out: Path, name: str) -> list[dict]:
+    """Every row's ``name`` log-probs equal float64 on the context's own chat rendering."""
+    tok = world["tok"]
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    for row, conv in zip(got, CONVERSATIONS, strict=True):
+        resp = row["response_ids"]
+        prompt = _ids(
+            tok, tok.apply_chat_template(CONTEXT + conv, tokenize=False, add_generation_prompt=True)
+        )
+        want = _ref64(world["model"], prompt + resp, len(resp))
+        lp = torch.tensor(row["logprobs"][name], dtype=torch.float64)
+        torch.testing.assert_close(lp, want, atol=1e-5, rtol=0)
+    return got
+
+
 def test_score_with_a_context_teacher_matches_float64(world, tmp_path, capsys):
     tok = world["tok"]
     rows = _score_rows(tmp_path / "in.jsonl", tok)
@@ -291,15 +306,9 @@ def test_score_with_a_context_teacher_matches_float64(world, tmp_path, capsys):
     ]  # fmt: skip
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
-    got = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    got = _check_scored_with_context(world, tmp_path / "out.jsonl", "expert")
     for row, conv in zip(got, CONVERSATIONS, strict=True):
         resp = row["response_ids"]
-        teacher_prompt = _ids(
-            tok, tok.apply_chat_template(CONTEXT + conv, tokenize=False, add_generation_prompt=True)
-        )
-        want = _ref64(world["model"], teacher_prompt + resp, len(resp))
-        lp = torch.tensor(row["logprobs"]["expert"], dtype=torch.float64)
-        torch.testing.assert_close(lp, want, atol=1e-5, rtol=0)
         student_prompt = _ids(tok, render_prompt(conv, tok, "chat"))
         own = _ref64(world["model"], student_prompt + resp, len(resp))
         student = torch.tensor(row["logprobs"]["student"], dtype=torch.float64)
@@ -337,15 +346,7 @@ def test_served_context_teacher_in_score_matches_float64(world, tmp_path, capsys
         assert code == 0, err
     finally:
         fake.stop()
-    got = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
-    for row, conv in zip(got, CONVERSATIONS, strict=True):
-        resp = row["response_ids"]
-        prompt = _ids(
-            tok, tok.apply_chat_template(CONTEXT + conv, tokenize=False, add_generation_prompt=True)
-        )
-        want = _ref64(world["model"], prompt + resp, len(resp))
-        lp = torch.tensor(row["logprobs"]["coach"], dtype=torch.float64)
-        torch.testing.assert_close(lp, want, atol=1e-5, rtol=0)
+    _check_scored_with_context(world, tmp_path / "out.jsonl", "coach")
 
 
 def test_train_with_a_served_context_teacher(world, tmp_path, capsys):
