@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,gguf]"
+	$(BIN)/pip install -q -e ".[dev,gguf,lora]"
 	touch $@
 
 demo: $(VENV)/.installed

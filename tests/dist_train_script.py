@@ -43,9 +43,11 @@ def main() -> None:
         "max_response_tokens",
         "save_every",
         "zero_stage",
+        "lora_rank",
     ):
         if k in flags:
             flags[k] = int(flags[k])
+    flags.update({k: v == "true" for k, v in flags.items() if v in ("true", "false")})
     flags["lr"] = float(flags["lr"])
     cfg = load_train_config(None, flags)
     if resume:

@@ -14,6 +14,7 @@ HEAVY_SINGLE_IMPORTER = {
     "deepspeed": "tcopd/runtime/engine.py",
     "math_verify": "tcopd/runtime/grading.py",
     "gguf": "tcopd/runtime/gguf_import.py",
+    "peft": "tcopd/runtime/lora.py",
 }
 LAYERS = ["core", "runtime", "pipelines", "cli"]
 

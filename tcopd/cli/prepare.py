@@ -7,6 +7,10 @@ and ``PrepareConfig`` describes the single-task sources only.
 ``prepare model`` and ``prepare smollm2`` import a GGUF file as an HF model directory
 (:mod:`tcopd.pipelines.import_model`); they take ``--gguf``, ``--from``, ``--out``, ``--dtype``
 and ``--force`` only, and report one plain line per phase.
+
+``prepare merge-lora --adapter DIR --out DIR`` folds a LoRA adapter (``tcopd train --lora``)
+into its base model's weights and writes a plain HF model directory
+(:mod:`tcopd.pipelines.merge_lora`); it takes ``--adapter``, ``--out``, ``--dtype``, ``--force``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from tcopd.cli.main import app
 from tcopd.cli.options import ConfigOpt, SeedOpt, console, err_console
 from tcopd.config import load_config
 from tcopd.errors import ConfigError
-from tcopd.pipelines import import_model
+from tcopd.pipelines import import_model, merge_lora
 from tcopd.pipelines import prepare as pipeline
 from tcopd.progress import Event
 from tcopd.runtime.toy import multitask
@@ -38,7 +42,8 @@ def prepare(
         str,
         typer.Argument(
             help="deepmath, gopd-math, aime24, aime25, math500, file, toy; or a model to "
-            "import: model (--gguf FILE), smollm2."
+            "import: model (--gguf FILE), smollm2; merge-lora (--adapter DIR): a LoRA "
+            "adapter merged into its base model."
         ),
     ],
     path: Annotated[
@@ -129,18 +134,29 @@ def prepare(
         str | None,
         typer.Option("--dtype", help="model, smollm2: float32 (default) or bfloat16 weights."),
     ] = None,
+    adapter: Annotated[
+        Path | None,
+        typer.Option("--adapter", help="merge-lora: the adapter directory (tcopd train --lora)."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Write NAME as parquet + JSONL in verl's row format (or build the toy world, or import a
-    GGUF model as an HF model directory)."""
+    """Write NAME as parquet + JSONL in verl's row format (or build the toy world, import a
+    GGUF model as an HF model directory, or merge a LoRA adapter into its base model)."""
+    dataset_only = {
+        "PATH": path, "--name": out_name, "--min-difficulty": min_difficulty,
+        "--question-field": question_field, "--answer-field": answer_field,
+        "--domain": domain, "--instruction": instruction, "--template": template,
+        "--tokenizer": tokenizer, "--plain-format": plain_format, "--seed": seed,
+        "--rebuild": rebuild, "--small": small, "--multitask": multitask_world or None,
+    }  # fmt: skip
+    if name == "merge-lora":
+        model_only = {"--gguf": gguf, "--from": from_path, "--config": config}
+        _reject_options(name, {**dataset_only, **model_only})
+        _merge_lora(adapter, out, dtype, force)
+        return
+    if adapter is not None:
+        raise ConfigError(f"--adapter is for 'tcopd prepare merge-lora', not {name!r}")
     if name in import_model.NAMES:
-        dataset_only = {
-            "PATH": path, "--name": out_name, "--min-difficulty": min_difficulty,
-            "--question-field": question_field, "--answer-field": answer_field,
-            "--domain": domain, "--instruction": instruction, "--template": template,
-            "--tokenizer": tokenizer, "--plain-format": plain_format, "--seed": seed,
-            "--rebuild": rebuild, "--small": small, "--multitask": multitask_world or None,
-        }  # fmt: skip
         _reject_options(name, dataset_only)
         _prepare_model(name, gguf, from_path, out, dtype, force, config)
         return
@@ -180,13 +196,29 @@ def prepare(
 
 
 def _reject_options(name: str, given: dict) -> None:
-    """One line naming the dataset options that a model import does not take."""
+    """One line naming the dataset options that a model import (or merge) does not take."""
     flags = [flag for flag, value in given.items() if value is not None]
     if flags:
+        takes = "--adapter" if name == "merge-lora" else "--gguf, --from"
         raise ConfigError(
-            f"tcopd prepare {name} takes --gguf, --from, --out, --dtype, --force; "
-            f"not {', '.join(flags)}"
+            f"tcopd prepare {name} takes {takes}, --out, --dtype, --force; not {', '.join(flags)}"
         )
+
+
+def _merge_lora(
+    adapter: Path | None, out: Path | None, dtype: str | None, force: bool | None
+) -> None:
+    if adapter is None or out is None:
+        raise ConfigError("tcopd prepare merge-lora needs --adapter DIR and --out DIR")
+    values = {"adapter": str(adapter), "out": str(out), "dtype": dtype, "force": force}
+    cfg = load_config(merge_lora.MergeConfig, None, values)
+    r = merge_lora.run(cfg)
+    for line in (
+        f"check: max |Δ logit| {r.max_abs_logit_diff:.3g} vs the adapter model on a "
+        f"{r.probe_tokens}-token probe (tolerance {r.tolerance:.3g})",
+        f"wrote {r.out} (base model {r.base} + adapter, merged)",
+    ):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _prepare_model(

@@ -86,7 +86,8 @@ def train_cmd(
     console.print(table)
     console.print(f"metrics: {result.run_dir / 'metrics.jsonl'}")
     if result.final_model:
-        console.print(f"final model (HF format): {result.final_model}")
+        kind = "adapter (PEFT format)" if cfg.lora else "model (HF format)"
+        console.print(f"final {kind}: {result.final_model}")
 
 
 class _Display:

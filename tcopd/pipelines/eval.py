@@ -301,8 +301,14 @@ class _Grading:
 def _engine(config: EvalConfig, model: str) -> Any:
     """The rollout engine (hf or vllm) for ``model`` with the config's settings."""
     # transformers is imported here, not at the top: `tcopd --help` should not pay for it
+    from tcopd.runtime import lora
     from tcopd.runtime.rollout import make_engine
 
+    if config.engine == "vllm" and lora.adapter_dir(model) is not None:
+        raise ConfigError(
+            f"--engine vllm cannot load the adapter directory {model!r} yet: use --engine hf, or "
+            "merge it first (tcopd prepare merge-lora --adapter DIR --out DIR)"
+        )
     return make_engine(
         config.engine,
         model,

@@ -148,34 +148,49 @@ class TrainEngine:
         self.engine.eval()
 
     @contextlib.contextmanager
-    def gathered_params(self) -> Iterator[None]:
+    def gathered_params(self, trainable_only: bool = False) -> Iterator[None]:
         """Make full parameters visible outside forward (ZeRO-3); a no-op below stage 3."""
         if self.zero_stage < 3:
             yield
             return
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+        params = [p for p in self.module.parameters() if p.requires_grad or not trainable_only]
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             yield
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The full (gathered) weights on CPU, for the rollout engine and HF checkpoints."""
-        with self.gathered_params():
-            return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+    def full_state_dict(self, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        """The full (gathered) weights on CPU, for the rollout engine and HF checkpoints;
+        ``trainable_only``: just the parameters that require grad (a LoRA adapter)."""
+        keep = {n for n, p in self.module.named_parameters() if p.requires_grad}
+        with self.gathered_params(trainable_only):
+            return {
+                k: v.detach().to("cpu", copy=True)
+                for k, v in self.module.state_dict().items()
+                if k in keep or not trainable_only
+            }
 
-    def save(self, directory: str | Path, client_state: dict[str, Any]) -> None:
-        """Optimizer/scheduler/model state for exact resumption (collective: every rank calls it)."""
+    def save(
+        self, directory: str | Path, client_state: dict[str, Any], frozen: bool = True
+    ) -> None:
+        """Optimizer/scheduler/model state for exact resumption (collective: every rank calls it).
+        ``frozen=False``: leave out the frozen weights (LoRA: they are the base model's)."""
         self.engine.save_checkpoint(
-            str(directory), tag="deepspeed", client_state=client_state, save_latest=False
+            str(directory),
+            tag="deepspeed",
+            client_state=client_state,
+            save_latest=False,
+            exclude_frozen_parameters=not frozen,
         )
 
-    def load(self, directory: str | Path) -> dict[str, Any]:
-        """Load what :meth:`save` wrote; returns the client state."""
+    def load(self, directory: str | Path, frozen: bool = True) -> dict[str, Any]:
+        """Load what :meth:`save` wrote (with the same ``frozen``); returns the client state."""
         path, client_state = self.engine.load_checkpoint(
             str(directory),
             tag="deepspeed",
             load_optimizer_states=True,
             load_lr_scheduler_states=True,
+            load_module_strict=frozen,
         )
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")

@@ -140,6 +140,9 @@ def model_response_logprobs(
             bias_V=None if partitioned else head.bias,
             scale=head.scale,
             return_entropy=return_entropy,
+            # ZeRO-3 does not re-gather a frozen head (LoRA) inside a checkpointed chunk's
+            # recompute: keep each chunk's logits for the backward instead (more memory)
+            checkpoint=False if partitioned and not head.weight.requires_grad else None,
         )
     else:
         # Fallback: the model computes every logit itself (whatever transform it applies).

@@ -1,7 +1,9 @@
 """Loading models and tokenizers, and checking that every model shares the student's tokenizer.
 
 A path is a local HF directory (``config.json`` + weights + tokenizer files) or a Hugging Face
-Hub id (``owner/name``), which is passed to ``from_pretrained`` as-is. Every failure is a
+Hub id (``owner/name``), which is passed to ``from_pretrained`` as-is. A LoRA adapter directory
+(``adapter_config.json``, what ``tcopd train --lora`` checkpoints) stands for its base model
+with the adapter merged in (:mod:`tcopd.runtime.lora`). Every failure is a
 :class:`~tcopd.errors.ModelError` naming the path and what to do.
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 
 from tcopd.errors import ConfigError, ModelError
+from tcopd.runtime import lora
 
 # transformers is imported inside the functions below: its Auto classes take ~1 s to import and
 # every CLI command imports this module at start-up (through its pipeline's config).
@@ -65,9 +68,13 @@ def _source(path: str | Path, what: str) -> str:
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """``AutoTokenizer`` for a model directory or Hub id."""
+    """``AutoTokenizer`` for a model directory or Hub id (an adapter directory without
+    tokenizer files: its base model's)."""
     from transformers import AutoTokenizer
 
+    adapter = lora.adapter_dir(path)
+    if adapter is not None and not lora.has_tokenizer(adapter.path):
+        return load_tokenizer(adapter.base)
     src = _source(path, "tokenizer path")
     try:
         return AutoTokenizer.from_pretrained(src)
@@ -78,8 +85,12 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def load_config(path: str | Path) -> Any:
+    """The model config (an adapter directory's: its base model's)."""
     from transformers import AutoConfig
 
+    adapter = lora.adapter_dir(path)
+    if adapter is not None:
+        return load_config(adapter.base)
     src = _source(path, "model path")
     if Path(src).is_dir() and not (Path(src) / "config.json").is_file():
         raise ModelError(f"{str(path)!r} is not a Hugging Face model directory (no config.json)")
@@ -114,9 +125,16 @@ def load_causal_lm(
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
 ) -> torch.nn.Module:
-    """A causal LM in eval mode on ``device``; ModelError if missing or not a causal LM."""
+    """A causal LM in eval mode on ``device``; ModelError if missing or not a causal LM.
+
+    An adapter directory gives its base model with the adapter merged into the weights.
+    """
     from transformers import AutoModelForCausalLM
 
+    adapter = lora.adapter_dir(path)
+    if adapter is not None:
+        base = load_causal_lm(adapter.base, dtype, device, attn_implementation)
+        return lora.merged(lora.attach(base, adapter)).eval()
     config = load_causal_lm_config(path)
     src = _source(path, "model path")
     torch_dtype = resolve_dtype(dtype)

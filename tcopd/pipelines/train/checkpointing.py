@@ -3,6 +3,10 @@
 A checkpoint is written into a temporary directory and renamed into place by rank 0 only when
 complete (``runtime/checkpoint.py``), so a run killed mid-save keeps its previous checkpoint.
 Resuming restores weights, optimizer state and every RNG, then re-syncs the rollout engine.
+
+With ``--lora`` a checkpoint holds ``adapter/`` (PEFT's format, with the tokenizer) instead of
+``model/``, and DeepSpeed's state leaves out the frozen base weights: resuming loads the base
+model from ``--student`` again and the adapter and its optimizer state from the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from tcopd.errors import ConfigError
 from tcopd.pipelines.train.rollout import sync
 from tcopd.pipelines.train.setup import Trainer
 from tcopd.runtime import checkpoint as ckpt
-from tcopd.runtime import distributed
+from tcopd.runtime import distributed, lora
 
 
 def save(tr: Trainer, run_dir: Path, step: int) -> Path:
@@ -22,11 +26,15 @@ def save(tr: Trainer, run_dir: Path, step: int) -> Path:
     root = ckpt.checkpoint_root(run_dir)
     tmp = ckpt.begin(run_dir, step) if tr.dist.is_main else root / f".tmp-{ckpt.step_name(step)}"
     distributed.barrier()
-    tr.engine.save(tmp, {"step": step})
-    state_dict = tr.engine.full_state_dict()
+    adapter = tr.lora_student
+    tr.engine.save(tmp, {"step": step}, frozen=adapter is None)
+    state_dict = tr.engine.full_state_dict(trainable_only=adapter is not None)
     final = root / ckpt.step_name(step)
     if tr.dist.is_main:
-        ckpt.save_hf(tr.engine.module, tr.tokenizer, state_dict, tmp / "model")
+        if adapter is not None:
+            lora.save_adapter(adapter, state_dict, tr.tokenizer, tmp / "adapter")
+        else:
+            ckpt.save_hf(tr.engine.module, tr.tokenizer, state_dict, tmp / "model")
         state = {
             "step": step,
             "seed": tr.cfg.seed,
@@ -48,7 +56,7 @@ def restore(tr: Trainer, run_dir: Path) -> int:
         raise ConfigError(
             f"--resume: the run was saved with {state['world_size']} process(es), now {tr.dist.world_size}"
         )
-    tr.engine.load(path)
+    tr.engine.load(path, frozen=tr.lora_student is None)
     ckpt.set_rng_state(state["rng"])
     sync(tr)
     return int(state["step"])

@@ -120,6 +120,19 @@ class TrainConfig:
     offload_optimizer: bool = field(False, help="ZeRO optimizer state offload to CPU.")
     offload_params: bool = field(False, help="ZeRO-3 parameter offload to CPU.")
     gradient_checkpointing: bool = field(False, help="Recompute activations in backward.")
+    lora: bool = field(
+        False,
+        help="Train LoRA adapters (peft) instead of every weight; π_ref is the student with its "
+        "adapters off, unless --reference is given (docs/lora.md).",
+    )
+    lora_rank: int = field(16, help="LoRA rank r.")
+    lora_alpha: float = field(32.0, help="LoRA alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = field(0.0, help="Dropout on the LoRA branch's input, in [0, 1).")
+    lora_target_modules: str = field(
+        "all-linear",
+        help="Modules that get adapters: all-linear (every linear layer but the output head) or "
+        "comma-separated module names (q_proj,v_proj).",
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = field(
         "auto", help="auto: bf16 on GPU, fp32 on CPU."
     )
@@ -185,6 +198,18 @@ class TrainConfig:
             raise ConfigError("teacher_max_inflight_tokens must be at least 1")
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise ConfigError(f"dual_clip must be > 1 (or null: off), got {self.dual_clip}")
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        """LoRA settings: r >= 1, alpha > 0, dropout in [0, 1), some target module."""
+        if self.lora_rank < 1:
+            raise ConfigError(f"--lora-rank must be at least 1, got {self.lora_rank}")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ConfigError(f"--lora-alpha must be > 0, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target_modules.strip(" ,"):
+            raise ConfigError("--lora-target-modules is empty: all-linear or module names")
 
     def _check_sampling_and_beta(self) -> None:
         """top_p and β: values the trainer's math needs (docs/train.md, "Sampling and β")."""
@@ -219,6 +244,16 @@ class TrainConfig:
             raise ConfigError("--outcome-weight applies to the sampled loss only (--loss sampled)")
         if self.outcome_weight and not self.grade:
             raise ConfigError("outcome_weight needs graded rollouts: drop --no-grade")
+        if self.lora and self.engine == "vllm":
+            raise ConfigError(
+                "--lora with --engine vllm is not supported yet: use --engine hf (docs/lora.md)"
+            )
+        if self.lora and self.loss == "dense" and self.zero_stage == 3:
+            # ZeRO-3 does not re-gather the frozen head inside the dense loss's checkpointed chunks
+            raise ConfigError(
+                "--lora with --loss dense and --zero-stage 3 is not supported yet: use ZeRO 0-2 "
+                "(docs/lora.md)"
+            )
 
 
 # What G-OPD's scripts set (verl v0.6.1 with micro-batch 1: per-sequence averaging).

@@ -35,7 +35,7 @@ from tcopd.pipelines.train.setup import Trainer, build_trainer, teachers_of
 from tcopd.pipelines.train.step import train_step
 from tcopd.progress import Event, Progress
 from tcopd.runtime import checkpoint as ckpt
-from tcopd.runtime import distributed
+from tcopd.runtime import distributed, lora
 from tcopd.runtime.io import JsonlAppender, read_jsonl_tolerant, write_jsonl
 from tcopd.runtime.toy import ensure_toy
 from tcopd.runtime.vllm_engine import INSTALL_HINT
@@ -109,6 +109,8 @@ def check_inputs(cfg: TrainConfig) -> None:
             "no training data: pass --data FILE (prepared with `tcopd prepare`), or --toy"
         )
     teachers_of(cfg)
+    if cfg.lora:
+        lora.require_peft("--lora")
     if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ConfigError(f"--engine vllm: {INSTALL_HINT}")
 
@@ -153,7 +155,8 @@ def run(
     digest = weights_digest(tr.engine.full_state_dict())
     if dist.distributed:
         distributed.shutdown()  # under a launcher: tear the group down together, not at exit
-    return TrainResult(run_dir, cfg.steps, row, final / "model" if final else None, digest)
+    model = final / ("adapter" if cfg.lora else "model") if final else None
+    return TrainResult(run_dir, cfg.steps, row, model, digest)
 
 
 def _loop(tr: Trainer, run_dir: Path, start: int) -> dict[str, Any]:

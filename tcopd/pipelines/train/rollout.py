@@ -79,7 +79,8 @@ def sync(tr: Trainer) -> None:
     """
     if not tr.rollout.needs_weight_sync:
         return
-    state = tr.engine.full_state_dict()  # collective under ZeRO-3: every rank calls it
+    # collective under ZeRO-3: every rank calls it; --lora: only the adapter changes
+    state = tr.engine.full_state_dict(trainable_only=tr.lora_student is not None)
     if tr.dist.world_size == 1 or not hasattr(tr.rollout, "write_weights"):
         tr.rollout.update_weights(state)
         return

@@ -9,6 +9,9 @@ With ``--loss dense`` the teachers (and π_ref) are run once for their final hid
 for the update (which rebuilds their full distributions chunk by chunk); their sampled-token
 log-probs, for the reward and the metrics, come from those hidden states through each head.
 
+With ``--lora`` and no ``--reference``, π_ref is the policy itself with its adapters disabled
+(``adapters_disabled`` around its forward, here): the base model's weights, no copy.
+
 A context teacher (``--teacher-prompt``) scores the same response ids after its own prompt ids
 (:class:`~tcopd.runtime.contexts.ContextRenderer`, one rendering per conversation).
 """
@@ -24,6 +27,7 @@ from tcopd.pipelines.train.config import TrainConfig
 from tcopd.pipelines.train.rollout import Rollouts
 from tcopd.pipelines.train.setup import Trainer
 from tcopd.runtime.forward import batched_response_logprobs
+from tcopd.runtime.lora import adapters_disabled
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,34 @@ def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
     else:
         hidden = heads = None
         scored = dict(tr.scorer.score(batch.prompts, batch.responses, prompts_of=own).logprobs)
+    if tr.adapter_reference is not None:
+        _score_adapter_reference(tr, batch, scored, hidden, heads)
     # π_ref cancels (setup.py): π_old stands in for it — the same list, so that on-policy the
     # update's filling of π_old (in place) fills the stand-in too
     scored.setdefault("reference", old)
     return Scores(old, entropy, scored, hidden, heads)
+
+
+def _score_adapter_reference(
+    tr: Trainer,
+    batch: Rollouts,
+    scored: dict[str, list[torch.Tensor]],
+    hidden: dict[str, list[torch.Tensor]] | None,
+    heads: dict[str, Head] | None,
+) -> None:
+    """π_ref = the policy with its LoRA adapters off: its log-probs (and, dense, its hidden
+    states and head) into ``scored`` (``hidden``, ``heads``) under the name ``reference``."""
+    ref = tr.adapter_reference
+    assert ref is not None
+    with adapters_disabled(tr.policy):
+        if hidden is None or heads is None:
+            scored.update(ref.score(batch.prompts, batch.responses).logprobs)
+            return
+        h, raw = ref.hidden_states(batch.prompts, batch.responses, ["reference"])
+    r = raw["reference"]
+    hidden["reference"] = h["reference"]
+    heads["reference"] = Head(r.weight, r.bias, r.scale, r.softcap)
+    scored["reference"] = _sampled_logprobs(h["reference"], heads["reference"], batch, tr.cfg)
 
 
 def _hidden_states(

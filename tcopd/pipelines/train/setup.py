@@ -7,6 +7,10 @@ Choices:
   ``score_reference`` is ``auto``: the score phase then stands π_old in for it.
 - Only teachers with a non-zero λ (for some domain) are loaded (:func:`active_teachers`); with
   ``teacher_placement="shard"`` each lives on one rank, with ``offload`` in CPU memory.
+- ``--lora``: the student carries LoRA adapters (``runtime/lora.py``), only they are trained.
+  π_ref (unless ``--reference`` names another model) is then *the same module with its adapters
+  disabled*: no copy is made; the score phase scores it inside ``adapters_disabled`` through
+  ``Trainer.adapter_reference``, a scorer holding the policy under the name ``reference``.
 - The HF rollout engine samples with the training module itself (nothing to sync) — except
   under ZeRO-3, where the module's parameters are partitioned and every forward is a
   collective: it then samples from a full copy that is synced after every step. vLLM always
@@ -37,7 +41,7 @@ from tcopd.pipelines.train.config import TrainConfig
 from tcopd.pipelines.train.data import Prompts, load_prompts
 from tcopd.pipelines.train.engines import rollout_engine
 from tcopd.pipelines.train.update import UpdateSettings
-from tcopd.runtime import distributed, served
+from tcopd.runtime import distributed, lora, served
 from tcopd.runtime.contexts import Context, ContextRenderer, load_contexts
 from tcopd.runtime.distributed import DistInfo, Reduce, available_memory
 from tcopd.runtime.engine import TrainEngine
@@ -73,6 +77,9 @@ class Trainer:
     loss_fn: PPOLoss
     update: UpdateSettings
     scores_reference: bool  # False: π_ref cancels in the advantage and is not scored
+    lora_student: lora.LoraStudent | None = None  # --lora: the PeftModel around engine.module
+    # --lora without --reference: π_ref = the policy with adapters off (score.py), not a copy
+    adapter_reference: Scorer | None = None
 
 
 def teachers_of(cfg: TrainConfig) -> tuple[list[TeacherSpec], dict, list[TeacherSpec]]:
@@ -146,18 +153,16 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         else None
     )
     check_domains(data.domains, table, specs, str(cfg.data))
-    student = load_causal_lm(cfg.student, dtype=dtype, device=dist.device)
-    if cfg.gradient_checkpointing:
-        student.gradient_checkpointing_enable()
-        student.config.use_cache = False
+    student, adapted = _student(cfg, dtype, dist.device)
     skip_ref = cfg.score_reference == "auto" and reference_cancels(
         specs, table, cfg.teacher_normalization, cfg.beta
     )
+    shared_ref = adapted is not None and not cfg.reference and not skip_ref
     scorer, renderer = _scorer_and_contexts(
-        cfg, dist, tokenizer, student, (specs, active), dtype, skip_ref
+        cfg, dist, tokenizer, student, (specs, active), dtype, skip_ref or shared_ref
     )
     if cfg.loss == "dense":
-        check_dense(cfg, student, scorer, dist.device)
+        check_dense(cfg, student, scorer, dist.device, extra_models=int(shared_ref))
     separate = cfg.engine == "hf" and cfg.zero_stage == 3  # see the module docstring
     rollout_copy = copy.deepcopy(student).requires_grad_(False) if separate else None
     emit("starting DeepSpeed")
@@ -189,6 +194,41 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
             cfg.temperature,
         ),
         scores_reference=not skip_ref,
+        lora_student=adapted,
+        adapter_reference=_adapter_reference(cfg, dist, policy) if shared_ref else None,
+    )
+
+
+def _student(
+    cfg: TrainConfig, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.nn.Module, lora.LoraStudent | None]:
+    """The student (with LoRA layers under ``--lora``) and, with ``--lora``, its PeftModel."""
+    student = load_causal_lm(cfg.student, dtype=dtype, device=device)
+    adapted = None
+    if cfg.lora:
+        settings = lora.LoraSettings(
+            cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules
+        )
+        torch.manual_seed(cfg.seed)  # peft draws A's initial values: the same run, the same A
+        adapted = lora.wrap(student, settings, str(cfg.student))
+        student = adapted.model
+    if cfg.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+        student.config.use_cache = False
+        if adapted is not None:  # frozen embeddings: checkpointed blocks need inputs with grad
+            student.enable_input_require_grads()
+    return student, adapted
+
+
+def _adapter_reference(cfg: TrainConfig, dist: DistInfo, policy: torch.nn.Module) -> Scorer:
+    """π_ref for ``--lora``: the policy itself (scored with its adapters disabled, score.py)."""
+    return Scorer(
+        {"reference": policy},
+        placement="local",
+        device=dist.device,
+        token_budget=cfg.score_token_budget,
+        chunk_size=cfg.chunk_size,
+        temperature=cfg.temperature,
     )
 
 
@@ -325,10 +365,15 @@ def _same_path(path: str) -> str:
 
 
 def check_dense(
-    cfg: TrainConfig, student: torch.nn.Module, scorer: Scorer, device: torch.device
+    cfg: TrainConfig,
+    student: torch.nn.Module,
+    scorer: Scorer,
+    device: torch.device,
+    extra_models: int = 0,
 ) -> None:
     """Before any step: every model exposes a head over the student's vocabulary, and one chunk's
-    ``chunk × V × (K + 2)`` float32 logits (×3: values, softmaxes, gradients) fit in memory."""
+    ``chunk × V × (K + 2)`` float32 logits (×3: values, softmaxes, gradients) fit in memory
+    (``extra_models``: models scored outside ``scorer``, the LoRA π_ref)."""
     found = output_head(student)
     if found is None:
         raise ConfigError("--loss dense needs a student with a base model and a linear lm_head")
@@ -338,11 +383,12 @@ def check_dense(
         if head is None or head[1].weight.shape[0] != V:
             got = "no linear head" if head is None else f"vocabulary {head[1].weight.shape[0]}"
             raise ConfigError(f"--loss dense: {name} has {got}, the student's vocabulary is {V}")
-    need = 3 * 4 * cfg.chunk_size * V * (len(scorer.models) + 2)
+    n_models = len(scorer.models) + extra_models + 2
+    need = 3 * 4 * cfg.chunk_size * V * n_models
     free = available_memory(device)
     if need > free:
         raise ConfigError(
             f"--loss dense: one chunk needs ~{need / 1e9:.1f} GB ({cfg.chunk_size} positions × "
-            f"vocabulary {V} × {len(scorer.models) + 2} models), {free / 1e9:.1f} GB is free: "
+            f"vocabulary {V} × {n_models} models), {free / 1e9:.1f} GB is free: "
             "lower --chunk-size"
         )
