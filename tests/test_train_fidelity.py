@@ -77,6 +77,13 @@ def test_recipes_resolve_to_their_tables_and_flags_win():
             assert getattr(cfg, f.name) == want, (name, f.name)
     cfg = load_train_config(None, {"out": "x", "recipe": "gopd", "lr": 3e-4, "batch_size": 8})
     assert (cfg.lr, cfg.batch_size, cfg.weight_decay) == (3e-4, 8, 0.01)
+    # the toy recipe's dense loss takes its own lr, unless one is given
+    dense = load_train_config(None, {"out": "x", "toy": True, "loss": "dense"})
+    assert dense.lr == 5e-4 and dense.steps == RECIPES["toy"]["steps"]
+    assert (
+        load_train_config(None, {"out": "x", "toy": True, "loss": "dense", "lr": 2e-3}).lr == 2e-3
+    )
+    assert load_train_config(None, {"out": "x", "toy": True, "loss": "sampled"}).lr == 1e-3
     # --toy implies the toy recipe, an explicit recipe wins over it
     assert load_train_config(None, {"out": "x", "toy": True}).recipe == "toy"
     assert load_train_config(None, {"out": "x", "toy": True, "recipe": "paper"}).batch_size == 128
