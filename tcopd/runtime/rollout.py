@@ -485,6 +485,7 @@ def make_engine(kind: str, model: Any, tokenizer: Any = None, **kwargs: Any) -> 
             "enforce_eager",
             "seed",
             "log_path",
+            "max_lora_rank",
         }
         return VLLMEngine(model, tokenizer, **{k: v for k, v in kwargs.items() if k in allowed})
     raise ConfigError(f"unknown rollout engine {kind!r}; use 'hf' or 'vllm'")

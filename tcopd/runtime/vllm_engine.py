@@ -23,6 +23,12 @@ Choices:
   safetensors checkpoint and passed as ``weights_path``. Writing into ``model.load_weights``
   from a worker extension does not work on the CPU backend (it pre-packs linear weights);
   ``reload_weights`` handles that. The time of the last update is kept in ``last_update_s``.
+- LoRA students (``max_lora_rank``): the engine keeps the base weights and serves the adapter
+  (``enable_lora``, one adapter slot, the smallest rank vLLM allows that holds the adapter's).
+  :meth:`update_adapter` loads a PEFT adapter directory under a new ``LoRARequest`` id (vLLM
+  caches adapters by id: the same id would keep serving the old one) and drops the previous one;
+  every later ``generate`` uses it. vLLM reads adapters from disk only, and loads them when
+  ``add_lora`` is called, so the directory may be removed right after.
 - ``sleep(level)`` / ``wake()`` free and restore accelerator memory between rollouts; they need
   ``enable_sleep_mode=True`` (default on CUDA; vLLM's CPU build has no sleep mode).
 """
@@ -84,6 +90,7 @@ class VLLMEngine:
         seed: int = 0,
         log_path: str | Path | None = None,
         max_num_batched_tokens: int | None = None,
+        max_lora_rank: int | None = None,
     ):
         if not isinstance(model, (str, Path)):
             raise ModelError(
@@ -116,6 +123,9 @@ class VLLMEngine:
         self.asleep = False
         self.last_update_s: float | None = None
         self.freed_bytes = 0  # device memory the last sleep() freed
+        self.lora_enabled = max_lora_rank is not None
+        self.adapter: Any = None  # the LoRARequest every generate uses (None: the base weights)
+        self._adapters_added = 0
         kwargs: dict[str, Any] = dict(
             model=str(model),
             tokenizer=str(tokenizer or model),
@@ -129,6 +139,10 @@ class VLLMEngine:
             enforce_eager=enforce_eager,
         )
         kwargs |= _lengths(hf_config, max_model_len, max_num_batched_tokens)
+        if max_lora_rank is not None:  # one adapter slot, wide enough for the adapter's rank
+            kwargs |= dict(
+                enable_lora=True, max_lora_rank=lora_slot_rank(max_lora_rank), max_loras=1
+            )
         self.log_path = Path(log_path) if log_path else None
         self._log_start = _size(self.log_path)  # a resumed run appends: read only what is new
         try:
@@ -169,7 +183,7 @@ class VLLMEngine:
         prompts = [{"prompt_token_ids": list(map(int, p))} for p in prompt_ids]
         params = [self._params(sampling, i) for i in range(len(prompts))]
         try:
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.adapter)
         except Exception as e:
             reason = engine_error(e, self.log_path, self._log_start)
             raise ModelError(f"the vLLM engine stopped: {reason}")
@@ -216,6 +230,33 @@ class VLLMEngine:
         self.last_update_s = time.perf_counter() - t0
         return self.last_update_s
 
+    def update_adapter(self, directory: str | Path) -> float:
+        """Serve the LoRA adapter in ``directory`` (PEFT format) from now on, in place of the
+        previous one. Needs an engine started with ``max_lora_rank``. Returns the seconds the
+        update took (also kept in ``last_update_s``)."""
+        if not self.lora_enabled:
+            raise TcopdError("update_adapter: this vLLM engine was started without LoRA")
+        from vllm.lora.request import LoRARequest
+
+        t0 = time.perf_counter()
+        self.wake()
+        self._adapters_added += 1
+        n = self._adapters_added  # a new id: vLLM caches adapters by id
+        request = LoRARequest(f"tcopd-adapter-{n}", n, str(Path(directory).resolve()))
+        try:
+            loaded = self.llm.llm_engine.add_lora(request)  # reads the directory now
+        except Exception as e:  # vLLM's reason (an unsupported target module, ...), one line
+            reason = engine_error(e, self.log_path, self._log_start)
+            raise ModelError(f"vLLM cannot load the adapter {str(directory)!r}: {reason}") from None
+        if not loaded:
+            raise ModelError(f"vLLM did not load the adapter {str(directory)!r}")
+        if self.adapter is not None:
+            self.llm.llm_engine.remove_lora(self.adapter.lora_int_id)
+        self.adapter = request
+        self.llm.reset_prefix_cache()
+        self.last_update_s = time.perf_counter() - t0
+        return self.last_update_s
+
     def write_weights(self, weights: Mapping[str, torch.Tensor], directory: str | Path) -> None:
         """Write ``weights`` where several engines can load them (:meth:`update_weights`)."""
         save_state_dict(self._with_tied_head(weights), directory)
@@ -258,6 +299,20 @@ class VLLMEngine:
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
             self.llm = None
+
+
+LORA_SLOT_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM 0.32's allowed max_lora_rank
+
+
+def lora_slot_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds adapters of rank ``rank``."""
+    fits = [r for r in LORA_SLOT_RANKS if r >= rank]
+    if rank < 1 or not fits:
+        raise ConfigError(
+            f"vLLM serves LoRA ranks 1 to {LORA_SLOT_RANKS[-1]}, got {rank}: lower --lora-rank "
+            "or use --engine hf"
+        )
+    return fits[0]
 
 
 # vLLM 0.32's CPU worker crashes ("CPU Generator does not use offset") when a seeded request's

@@ -244,10 +244,6 @@ class TrainConfig:
             raise ConfigError("--outcome-weight applies to the sampled loss only (--loss sampled)")
         if self.outcome_weight and not self.grade:
             raise ConfigError("outcome_weight needs graded rollouts: drop --no-grade")
-        if self.lora and self.engine == "vllm":
-            raise ConfigError(
-                "--lora with --engine vllm is not supported yet: use --engine hf (docs/lora.md)"
-            )
         if self.lora and self.loss == "dense" and self.zero_stage == 3:
             # ZeRO-3 does not re-gather the frozen head inside the dense loss's checkpointed chunks
             raise ConfigError(

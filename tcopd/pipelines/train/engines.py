@@ -15,6 +15,8 @@ Choices (docs/train.md, "vLLM in the loop"):
   fails, the root cause found there is the one-line error.
 - The context is prompt + response tokens, capped at the model's positions; CPU runs eager
   (nothing to capture); sleep mode only where vLLM has it (CUDA).
+- ``--lora``: the engine serves the student's base weights plus the adapter (vLLM's LoRA
+  support); a sync pushes the adapter only (``rollout.sync``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def rollout_engine(
             enforce_eager=dist.device.type != "cuda",
             seed=cfg.seed,
             log_path=Path(cfg.out) / f"vllm-rank{dist.rank}.log",
+            max_lora_rank=cfg.lora_rank if cfg.lora else None,  # serve the adapter, not merged
         )
 
 

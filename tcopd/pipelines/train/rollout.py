@@ -12,11 +12,13 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from tcopd.errors import TrainingError
 from tcopd.pipelines.train.data import derived_seed, rank_share, step_prompts
 from tcopd.pipelines.train.setup import Trainer
+from tcopd.runtime import lora
 from tcopd.runtime.rollout import Completion, SamplingParams
 from tcopd.runtime.vllm_engine import shared_memory, state_bytes
 
@@ -75,24 +77,40 @@ def sync(tr: Trainer) -> None:
     """Give the rollout engine the updated weights, when it samples from a copy of its own.
 
     Several vLLM engines on one node (one per rank) load one copy that the node's first rank
-    writes to node-local memory, rather than one copy per rank.
+    writes to node-local memory, rather than one copy per rank. ``--lora``: only the adapter
+    changes, so only the adapter travels; vLLM gets it as a PEFT adapter directory (it keeps
+    the base weights and serves the adapter on top, docs/lora.md).
     """
     if not tr.rollout.needs_weight_sync:
         return
-    # collective under ZeRO-3: every rank calls it; --lora: only the adapter changes
+    # collective under ZeRO-3: every rank calls it
     state = tr.engine.full_state_dict(trainable_only=tr.lora_student is not None)
-    if tr.dist.world_size == 1 or not hasattr(tr.rollout, "write_weights"):
+    if tr.lora_student is not None and tr.cfg.engine == "vllm":
+        write = partial(lora.write_adapter, tr.lora_student)
+        _through_directory(tr, state, write, tr.rollout.update_adapter)  # type: ignore[attr-defined]
+    elif tr.dist.world_size == 1 or not hasattr(tr.rollout, "write_weights"):
         tr.rollout.update_weights(state)
-        return
+    else:
+        _through_directory(tr, state, tr.rollout.write_weights, tr.rollout.update_weights)
+
+
+def _through_directory(
+    tr: Trainer,
+    state: dict[str, Any],
+    write: Callable[[dict[str, Any], str], Any],
+    load: Callable[[str], Any],
+) -> None:
+    """``write(state, directory)`` on each node's first rank (node-local memory), then
+    ``load(directory)`` on every rank; the directory is removed afterwards."""
     leader = tr.dist.rank - tr.dist.local_rank  # torchrun numbers a node's ranks contiguously
     made = ""
     if tr.dist.local_rank == 0:
         made = tempfile.mkdtemp(prefix="tcopd-weights-", dir=shared_memory(state_bytes(state)))
     directory = str(tr.reduce.gather(made)[leader])
     try:
-        write = tr.rollout.write_weights if tr.dist.local_rank == 0 else (lambda *_: None)
+        write = write if tr.dist.local_rank == 0 else (lambda *_: None)
         _all_or_none(tr, "writing the weights", write, state, directory)
-        _all_or_none(tr, "loading the weights", tr.rollout.update_weights, directory)
+        _all_or_none(tr, "loading the weights", load, directory)
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)
