@@ -121,7 +121,9 @@ def main() -> None:
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if k != "command"}), flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("\n| model | variant | trainable params (% of the base model) | peak RSS (GB) | step (s) | update (s) |")
+    print(
+        "\n| model | variant | trainable params (% of the base model) | peak RSS (GB) | step (s) | update (s) |"
+    )
     print("|---|---|---:|---:|---:|---:|")
     for r in results:
         full = next(x for x in results if x["model"] == r["model"] and x["variant"] == "full")
