@@ -136,11 +136,6 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
             m._disable_adapters = w
 
 
-def trainable_names(model: torch.nn.Module) -> list[str]:
-    """Names (as in ``model.state_dict()``) of the parameters that require grad: the adapter."""
-    return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
 def save_adapter(
     student: LoraStudent, state_dict: dict[str, torch.Tensor], tokenizer: Any, out: Path
 ) -> None:
