@@ -4,13 +4,13 @@ weights and serves the adapter; each sync pushes only the adapter, under a new L
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
+from test_train_vllm import _check_is_weights, _rows, greedy  # the full-weight sync's checks
 from train_fixtures import make_world, run_cli, tiny_args
 
-from tcopd.runtime.rollout import HFEngine, SamplingParams
+from tcopd.runtime.rollout import HFEngine
 
 pytestmark = [
     pytest.mark.vllm,
@@ -30,23 +30,6 @@ def _lora_args(world, out: Path, *extra: str) -> list[str]:
     return tiny_args(
         world, out, "--lora", "--lora-rank", "4", "--zero-stage", "0", "--engine", "vllm", *extra
     )
-
-
-def _rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _check_is_weights(rows: list[dict]) -> None:
-    """fp32 on CPU: π_old (the peft student) and vLLM's sampler (base + adapter) agree."""
-    for r in rows:
-        assert abs(r["is_weight_mean"] - 1) < 3e-3, r
-        assert r["is_weight_max"] < 1.01 and r["is_weight_min"] > 0.99, r
-        assert r["time_sync_s"] > 0, r
-
-
-def greedy(engine, prompts):
-    sp = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
-    return [c.response_ids for c in engine.generate(prompts, sp)]
 
 
 def _trainer(world, out: Path):
