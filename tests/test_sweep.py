@@ -494,6 +494,22 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(world, tmp_path):
     assert "no pair of finished seeds" in rep["claims"][0]
 
 
+@pytest.mark.slow
+def test_a_lora_sweep_evaluates_the_adapter(world, tmp_path):
+    """With --lora a checkpoint holds adapter/, not model/: the sweep evaluates the adapter."""
+    pytest.importorskip("peft")
+    out = tmp_path / "sweep"
+    args = _args(world, out, "--seeds", "0", "--steps", "1", "--lora", "--lora-rank", "4")
+    args[args.index("--lambdas") : args.index("--lambdas") + 4] = ["--lambdas", "1.5,-0.5"]
+    p = subprocess.run([sys.executable, "-m", "tcopd", *args], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = out / "runs" / "lambdas=1.5,-0.5" / "seed0"
+    evaluation = yaml.safe_load((run_dir / "eval.yaml").read_text())
+    assert evaluation["models"] == [str(run_dir / "train/checkpoints/step-000001/adapter")]
+    rep = json.loads((out / "sweep.json").read_text())
+    assert [r["status"] for r in rep["runs"]] == ["done"] and rep["failed"] == []
+
+
 def test_per_domain_statistics_by_hand(tmp_path):
     """Problems p0, p1 are math, p2, p3 code: mean@n, tokens and paired differences per domain."""
     cfg = SweepConfig(out=str(tmp_path), settings={"multi": {}, "single": {}}, seeds="0,1")

@@ -4,6 +4,7 @@ Layout (``RUN_DIR/checkpoints/``)::
 
     step-000010/            a complete checkpoint
         model/              HF directory (config, safetensors, tokenizer): loadable by transformers / vLLM
+        adapter/            instead of model/ with --lora: the adapter in PEFT's format (+ tokenizer)
         deepspeed/          DeepSpeed's own files (weights, optimizer, per rank)
         trainer_state.json  step, data position, RNG states
     latest                  the name of the newest complete checkpoint (written last, atomically)
@@ -72,6 +73,12 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         return None
     path = root / pointer.read_text().strip()
     return path if (path / "trainer_state.json").is_file() else None
+
+
+def checkpoint_model(checkpoint: Path) -> Path:
+    """What a checkpoint's weights are evaluated from: ``adapter/`` (``--lora``) or ``model/``."""
+    adapter = checkpoint / "adapter"
+    return adapter if adapter.is_dir() else checkpoint / "model"
 
 
 def begin(run_dir: str | Path, step: int) -> Path:

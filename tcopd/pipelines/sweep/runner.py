@@ -40,7 +40,7 @@ from tcopd.pipelines.sweep.config import Setting
 from tcopd.pipelines.train import TrainConfig
 from tcopd.progress import Progress, report
 from tcopd.runtime import io
-from tcopd.runtime.checkpoint import latest_checkpoint
+from tcopd.runtime.checkpoint import checkpoint_model, latest_checkpoint
 
 INTERRUPTED = (130, -2)  # the CLI's exit code on Ctrl-C; killed by SIGINT
 
@@ -209,7 +209,7 @@ def _evaluate(run: Run, device: str | None, ctx: RunContext) -> bool:
         ctx.state.update(run.key, status="failed", trained=False, phase="eval", error=error)
         return False
     eval_yaml = run.dir / "eval.yaml"
-    values = ctx.eval_config(run, final / "model")
+    values = ctx.eval_config(run, checkpoint_model(final))
     io.atomic_write_text(eval_yaml, yaml.safe_dump(values, sort_keys=False))
     t0 = time.monotonic()
     code = run_cli(["eval", "--config", str(eval_yaml)], run.dir / "eval.log", device)

@@ -155,7 +155,7 @@ def run(
     digest = weights_digest(tr.engine.full_state_dict())
     if dist.distributed:
         distributed.shutdown()  # under a launcher: tear the group down together, not at exit
-    model = final / ("adapter" if cfg.lora else "model") if final else None
+    model = ckpt.checkpoint_model(final) if final else None
     return TrainResult(run_dir, cfg.steps, row, model, digest)
 
 
