@@ -126,16 +126,26 @@ def _adapter_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    "loss, zero",
-    [("sampled", "0"), ("dense", "0"), pytest.param("sampled", "3", marks=pytest.mark.slow)],
-)
-def test_lora_run_trains_the_adapter_only(world, tmp_path, capsys, loss, zero):
+    "loss, zero, extra",
+    [
+        ("sampled", "0", ()),
+        ("dense", "0", ()),
+        pytest.param("sampled", "3", (), marks=pytest.mark.slow),
+        # activation checkpointing recomputes the LoRA branch; dropout is live in training
+        pytest.param(
+            "sampled", "2", ("--gradient-checkpointing", "--lora-dropout", "0.1"),
+            marks=pytest.mark.slow,
+        ),
+        pytest.param("dense", "1", ("--gradient-checkpointing",), marks=pytest.mark.slow),
+    ],
+)  # fmt: skip
+def test_lora_run_trains_the_adapter_only(world, tmp_path, capsys, loss, zero, extra):
     from peft import PeftModel
 
     from tcopd.runtime.models import load_causal_lm
 
     out = tmp_path / "run"
-    args = _lora_args(world, out, "--loss", loss, "--zero-stage", zero)
+    args = _lora_args(world, out, "--loss", loss, "--zero-stage", zero, *extra)
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -155,11 +165,12 @@ def test_lora_run_trains_the_adapter_only(world, tmp_path, capsys, loss, zero):
 
 
 @pytest.mark.slow  # three runs in subprocesses (~70 s on 2 cores)
-def test_kill_and_resume_gives_identical_adapter_weights(world, tmp_path):
+@pytest.mark.parametrize("zero", ["0", "3"])  # ZeRO-3: partitioned adapters and their state
+def test_kill_and_resume_gives_identical_adapter_weights(world, tmp_path, zero):
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "TCOPD_DEBUG": "1"}
     cmd = [sys.executable, "-m", "tcopd"]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    args = lambda out: _lora_args(world, out, "--steps", "3")  # noqa: E731
+    args = lambda out: _lora_args(world, out, "--steps", "3", "--zero-stage", zero)  # noqa: E731
     p = subprocess.run(cmd + args(full), env=env, capture_output=True)
     assert p.returncode == 0, p.stderr.decode()[-3000:]
     kill = [sys.executable, str(REPO / "tests" / "kill_at_step.py"), "3"]
@@ -284,8 +295,8 @@ def test_resume_refuses_other_lora_settings(world, adapter, capsys):
 
 
 @pytest.mark.dist  # two ranks under torchrun (~15 s each on 2 cores)
-@pytest.mark.parametrize("zero_stage", ["2", "3"])
-def test_two_ranks_end_with_identical_adapters(tmp_path, zero_stage):
+@pytest.mark.parametrize("zero_stage, loss", [("2", "sampled"), ("3", "sampled"), ("2", "dense")])
+def test_two_ranks_end_with_identical_adapters(tmp_path, zero_stage, loss):
     import re
     import socket
 
@@ -298,7 +309,7 @@ def test_two_ranks_end_with_identical_adapters(tmp_path, zero_stage):
     p = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), str(script),
          str(tmp_path), "--steps", "1", "--batch-size", "4", "--zero-stage", zero_stage,
-         "--lora", "true", "--lora-rank", "4"],
+         "--lora", "true", "--lora-rank", "4", "--loss", loss],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1", "TCOPD_DEBUG": "1"},
     )  # fmt: skip

@@ -103,15 +103,7 @@ def model_response_logprobs(
     model / linear ``lm_head`` falls back to ``model(...).logits`` (the full logits: more memory).
     With ``return_entropy`` also returns ``entropy_BT`` of the (tempered) token distributions.
     """
-    prompts = [_as_list(p) for p in prompt_ids]
-    responses = [_as_list(r) for r in response_ids]
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        if not p or not r:
-            raise DataError(
-                f"sequence {b}: the prompt and the response each need at least one token"
-            )
+    prompts, responses = _checked_pairs(prompt_ids, response_ids)
     device = _model_device(model)
     B = len(prompts)
     T = max(len(r) for r in responses)
@@ -122,41 +114,75 @@ def model_response_logprobs(
     targets_N = _to_device(
         torch.tensor([t for r in responses for t in r], dtype=torch.long), device
     )
-
     found = output_head(model)
     if found is not None:
-        base, head = found
-        hidden = base(**inputs, use_cache=False).last_hidden_state
+        hidden = found[0](**inputs, use_cache=False).last_hidden_state
         hidden_NH = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pred_idx)
-        # A ZeRO-3-partitioned head keeps only a shard outside its forward: call the module.
-        partitioned = hasattr(head.weight, "ds_id")
-        result = token_logprobs(
-            hidden_NH,
-            head.module if partitioned else head.weight,
-            targets_N,
-            chunk_size=chunk_size,
-            temperature=temperature,
-            softcap=head.softcap,
-            bias_V=None if partitioned else head.bias,
-            scale=head.scale,
-            return_entropy=return_entropy,
-            # ZeRO-3 does not re-gather a frozen head (LoRA) inside a checkpointed chunk's
-            # recompute: keep each chunk's logits for the backward instead (more memory)
-            checkpoint=False if partitioned and not head.weight.requires_grad else None,
+        result = _head_logprobs(
+            hidden_NH, found[1], targets_N, chunk_size, temperature, return_entropy
         )
     else:
         # Fallback: the model computes every logit itself (whatever transform it applies).
         logits = model(**inputs, use_cache=False).logits
         logits_NV = logits.reshape(-1, logits.shape[-1]).index_select(0, pred_idx)
-        z_NV = logits_NV.float() / temperature
-        lsm_NV = torch.log_softmax(z_NV, dim=-1)
-        logp = lsm_NV.gather(-1, targets_N.unsqueeze(-1)).squeeze(-1)
-        result = (logp, -(lsm_NV.exp() * lsm_NV).sum(-1)) if return_entropy else logp
+        result = _full_logprobs(logits_NV, targets_N, temperature, return_entropy)
     logp_N, ent_N = result if return_entropy else (result, None)
     logp_BT = logp_N.new_zeros(B * T).index_copy(0, out_idx, logp_N).view(B, T)
     if ent_N is None:
         return logp_BT
     return logp_BT, ent_N.new_zeros(B * T).index_copy(0, out_idx, ent_N).view(B, T)
+
+
+def _checked_pairs(
+    prompt_ids: Sequence[Ids], response_ids: Sequence[Ids]
+) -> tuple[list[list[int]], list[list[int]]]:
+    """The prompts and responses as lists; one line when they do not pair up or one is empty."""
+    prompts = [_as_list(p) for p in prompt_ids]
+    responses = [_as_list(r) for r in response_ids]
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        if not p or not r:
+            raise DataError(
+                f"sequence {b}: the prompt and the response each need at least one token"
+            )
+    return prompts, responses
+
+
+def _head_logprobs(
+    hidden_NH: torch.Tensor,
+    head: OutputHead,
+    targets_N: torch.Tensor,
+    chunk_size: int,
+    temperature: float,
+    return_entropy: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs`` through the model's output head, chunked over the N positions."""
+    # A ZeRO-3-partitioned head keeps only a shard outside its forward: call the module.
+    partitioned = hasattr(head.weight, "ds_id")
+    return token_logprobs(
+        hidden_NH,
+        head.module if partitioned else head.weight,
+        targets_N,
+        chunk_size=chunk_size,
+        temperature=temperature,
+        softcap=head.softcap,
+        bias_V=None if partitioned else head.bias,
+        scale=head.scale,
+        return_entropy=return_entropy,
+        # ZeRO-3 does not re-gather a frozen head (LoRA) inside a checkpointed chunk's
+        # recompute: keep each chunk's logits for the backward instead (more memory)
+        checkpoint=False if partitioned and not head.weight.requires_grad else None,
+    )
+
+
+def _full_logprobs(
+    logits_NV: torch.Tensor, targets_N: torch.Tensor, temperature: float, return_entropy: bool
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs (and entropies) of the targets from full logits, ``(N, V)`` at once."""
+    lsm_NV = torch.log_softmax(logits_NV.float() / temperature, dim=-1)
+    logp = lsm_NV.gather(-1, targets_N.unsqueeze(-1)).squeeze(-1)
+    return (logp, -(lsm_NV.exp() * lsm_NV).sum(-1)) if return_entropy else logp
 
 
 def _batch_inputs(

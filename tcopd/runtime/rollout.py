@@ -367,31 +367,7 @@ class HFEngine:
             ids_BL[i, L - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask_BL[i, L - len(p) :] = 1
 
-        # Every knob explicit; temperature 0 → greedy. Sampling knobs of a checkpoint's
-        # generation_config must not leak in (see module docstring), so it is swapped out below.
-        gen_config = GenerationConfig(
-            do_sample=not sampling.greedy,
-            # (greedy ignores these three; transformers warns about them when set with do_sample=False)
-            temperature=None if sampling.greedy else float(sampling.temperature),
-            top_k=None if sampling.greedy else int(sampling.top_k),
-            top_p=None if sampling.greedy else float(sampling.top_p),
-            min_p=None,
-            typical_p=1.0,
-            epsilon_cutoff=0.0,
-            eta_cutoff=0.0,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            num_beams=1,
-            num_return_sequences=1,
-            min_new_tokens=0,
-            max_new_tokens=int(sampling.max_new_tokens),
-            eos_token_id=self.eos_ids or None,
-            pad_token_id=self.pad_id,
-            bos_token_id=None,
-            use_cache=True,
-            return_dict_in_generate=False,
-            output_scores=False,
-        )
+        gen_config = self._generation_config(sampling)
         processors = LogitsProcessorList()
         recorder = None
         if sampling.logprobs:
@@ -436,6 +412,33 @@ class HFEngine:
             )
             for i, (p, s) in enumerate(items)
         ]
+
+    def _generation_config(self, sampling: SamplingParams) -> GenerationConfig:
+        """Every knob explicit; temperature 0 → greedy. Sampling knobs of a checkpoint's
+        generation_config must not leak in (see module docstring): the caller swaps it out."""
+        return GenerationConfig(
+            do_sample=not sampling.greedy,
+            # (greedy ignores these three; transformers warns about them when set with do_sample=False)
+            temperature=None if sampling.greedy else float(sampling.temperature),
+            top_k=None if sampling.greedy else int(sampling.top_k),
+            top_p=None if sampling.greedy else float(sampling.top_p),
+            min_p=None,
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            num_beams=1,
+            num_return_sequences=1,
+            min_new_tokens=0,
+            max_new_tokens=int(sampling.max_new_tokens),
+            eos_token_id=self.eos_ids or None,
+            pad_token_id=self.pad_id,
+            bos_token_id=None,
+            use_cache=True,
+            return_dict_in_generate=False,
+            output_scores=False,
+        )
 
     def _completion(
         self,

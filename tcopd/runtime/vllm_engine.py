@@ -71,6 +71,21 @@ def in_process() -> bool:
     return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0"
 
 
+_DTYPES = {"float32": "float32", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _check_engine_args(model: Any, gpu_memory_utilization: float, tensor_parallel_size: int):
+    """One line for an in-memory model or an engine setting out of range, before vLLM starts."""
+    if not isinstance(model, (str, Path)):
+        raise ModelError(
+            "the vLLM engine loads models from a path or Hub id, not an in-memory model"
+        )
+    if not 0.0 < gpu_memory_utilization <= 1.0:
+        raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    if tensor_parallel_size < 1:
+        raise ConfigError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
+
+
 class VLLMEngine:
     """Offline vLLM engine with the rollout interface (see module docstring)."""
 
@@ -92,19 +107,7 @@ class VLLMEngine:
         max_num_batched_tokens: int | None = None,
         max_lora_rank: int | None = None,
     ):
-        if not isinstance(model, (str, Path)):
-            raise ModelError(
-                "the vLLM engine loads models from a path or Hub id, not an in-memory model"
-            )
-        if not 0.0 < gpu_memory_utilization <= 1.0:
-            raise ConfigError(
-                f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}"
-            )
-        if tensor_parallel_size < 1:
-            raise ConfigError(
-                f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}"
-            )
-
+        _check_engine_args(model, gpu_memory_utilization, tensor_parallel_size)
         hf_config = models.load_config(model)  # ModelError for a non-model path, before vLLM starts
         self.tied = bool(getattr(hf_config, "tie_word_embeddings", False))
         if log_path:  # vLLM's logs to stderr, which goes to the log (stdout keeps the display)
@@ -112,12 +115,6 @@ class VLLMEngine:
         vllm = _import_vllm()
         if enable_sleep_mode is None:
             enable_sleep_mode = torch.cuda.is_available()
-        dtype = {
-            "float32": "float32",
-            "fp32": "float32",
-            "bf16": "bfloat16",
-            "fp16": "float16",
-        }.get(dtype, dtype)
         self.model_path = str(model)
         self.sleep_enabled = bool(enable_sleep_mode)
         self.asleep = False
@@ -129,7 +126,7 @@ class VLLMEngine:
         kwargs: dict[str, Any] = dict(
             model=str(model),
             tokenizer=str(tokenizer or model),
-            dtype=dtype,
+            dtype=_DTYPES.get(dtype, dtype),
             gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size,
             seed=seed,

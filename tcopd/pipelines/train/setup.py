@@ -146,12 +146,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
     dtype = model_dtype(cfg, dist.device)
     emit("loading models")
     tokenizer = load_tokenizer(cfg.student)
-    data = load_prompts(cfg.data, tokenizer, cfg.template, cfg.max_prompt_tokens)
-    eval_data = (
-        load_prompts(cfg.eval_data, tokenizer, cfg.template, cfg.max_prompt_tokens)
-        if cfg.eval_data
-        else None
-    )
+    data, eval_data = _prompts(cfg, tokenizer)
     check_domains(data.domains, table, specs, str(cfg.data))
     student, adapted = _student(cfg, dtype, dist.device)
     skip_ref = cfg.score_reference == "auto" and reference_cancels(
@@ -197,6 +192,14 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         lora_student=adapted,
         adapter_reference=_adapter_reference(cfg, dist, policy) if shared_ref else None,
     )
+
+
+def _prompts(cfg: TrainConfig, tokenizer: Any) -> tuple[Prompts, Prompts | None]:
+    """The training prompts and the held-out ones (``--eval-data``), tokenized and filtered."""
+    data = load_prompts(cfg.data, tokenizer, cfg.template, cfg.max_prompt_tokens)
+    if not cfg.eval_data:
+        return data, None
+    return data, load_prompts(cfg.eval_data, tokenizer, cfg.template, cfg.max_prompt_tokens)
 
 
 def _student(
