@@ -1,23 +1,30 @@
-"""How much a low-rank student gives up on the toy world (issue 23, docs/lora.md "Quality").
+"""How much a low-rank student gives up on the toy world (issue 23; docs/results.md §8).
 
-    .venv/bin/tcopd sweep --config examples/sweep_toy_lora.yaml --out runs/sweep-lora
-    .venv/bin/tcopd sweep --toy --lambdas 1 --lambdas 1.5,-0.5 --seeds 0,1,2 --eval toy \\
-        --eval-n 4 --out runs/sweep-full-sampled            # full weights, sampled (lr 1e-3)
-    .venv/bin/tcopd sweep --config examples/sweep_toy_dense_lr.yaml --out runs/sweep-dense-lr
-    .venv/bin/python benchmarks/lora_quality.py runs/sweep-lora runs/sweep-full-sampled \\
-        runs/sweep-dense-lr
+    tcopd sweep --config examples/sweep_toy_lora.yaml --out runs/sweep-lora       # 24 runs, 23 min
+    # full weights, same seeds: the sampled loss (lr 1e-3) and the dense loss (lr 5e-4)
+    tcopd sweep --toy --lambdas 1 --lambdas 1.5,-0.5 --seeds 0,1,2 --eval toy --eval-n 4 \
+        --out runs/sweep-full-sampled
+    tcopd sweep --config examples/sweep_toy_dense_lr.yaml --seeds 0,1,2 --out runs/sweep-full-dense
+    # G-OPD (1.5) with LoRA r=16, for TC-OPD − G-OPD within the LoRA student
+    tcopd sweep --toy --lora --lora-rank 16 --lora-alpha 32 --lambdas 1.5 --seeds 0,1,2 \
+        --eval toy --eval-n 4 --out runs/sweep-lora-gopd
+    python benchmarks/lora_quality.py runs/sweep-lora runs/sweep-full-sampled \
+        runs/sweep-full-dense runs/sweep-lora-gopd
 
 Every finished run of the given sweeps is grouped by what its ``train.yaml`` says (λ, loss,
 LoRA rank, lr); a LoRA group is compared with the full-weight group of the same λ and loss.
 Per group: mean@4 (%) of each seed's final model, the mean over seeds with a 95 % t interval,
-and LoRA − full over the seeds both have, with the sweep's own interval (a bootstrap that
-resamples seeds and problems, ``tcopd.runtime.stats.paired_bootstrap``); also each group's mean
-wall time of one training (``sweep_state.json``).
+LoRA − full over the seeds both have with the sweep's own interval (a bootstrap that resamples
+seeds and problems, ``tcopd.runtime.stats.paired_bootstrap``), and the median wall time of one
+training (``sweep_state.json``; a median, since a run resumed after an interruption records
+only its second part). A second table compares the methods within one kind of student (same
+loss, rank and lr): TC-OPD (1.5, −0.5) − OPD, and − G-OPD (1.5) where G-OPD runs are given.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -26,7 +33,7 @@ import yaml
 
 from tcopd.runtime import stats
 
-METHODS = {"1": "OPD", "1.5,-0.5": "TC-OPD (1.5, −0.5)"}
+METHODS = {"1": "OPD", "1.5": "G-OPD (1.5)", "1.5,-0.5": "TC-OPD (1.5, −0.5)"}
 
 
 def _accuracy(run: Path) -> dict[str, float]:
@@ -73,7 +80,7 @@ def table(sweeps: list[Path]) -> list[str]:
     groups = _groups(sweeps)
     lines = [
         "| method | loss | student | lr | per seed | mean [95 % CI] | LoRA − full [95 % CI] "
-        "| train s |",
+        "| train s (median) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(groups, key=lambda k: (k[1] != "sampled", k[0], k[2], k[3]))
@@ -90,7 +97,7 @@ def table(sweeps: list[Path]) -> list[str]:
             if d is not None:
                 diff = f"{d.diff:+.1f} [{d.low:+.1f}, {d.high:+.1f}] ({d.seeds} seeds)"
         walls = [r["train_s"] for r in runs.values() if r["train_s"]]
-        wall = f"{sum(walls) / len(walls):.0f}" if walls else "—"
+        wall = f"{statistics.median(walls):.0f}" if walls else "—"
         per = " / ".join(f"{seeds[s]:.1f}" for s in sorted(seeds))
         student = f"LoRA r={rank}" if rank else "full"
         lines.append(
@@ -100,7 +107,33 @@ def table(sweeps: list[Path]) -> list[str]:
     return lines
 
 
+def methods_table(sweeps: list[Path]) -> list[str]:
+    """TC-OPD (1.5, −0.5) − OPD and − G-OPD within each (loss, rank, lr) student."""
+    groups = _groups(sweeps)
+    lines = [
+        "| loss | student | lr | comparison | difference [95 % CI] | seeds agreeing |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key in sorted(groups, key=lambda k: (k[1] != "sampled", k[2], k[3])):
+        lam, loss, rank, lr = key
+        if lam != "1.5,-0.5":
+            continue
+        for other in ("1", "1.5"):
+            base = groups.get((other, loss, rank, lr))
+            d = _difference(groups[key], base) if base else None
+            if d is None:
+                continue
+            agree = round(d.sign_agreement * d.seeds)
+            lines.append(
+                f"| {loss} | {f'LoRA r={rank}' if rank else 'full'} | {lr:g} | TC-OPD − "
+                f"{METHODS[other]} | {d.diff:+.1f} [{d.low:+.1f}, {d.high:+.1f}] "
+                f"| {agree}/{d.seeds} |"
+            )
+    return lines
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(f"usage: {sys.argv[0]} SWEEP_DIR [SWEEP_DIR ...]")
-    print("\n".join(table([Path(p) for p in sys.argv[1:]])))
+    dirs = [Path(p) for p in sys.argv[1:]]
+    print("\n".join(table(dirs)) + "\n\n" + "\n".join(methods_table(dirs)))
