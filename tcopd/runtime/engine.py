@@ -40,8 +40,10 @@ def _quiet_deepspeed() -> None:
 def _ensure_process_group() -> None:
     """DeepSpeed needs a process group even in one process: make a world of one on a free port.
 
-    (Without launcher variables DeepSpeed would try MPI discovery, which needs mpi4py.)
+    (Without launcher variables DeepSpeed would try MPI discovery, which needs mpi4py.) A group
+    that exists already is used as it is (e.g. the world of one an in-process vLLM engine made).
     """
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine asserts it is set
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
 
@@ -56,7 +58,6 @@ def _ensure_process_group() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine asserts it is set
     deepspeed.init_distributed(
         dist_backend="nccl" if torch.cuda.is_available() else "gloo",
         auto_mpi_discovery=False,
