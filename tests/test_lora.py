@@ -82,6 +82,32 @@ def test_adapter_off_forward_is_the_base_model_exactly(tmp_path, tie):
     assert all(("lora_" in n) == g for n, g in grads.items())  # only the adapter trains
 
 
+def test_reference_forward_is_the_base_model_in_eval_mode_from_train_mode(tmp_path):
+    """The update leaves the student in train mode: π_ref's forward must not apply the base
+    model's dropout (every other scored model is in eval mode)."""
+    from helpers_tiny import make_tiny_qwen3, make_tokenizer
+
+    from tcopd.runtime.forward import model_response_logprobs
+    from tcopd.runtime.lora import adapters_disabled, reference_forward
+    from tcopd.runtime.models import load_causal_lm
+
+    path = make_tiny_qwen3(tmp_path, make_tokenizer(tmp_path), attention_dropout=0.5)
+    base = load_causal_lm(path)  # eval mode
+    student = _adapted(path)
+    student.model.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        want = model_response_logprobs(base, PROMPTS, RESPONSES)
+        with adapters_disabled(student.model):  # train mode: dropout on, so the test can fail
+            noisy = model_response_logprobs(student.model, PROMPTS, RESPONSES)
+        with reference_forward(student.model):
+            off = model_response_logprobs(student.model, PROMPTS, RESPONSES)
+    assert not torch.equal(noisy, want)
+    assert torch.equal(off, want)
+    assert student.model.training  # the mode is restored
+    assert all(m.training for m in student.model.modules())
+
+
 def test_lora_gradient_equals_float64_reference(world):
     """∇_{A,B} of the clipped loss (on-policy, ρ = 1: −mean_t A_t·∇lp_t) through peft's layers,
     against W + (α/r)·B·A written out in float64 on the plain base model."""
@@ -292,6 +318,18 @@ def test_resume_refuses_other_lora_settings(world, adapter, capsys):
     ):
         code, _, err = run_cli(["train", "--resume", str(run), *flags], capsys)
         assert code == 1 and needle in err, err
+
+
+def test_resume_of_a_run_older_than_lora_refuses_lora():
+    """A config.yaml written before the LoRA settings existed had their defaults (lora off)."""
+    from tcopd.pipelines.train.config import resume_conflicts
+
+    old = {"student": "S", "lr": 0.001, "steps": 10}  # no lora keys at all
+    assert resume_conflicts(old, {"lora": True, "steps": 20}) == [
+        "lora: run has False, flags say True"
+    ]
+    assert resume_conflicts(old, {"lora": False, "lora_rank": None, "steps": 20}) == []
+    assert resume_conflicts(old, {"lr": 0.5}) == ["lr: run has 0.001, flags say 0.5"]
 
 
 @pytest.mark.dist  # two ranks under torchrun (~15 s each on 2 cores)

@@ -11,6 +11,9 @@ Choices, and why:
   unchanged. Only the adapter weights require grad; the base weights are frozen.
 - π_ref with adapters off (:func:`adapters_disabled`): the same module, its LoRA layers told to
   skip their update (``B·A`` x), is exactly the base model, so π_ref needs no second copy.
+  The score phase wraps it in :func:`reference_forward`, which also puts the module in eval mode
+  for that forward (the update leaves it in train mode: a base model with dropout would
+  otherwise score π_ref with dropout on, unlike every other scored model).
   The flag is set on each layer directly, not through peft's ``enable_adapters``/
   ``disable_adapter()``, because those also flip ``requires_grad`` of the adapter weights, and
   DeepSpeed hooked its gradient reduction onto those parameters when it was initialised.
@@ -134,6 +137,19 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, w in zip(layers, was, strict=True):
             m._disable_adapters = w
+
+
+@contextlib.contextmanager
+def reference_forward(model: torch.nn.Module) -> Iterator[None]:
+    """π_ref's forward on the student's own module: adapters off and eval mode (no dropout, as
+    for every other scored model); the training mode and the adapters are restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with adapters_disabled(model):
+            yield
+    finally:
+        model.train(was_training)
 
 
 def save_adapter(

@@ -15,6 +15,7 @@ The resolved ``config.yaml`` of a run records the recipe and every resulting val
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -334,13 +335,25 @@ def load_train_config(path: str | None, flags: dict[str, Any]) -> TrainConfig:
 
 
 def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Settings the user passed for a --resume that differ from the run's saved config."""
+    """Settings the user passed for a --resume that differ from the run's saved config.
+
+    A setting missing from the saved config (a run made before the setting existed) had its
+    default: ``--resume --lora`` on such a run is a conflict, not a silent switch.
+    """
+    defaults = _field_defaults()
+    had = {k: saved[k] if k in saved else defaults.get(k, v) for k, v in new.items()}
     return [
-        f"{k}: run has {saved.get(k)!r}, flags say {v!r}"
+        f"{k}: run has {had[k]!r}, flags say {v!r}"
         for k, v in new.items()
-        if v is not None
-        and k not in RESUMABLE_CHANGES
-        and k != "out"
-        and k in saved
-        and saved[k] != v
+        if v is not None and k not in RESUMABLE_CHANGES and k != "out" and had[k] != v
     ]
+
+
+def _field_defaults() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out

@@ -10,7 +10,8 @@ for the update (which rebuilds their full distributions chunk by chunk); their s
 log-probs, for the reward and the metrics, come from those hidden states through each head.
 
 With ``--lora`` and no ``--reference``, π_ref is the policy itself with its adapters disabled
-(``adapters_disabled`` around its forward, here): the base model's weights, no copy.
+(``reference_forward`` around its forward, here: adapters off, eval mode): the base model's
+weights, no copy.
 
 A context teacher (``--teacher-prompt``) scores the same response ids after its own prompt ids
 (:class:`~tcopd.runtime.contexts.ContextRenderer`, one rendering per conversation).
@@ -27,7 +28,7 @@ from tcopd.pipelines.train.config import TrainConfig
 from tcopd.pipelines.train.rollout import Rollouts
 from tcopd.pipelines.train.setup import Trainer
 from tcopd.runtime.forward import batched_response_logprobs
-from tcopd.runtime.lora import adapters_disabled
+from tcopd.runtime.lora import reference_forward
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def _score_adapter_reference(
     states and head) into ``scored`` (``hidden``, ``heads``) under the name ``reference``."""
     ref = tr.adapter_reference
     assert ref is not None
-    with adapters_disabled(tr.policy):
+    with reference_forward(tr.policy):
         if hidden is None or heads is None:
             scored.update(ref.score(batch.prompts, batch.responses).logprobs)
             return

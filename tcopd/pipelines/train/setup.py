@@ -9,7 +9,7 @@ Choices:
   ``teacher_placement="shard"`` each lives on one rank, with ``offload`` in CPU memory.
 - ``--lora``: the student carries LoRA adapters (``runtime/lora.py``), only they are trained.
   π_ref (unless ``--reference`` names another model) is then *the same module with its adapters
-  disabled*: no copy is made; the score phase scores it inside ``adapters_disabled`` through
+  disabled*: no copy is made; the score phase scores it inside ``lora.reference_forward`` through
   ``Trainer.adapter_reference``, a scorer holding the policy under the name ``reference``.
 - The HF rollout engine samples with the training module itself (nothing to sync) — except
   under ZeRO-3, where the module's parameters are partitioned and every forward is a
