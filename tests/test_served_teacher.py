@@ -24,13 +24,14 @@ from helpers_tiny import make_tiny_qwen3, make_tokenizer
 from train_fixtures import run_cli
 
 from tcopd.runtime import served
+from tcopd.runtime.toy.build import default_root, ensure_toy
 
 pytestmark = [
     pytest.mark.vllm,
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm not installed"),
 ]
 
-TOY = Path.home() / ".cache" / "tcopd" / "toy"
+TOY = default_root()  # the shipped toy world, where tcopd keeps it ($TCOPD_TOY_DIR honoured)
 TOL = 2e-3  # served fp32 (vLLM CPU kernels) vs float64 reference, as in test_vllm.py
 
 
@@ -67,10 +68,14 @@ class Server:
         self.proc = None
 
 
+@pytest.fixture(scope="module", autouse=True)
+def toy_world():
+    """Install the shipped toy world if this machine has none yet (a few seconds)."""
+    ensure_toy(TOY)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not (TOY / "anti_expert" / "config.json").is_file():
-        pytest.skip("the toy world is not built (tcopd demo builds it)")
     box = Server(tmp_path_factory.mktemp("server-logs"))
     box.serve(TOY / "anti_expert")
     yield box
