@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 	$(BIN)/tcopd demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not rebuild and not real" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not rebuild and not real" --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow and not rebuild and not real" $(PYTEST_ARGS)
