@@ -164,6 +164,17 @@ def load_config(
     return build(cls, values)
 
 
+def field_defaults(cls: type) -> dict[str, Any]:
+    """Each field's default of dataclass ``cls`` (fields without one are left out)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain-data view of a config (tuples become lists) for YAML/JSON."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcopd.config import build, field, read_yaml, to_dict
+from tcopd.config import build, field, field_defaults, read_yaml, to_dict
 from tcopd.core.teachers import parse_lambdas
 from tcopd.errors import ConfigError, TcopdError
 from tcopd.pipelines.eval_config import EvalConfig
@@ -337,17 +337,6 @@ def identity(
     }
 
 
-def _train_defaults() -> dict[str, Any]:
-    """Each train setting's default, as :func:`identity` records it (``to_dict``)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
-
-
 def identity_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     """The first way ``new`` differs from ``old`` (``None``: the same sweep), in words."""
     old_names = [s["name"] for s in old.get("settings", [])]
@@ -362,7 +351,7 @@ def identity_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
         return f"the settings are in another order (the sweep has {', '.join(old_names)})"
     if old.get("seeds") != new["seeds"]:
         return f"seeds were {_fmt(old.get('seeds'))}, now {_fmt(new['seeds'])}"
-    defaults = _train_defaults()
+    defaults = field_defaults(TrainConfig)  # as identity() records them (to_dict)
     for name in new_names:
         was, now = old["train"].get(name, {}), new["train"][name]
         for key in sorted(set(was) | set(now)):

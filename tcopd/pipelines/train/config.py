@@ -15,12 +15,11 @@ The resolved ``config.yaml`` of a run records the recipe and every resulting val
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tcopd.config import build, field, read_yaml
+from tcopd.config import build, field, field_defaults, read_yaml
 from tcopd.errors import ConfigError
 
 
@@ -340,20 +339,10 @@ def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     A setting missing from the saved config (a run made before the setting existed) had its
     default: ``--resume --lora`` on such a run is a conflict, not a silent switch.
     """
-    defaults = _field_defaults()
+    defaults = field_defaults(TrainConfig)
     had = {k: saved[k] if k in saved else defaults.get(k, v) for k, v in new.items()}
     return [
         f"{k}: run has {had[k]!r}, flags say {v!r}"
         for k, v in new.items()
         if v is not None and k not in RESUMABLE_CHANGES and k != "out" and had[k] != v
     ]
-
-
-def _field_defaults() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
