@@ -44,32 +44,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"config key {key!r} expects {_type_name(tp)}, got {value!r}")
+        return _coerce_union(value, tp, key)
     if origin is Literal:
         if value not in get_args(tp):
             choices = ", ".join(repr(a) for a in get_args(tp))
             raise ConfigError(f"config key {key!r} must be one of {choices}, got {value!r}")
         return value
     if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(
-                f"config key {key!r} expects a list, got {value!r} ({type(value).__name__})"
-            )
-        args = get_args(tp)
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if (origin is tuple or tp is tuple) else items
+        return _coerce_sequence(value, tp, key)
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(
@@ -82,30 +64,56 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key {key!r} expects a mapping, got {value!r}")
         return build(tp, value, prefix=f"{key}.")
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(
-                f"config key {key!r} expects true/false, got {value!r} ({type(value).__name__})"
-            )
+    return _coerce_scalar(value, tp, key)
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """The first member of the union that accepts ``value`` (``None`` for an optional)."""
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError:
+            pass
+    raise ConfigError(f"config key {key!r} expects {_type_name(tp)}, got {value!r}")
+
+
+def _coerce_sequence(value: Any, tp: Any, key: str) -> Any:
+    """A list (or, for a tuple annotation, a tuple) of the coerced items."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(
+            f"config key {key!r} expects a list, got {value!r} ({type(value).__name__})"
+        )
+    args = get_args(tp)
+    inner = args[0] if args else Any
+    items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if (get_origin(tp) is tuple or tp is tuple) else items
+
+
+# Scalar annotations: what the error says is expected, and the accepted types (a bool is an int
+# in Python: refused for int, float and str).
+_SCALARS: dict[type, tuple[str, tuple[type, ...]]] = {
+    bool: ("true/false", (bool,)),
+    float: ("a number", (int, float)),
+    int: ("an integer", (int,)),
+    str: ("a string", (str,)),
+}
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """bool, float (ints accepted), int, str: checked; anything else passes as it is."""
+    if tp not in _SCALARS:
         return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(
-                f"config key {key!r} expects a number, got {value!r} ({type(value).__name__})"
-            )
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(
-                f"config key {key!r} expects an integer, got {value!r} ({type(value).__name__})"
-            )
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(
-                f"config key {key!r} expects a string, got {value!r} ({type(value).__name__})"
-            )
-        return value
+    expects, kinds = _SCALARS[tp]
+    if not isinstance(value, kinds) or (tp is not bool and isinstance(value, bool)):
+        raise ConfigError(
+            f"config key {key!r} expects {expects}, got {value!r} ({type(value).__name__})"
+        )
+    return float(value) if tp is float else value
     return value
 
 
