@@ -10,7 +10,7 @@ warm-up), no checkpoint, no evaluation, no grading.
 
 - **peak RSS**: the largest resident set of the subprocess (``ru_maxrss`` from ``os.wait4``),
   model loading included — what the machine must hold;
-- **trainable parameters**: counted on the model as tcopd builds it (``runtime/lora.py``'s
+- **trainable parameters**: counted on the model as tcopd builds it (``runtime/models/lora.py``'s
   ``wrap`` for LoRA), outside the timed runs;
 - **step time**: the median ``time_step_s`` of the steps after the warm-up (metrics.jsonl), and
   its update phase alone (``time_update_s``: forward + backward + AdamW), where LoRA saves work;
@@ -41,7 +41,7 @@ ENV = {"DS_BUILD_OPS": "0", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE":
 
 def model_args(name: str) -> list[str]:
     """Student, expert, data and shapes of one benchmark model."""
-    from tcopd.runtime.io import tcopd_cache_dir
+    from tcopd.runtime.data.io import tcopd_cache_dir
     from tcopd.runtime.toy import ensure_toy
 
     toy = ensure_toy()
@@ -59,8 +59,8 @@ def model_args(name: str) -> list[str]:
 
 def trainable(name: str, rank: int | None) -> tuple[int, int]:
     """(trainable parameters of the student as ``tcopd train`` builds it, the base model's)."""
-    from tcopd.runtime import lora
-    from tcopd.runtime.models import load_causal_lm
+    from tcopd.runtime.models import lora
+    from tcopd.runtime.models.loading import load_causal_lm
     from tcopd.runtime.toy import ensure_toy
 
     args = model_args(name)

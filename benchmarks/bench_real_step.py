@@ -47,7 +47,7 @@ model loading and (tcopd) the final checkpoint included; tcopd's own per-step ``
 
 Part 2, the scorer (each path in its own subprocess): the ``prompts × responses`` chat prompts,
 each followed by ``--max-new-tokens`` random response tokens, scored by
-``tcopd.runtime.scorer.Scorer`` (chunked log-probs, no T×V logits) and by the plain transformers
+``tcopd.runtime.scoring.scorer.Scorer`` (chunked log-probs, no T×V logits) and by the plain transformers
 path (one right-padded batch: ``model(ids).logits`` → log_softmax → gather), under
 ``torch.inference_mode``; median of ``--repeats`` after a warm-up; peak process memory and the
 peak above the loaded model; the max |Δ| between the two.
@@ -162,7 +162,7 @@ def model_view(model: Path, out: Path, fixed_length: bool) -> Path:
 def tcopd_prompt_ids(model: Path, data: Path) -> list[list[int]]:
     """Each prompt's token ids exactly as ``tcopd train --template chat`` makes them."""
     from tcopd.pipelines.train.data import load_prompts
-    from tcopd.runtime.models import load_tokenizer
+    from tcopd.runtime.models.loading import load_tokenizer
 
     return load_prompts(str(data), load_tokenizer(str(model)), "chat", 4096).ids
 
@@ -337,8 +337,8 @@ def scorer_worker(a: argparse.Namespace) -> None:
     """One scoring path in this process: times, peak memory, and the log-probs (to ``a.result``)."""
     import torch
 
-    from tcopd.runtime.models import load_causal_lm
-    from tcopd.runtime.scorer import Scorer
+    from tcopd.runtime.models.loading import load_causal_lm
+    from tcopd.runtime.scoring.scorer import Scorer
 
     inputs = json.loads(Path(a.inputs).read_text())
     prompts, responses = inputs["prompts"], inputs["responses"]

@@ -58,7 +58,7 @@ def rss_gb() -> float:
 
 
 def worker(a: argparse.Namespace) -> None:
-    from tcopd.runtime.scorer import Scorer
+    from tcopd.runtime.scoring.scorer import Scorer
 
     torch.set_num_threads(a.threads) if a.threads else None
     device = torch.device(a.device)

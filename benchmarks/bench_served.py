@@ -1,7 +1,7 @@
 """Benchmark: a served teacher (vLLM's OpenAI server) vs the same teacher local (issue 15).
 
 1. Scoring tokens/s of the toy expert on the same rows: the local :class:`Scorer` (fp32, this
-   process's device) and the served path (:mod:`tcopd.runtime.served`, one vLLM server), best of
+   process's device) and the served path (:mod:`tcopd.runtime.scoring.served`, one vLLM server), best of
    ``--repeats``; and the max / mean |served − local| log-prob over the rows.
 2. The step-time share of scoring in a short ``tcopd train --toy`` run with the anti-expert
    served (``time_scoring_s / time_step_s`` from metrics.jsonl, steps after the first), and the
@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tcopd.runtime import served  # noqa: E402
-from tcopd.runtime.models import load_causal_lm, load_tokenizer  # noqa: E402
-from tcopd.runtime.scorer import Scorer  # noqa: E402
+from tcopd.runtime.models.loading import load_causal_lm, load_tokenizer  # noqa: E402
+from tcopd.runtime.scoring.scorer import Scorer  # noqa: E402
 
 TOY = Path.home() / ".cache" / "tcopd" / "toy"
 

@@ -129,8 +129,8 @@ def trl_versions() -> str:
 def load_texts(path: str, tokenizer, max_prompt_tokens: int) -> tuple[list[str], list[list[int]]]:
     """tcopd's training prompts as (texts, ids): the rows ``load_prompts`` keeps, in its order."""
     from tcopd.pipelines.train.data import load_prompts
-    from tcopd.runtime.datasets import load_prepared
-    from tcopd.runtime.prompts import render_prompt
+    from tcopd.runtime.data.datasets import load_prepared
+    from tcopd.runtime.data.prompts import render_prompt
 
     texts, ids = [], []
     for row in load_prepared(path):
@@ -172,7 +172,7 @@ def run_logged(cmd: list[str], log: Path) -> float:
 
 def train_tcopd(a: argparse.Namespace, world, name: str, seed: int, run_dir: Path) -> dict:
     from tcopd.config import read_yaml
-    from tcopd.runtime.checkpoint import latest_checkpoint
+    from tcopd.runtime.training.checkpoint import latest_checkpoint
 
     cmd = [sys.executable, "-m", "tcopd", "train", "--toy", "--lambdas", "1", "--seed", str(seed)]
     cmd += ["--student", str(world.student), "--expert", str(world.expert)]

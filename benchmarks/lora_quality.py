@@ -15,7 +15,7 @@ Every finished run of the given sweeps is grouped by what its ``train.yaml`` say
 LoRA rank, lr); a LoRA group is compared with the full-weight group of the same λ and loss.
 Per group: mean@4 (%) of each seed's final model, the mean over seeds with a 95 % t interval,
 LoRA − full over the seeds both have with the sweep's own interval (a bootstrap that resamples
-seeds and problems, ``tcopd.runtime.stats.paired_bootstrap``), and the median wall time of one
+seeds and problems, ``tcopd.runtime.evaluation.stats.paired_bootstrap``), and the median wall time of one
 training (``sweep_state.json``; a median, since a run resumed after an interruption records
 only its second part). A second table compares the methods within one kind of student (same
 loss, rank and lr): TC-OPD (1.5, −0.5) − OPD, and − G-OPD (1.5) where G-OPD runs are given.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from tcopd.runtime import stats
+from tcopd.runtime.evaluation import stats
 
 METHODS = {"1": "OPD", "1.5": "G-OPD (1.5)", "1.5,-0.5": "TC-OPD (1.5, −0.5)"}
 

@@ -16,8 +16,8 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tcopd.runtime.datasets import load_prepared
-from tcopd.runtime.prompts import render_prompt
+from tcopd.runtime.data.datasets import load_prepared
+from tcopd.runtime.data.prompts import render_prompt
 from tcopd.runtime.toy import ensure_toy
 
 HEDGE = " Hmm, let me think."

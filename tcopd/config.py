@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import yaml
 
 from tcopd.errors import ConfigError
-from tcopd.runtime.io import atomic_write_text
+from tcopd.runtime.data.io import atomic_write_text
 
 C = TypeVar("C")
 

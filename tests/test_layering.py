@@ -10,13 +10,16 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "tcopd"
 HEAVY_SINGLE_IMPORTER = {
-    "vllm": "tcopd/runtime/vllm_engine.py",
-    "deepspeed": "tcopd/runtime/engine.py",
-    "math_verify": "tcopd/runtime/grading.py",
-    "gguf": "tcopd/runtime/gguf_import.py",
-    "peft": "tcopd/runtime/lora.py",
+    "vllm": "tcopd/runtime/generation/vllm_engine.py",
+    "deepspeed": "tcopd/runtime/training/learner.py",
+    "math_verify": "tcopd/runtime/evaluation/grading.py",
+    "gguf": "tcopd/runtime/models/gguf_import.py",
+    "peft": "tcopd/runtime/models/lora.py",
 }
 LAYERS = ["core", "runtime", "pipelines", "cli"]
+# tcopd/runtime/ in rooms (docs/internals.md), lowest first: a room imports only itself and the
+# rooms before it, so the toy worlds may use everything and data nothing else of the runtime.
+ROOMS = ["data", "models", "training", "generation", "scoring", "evaluation", "toy"]
 
 
 def _imports(path: Path) -> set[str]:
@@ -64,6 +67,43 @@ def test_layer_directions():
             bits = name.split(".")
             if bits[0] == "tcopd" and len(bits) > 1 and bits[1] in LAYERS:
                 assert LAYERS.index(bits[1]) <= mine, f"{rel} imports {name} (upward)"
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Every module named by an import, including ``from a.b import c`` as ``a.b.c``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_runtime_is_in_rooms():
+    runtime = PKG / "runtime"
+    loose = sorted(p.name for p in runtime.glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"put these runtime modules in a room ({', '.join(ROOMS)}): {loose}"
+    rooms = sorted(p.name for p in runtime.iterdir() if (p / "__init__.py").exists())
+    assert rooms == sorted(ROOMS), (
+        f"rooms on disk {rooms} != ROOMS {ROOMS} (update docs/internals.md)"
+    )
+
+
+def test_rooms_import_only_rooms_below():
+    for rel, p in _modules():
+        parts = rel.split("/")
+        if parts[1] != "runtime" or len(parts) < 4:
+            continue
+        mine = ROOMS.index(parts[2])
+        for name in _all_imports(p):
+            bits = name.split(".")
+            if bits[:2] == ["tcopd", "runtime"] and len(bits) > 2:
+                assert bits[2] in ROOMS, f"{rel} imports {name}: not a room"
+                assert ROOMS.index(bits[2]) <= mine, (
+                    f"{rel} imports {name} (a room above {parts[2]})"
+                )
 
 
 def test_only_cli_imports_typer_and_rich():

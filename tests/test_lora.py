@@ -28,8 +28,8 @@ def world(tmp_path_factory):
 
 def _adapted(path: Path, dtype=torch.float32, seed: int = 0, targets: str = "all-linear"):
     """The model at ``path`` with LoRA layers whose B is random (peft starts B at 0: no-op)."""
-    from tcopd.runtime import lora
-    from tcopd.runtime.models import load_causal_lm
+    from tcopd.runtime.models import lora
+    from tcopd.runtime.models.loading import load_causal_lm
 
     student = lora.wrap(
         load_causal_lm(path, dtype=dtype), lora.LoraSettings(4, 8.0, 0.0, targets), str(path)
@@ -61,9 +61,9 @@ def _naive_logprobs(model, dtype=torch.float64, params=None):
 def test_adapter_off_forward_is_the_base_model_exactly(tmp_path, tie):
     from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
-    from tcopd.runtime.forward import model_response_logprobs
-    from tcopd.runtime.lora import adapters_disabled
-    from tcopd.runtime.models import load_causal_lm
+    from tcopd.runtime.models.loading import load_causal_lm
+    from tcopd.runtime.models.lora import adapters_disabled
+    from tcopd.runtime.scoring.forward import model_response_logprobs
 
     path = make_tiny_qwen3(tmp_path, make_tokenizer(tmp_path), tie=tie)
     base = load_causal_lm(path)
@@ -87,9 +87,9 @@ def test_reference_forward_is_the_base_model_in_eval_mode_from_train_mode(tmp_pa
     model's dropout (every other scored model is in eval mode)."""
     from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
-    from tcopd.runtime.forward import model_response_logprobs
-    from tcopd.runtime.lora import adapters_disabled, reference_forward
-    from tcopd.runtime.models import load_causal_lm
+    from tcopd.runtime.models.loading import load_causal_lm
+    from tcopd.runtime.models.lora import adapters_disabled, reference_forward
+    from tcopd.runtime.scoring.forward import model_response_logprobs
 
     path = make_tiny_qwen3(tmp_path, make_tokenizer(tmp_path), attention_dropout=0.5)
     base = load_causal_lm(path)  # eval mode
@@ -113,8 +113,8 @@ def test_lora_gradient_equals_float64_reference(world):
     against W + (α/r)·B·A written out in float64 on the plain base model."""
     from tcopd.core.objective import policy_loss
     from tcopd.core.signal import pad_right
-    from tcopd.runtime.forward import model_response_logprobs
-    from tcopd.runtime.models import load_causal_lm
+    from tcopd.runtime.models.loading import load_causal_lm
+    from tcopd.runtime.scoring.forward import model_response_logprobs
 
     student = _adapted(world.student)
     lora_params = {n: p for n, p in student.model.named_parameters() if p.requires_grad}
@@ -168,7 +168,7 @@ def _adapter_weights(run: Path) -> dict[str, torch.Tensor]:
 def test_lora_run_trains_the_adapter_only(world, tmp_path, capsys, loss, zero, extra):
     from peft import PeftModel
 
-    from tcopd.runtime.models import load_causal_lm
+    from tcopd.runtime.models.loading import load_causal_lm
 
     out = tmp_path / "run"
     args = _lora_args(world, out, "--loss", loss, "--zero-stage", zero, *extra)
@@ -228,7 +228,7 @@ def test_merge_export_equals_the_adapter_model(world, adapter, tmp_path, capsys)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tcopd.runtime.models import load_causal_lm
+    from tcopd.runtime.models.loading import load_causal_lm
 
     out = tmp_path / "merged"
     code, stdout, err = run_cli(

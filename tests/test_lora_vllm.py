@@ -10,7 +10,7 @@ import pytest
 from test_train_vllm import _check_is_weights, _rows, greedy  # the full-weight sync's checks
 from train_fixtures import make_world, run_cli, tiny_args
 
-from tcopd.runtime.rollout import HFEngine
+from tcopd.runtime.generation.rollout import HFEngine
 
 pytestmark = [
     pytest.mark.vllm,
@@ -35,7 +35,7 @@ def _lora_args(world, out: Path, *extra: str) -> list[str]:
 def _trainer(world, out: Path):
     from tcopd.pipelines.train.config import load_train_config
     from tcopd.pipelines.train.setup import build_trainer
-    from tcopd.runtime import distributed
+    from tcopd.runtime.training import distributed
 
     args = tiny_args(world, out)[1:]  # flag-value pairs
     flags: dict = {a[2:].replace("-", "_"): b for a, b in zip(args[::2], args[1::2])}
@@ -56,11 +56,11 @@ def test_after_each_adapter_sync_vllm_samples_from_the_trainers_weights(world, t
         text = " ".join(f"what is {i % 7} + {i % 5} ?" for i in range(30))
         shared = tr.tokenizer(text, add_special_tokens=False)["input_ids"]
         prompts = tr.data.ids[:4] + [shared + tr.data.ids[0], shared + tr.data.ids[1]]
-        before = greedy(HFEngine(tr.engine.module, tr.tokenizer, device="cpu"), prompts)
+        before = greedy(HFEngine(tr.learner.module, tr.tokenizer, device="cpu"), prompts)
         assert tr.rollout.adapter is None  # B = 0: step 1's policy is the base model
         assert greedy(tr.rollout, prompts) == before
         rows = [train_step(tr, s) for s in range(2)]
-        after = greedy(HFEngine(tr.engine.module, tr.tokenizer, device="cpu"), prompts)
+        after = greedy(HFEngine(tr.learner.module, tr.tokenizer, device="cpu"), prompts)
         assert after != before  # the adapter moved: the comparison below can fail
         assert greedy(tr.rollout, prompts) == after
         _check_is_weights(rows)

@@ -6,7 +6,7 @@ import pytest
 from helpers_tiny import make_tokenizer
 
 from tcopd.errors import ConfigError, DataError
-from tcopd.runtime.prompts import DEFAULT_INSTRUCTION, PLAIN_FORMAT, render_prompt
+from tcopd.runtime.data.prompts import DEFAULT_INSTRUCTION, PLAIN_FORMAT, render_prompt
 
 MSG = [{"role": "user", "content": "what is 2 + 3 ?" + DEFAULT_INSTRUCTION}]
 

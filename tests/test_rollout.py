@@ -7,7 +7,13 @@ import torch
 from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
 from tcopd.errors import ConfigError
-from tcopd.runtime.rollout import Completion, HFEngine, SamplingParams, make_engine, plan_batches
+from tcopd.runtime.generation.rollout import (
+    Completion,
+    HFEngine,
+    SamplingParams,
+    make_engine,
+    plan_batches,
+)
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +258,7 @@ def test_plan_batches_respects_budget():
 def test_engine_error_finds_the_root_cause_in_the_engine_log(tmp_path):
     """The one-line error of a dead vLLM engine: the worker's exception from its log (past the
     byte where this start began), not the wrappers that point at it."""
-    from tcopd.runtime.vllm_engine import engine_error
+    from tcopd.runtime.generation.vllm_engine import engine_error
 
     log = tmp_path / "vllm-rank0.log"
     old = "(Worker pid=1) ERROR [x.py:1] ValueError: an earlier run's failure\n"

@@ -11,7 +11,7 @@ import yaml
 from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
 from tcopd.cli.main import main
-from tcopd.runtime import models as rm
+from tcopd.runtime.models import loading as rm
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""runtime.scorer and runtime.models on tiny random Qwen3 models, against float64 references."""
+"""runtime.scoring.scorer and runtime.models.loading on tiny random Qwen3 models, against float64 references."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import torch
 from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
 from tcopd.errors import ConfigError, DataError, ModelError
-from tcopd.runtime import forward as rf
-from tcopd.runtime import models as rm
-from tcopd.runtime import scorer as rs
-from tcopd.runtime.forward import model_response_logprobs
-from tcopd.runtime.scorer import Scorer
+from tcopd.runtime.models import loading as rm
+from tcopd.runtime.scoring import forward as rf
+from tcopd.runtime.scoring import scorer as rs
+from tcopd.runtime.scoring.forward import model_response_logprobs
+from tcopd.runtime.scoring.scorer import Scorer
 
 TOL = 1e-5
 
@@ -187,7 +187,7 @@ def test_oom_halves_budget_and_retries(world, batch, monkeypatch, caplog):
 
     monkeypatch.setattr(rs, "model_response_logprobs", flaky)
     scorer = Scorer({"m": model}, token_budget=1000)
-    with caplog.at_level("WARNING", logger="tcopd.runtime.scorer"):
+    with caplog.at_level("WARNING", logger="tcopd.runtime.scoring.scorer"):
         res = scorer.score(P, R)
     assert scorer.token_budget < 1000 and "token budget halved" in caplog.text
     assert max_err(res.logprobs["m"], reference64(model, P, R)) <= TOL

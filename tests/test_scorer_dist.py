@@ -10,9 +10,9 @@ import torch
 import torch.multiprocessing as mp
 from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
-from tcopd.runtime import models as rm
-from tcopd.runtime.distributed import round_robin_owners
-from tcopd.runtime.scorer import Scorer
+from tcopd.runtime.models import loading as rm
+from tcopd.runtime.scoring.scorer import Scorer
+from tcopd.runtime.training.distributed import round_robin_owners
 
 TEACHERS = ["t0", "t1", "t2"]
 
@@ -46,7 +46,7 @@ def _worker(rank: int, world: int, port: int, paths: dict, out_dir: str) -> None
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    from tcopd.runtime import distributed
+    from tcopd.runtime.training import distributed
 
     info = distributed.init_distributed("cpu")
     assert info.backend == "gloo" and info.world_size == world

@@ -1,4 +1,4 @@
-"""The served-teacher client (runtime/served.py) against a fake vLLM server, no vLLM needed.
+"""The served-teacher client (runtime/scoring/served.py) against a fake vLLM server, no vLLM needed.
 
 The fake server (standard library ``http.server`` in a thread) answers the four endpoints the
 client uses, like vLLM 0.32's OpenAI server does (``/v1/models``, ``/tokenize``, ``/detokenize``,
@@ -19,9 +19,9 @@ from helpers_tiny import make_tiny_qwen3, make_tokenizer, vocab_list
 
 from tcopd.cli.main import main
 from tcopd.errors import ConfigError, ModelError
-from tcopd.runtime import models as rm
-from tcopd.runtime import served
-from tcopd.runtime.scorer import Scorer
+from tcopd.runtime.models import loading as rm
+from tcopd.runtime.scoring import served
+from tcopd.runtime.scoring.scorer import Scorer
 
 
 class FakeVLLM:

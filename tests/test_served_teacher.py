@@ -23,7 +23,7 @@ import torch
 from helpers_tiny import make_tiny_qwen3, make_tokenizer
 from train_fixtures import run_cli
 
-from tcopd.runtime import served
+from tcopd.runtime.scoring import served
 from tcopd.runtime.toy.build import default_root, ensure_toy
 
 pytestmark = [

@@ -1,4 +1,4 @@
-"""The sweep's statistics (tcopd/runtime/stats.py) against hand computations and closed forms."""
+"""The sweep's statistics (tcopd/runtime/evaluation/stats.py) against hand computations and closed forms."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tcopd.runtime import stats
+from tcopd.runtime.evaluation import stats
 
 # Two-sided 95 % (and 99 %) critical values of Student's t, from printed tables.
 T_TABLE_975 = {1: 12.7062047, 2: 4.30265273, 3: 3.18244631, 4: 2.77644511, 9: 2.26215716}

@@ -22,7 +22,7 @@ from tcopd.errors import ConfigError
 from tcopd.pipelines.sweep import figures, report
 from tcopd.pipelines.sweep.config import SweepConfig, expand_grid, find_baseline
 from tcopd.pipelines.sweep.runner import plan_runs
-from tcopd.runtime import stats
+from tcopd.runtime.evaluation import stats
 
 REPO = Path(__file__).resolve().parents[1]
 

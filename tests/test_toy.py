@@ -53,7 +53,7 @@ def test_generated_answers_match_the_question_text(domain):
 
 
 def test_solution_styles_are_arithmetically_correct_and_verify():
-    from tcopd.runtime.grading import extract_boxed, verify_answer
+    from tcopd.runtime.evaluation.grading import extract_boxed, verify_answer
 
     rng = random.Random(2)
     for i in range(120):
@@ -136,7 +136,7 @@ def test_small_build_artefacts_load_with_transformers(small_world):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tcopd.runtime.datasets import load_prepared
+    from tcopd.runtime.data.datasets import load_prepared
 
     world, seen = small_world
     assert {e.phase for e in seen} >= {"data", "student", "expert", "anti_expert", "table"}
@@ -184,7 +184,7 @@ def test_small_build_table_is_produced(small_world):
 
 
 def world_rows(world):
-    from tcopd.runtime.datasets import load_prepared
+    from tcopd.runtime.data.datasets import load_prepared
 
     return load_prepared(world.test_files["math"])
 
@@ -243,7 +243,8 @@ def test_default_root(monkeypatch, tmp_path):
 
 
 def test_load_benchmark_toy_from_world_dir_or_file(small_world):
-    from tcopd.runtime.datasets import load_benchmark, load_prepared
+    from tcopd.pipelines.benchmarks import load_benchmark
+    from tcopd.runtime.data.datasets import load_prepared
 
     world, _ = small_world
     expected = load_prepared(world.test_files["math"])

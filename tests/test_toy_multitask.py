@@ -132,7 +132,7 @@ def test_small_build_layout_and_models(small_world):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tcopd.runtime.datasets import load_prepared
+    from tcopd.runtime.data.datasets import load_prepared
 
     world, seen = small_world
     phases = {e.phase for e in seen}
@@ -246,9 +246,9 @@ def _remeasure(model_dir, rows, seed: int, max_new_tokens: int) -> float:
     table code: its own sampling seed, engine and grading calls)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tcopd.runtime.grading import Grader
-    from tcopd.runtime.prompts import render_prompt
-    from tcopd.runtime.rollout import HFEngine, SamplingParams
+    from tcopd.runtime.data.prompts import render_prompt
+    from tcopd.runtime.evaluation.grading import Grader
+    from tcopd.runtime.generation.rollout import HFEngine, SamplingParams
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
@@ -270,7 +270,7 @@ def test_full_multitask_world_shape():
     """The default multi-task world (built here on first use, ~6 minutes on 2 free cores; reused
     after): each teacher ≥ 40 points above the student on its own domain and below the student
     + 10 on the other, from the stored table; then the code cells re-measured with a fresh seed."""
-    from tcopd.runtime.datasets import load_prepared
+    from tcopd.runtime.data.datasets import load_prepared
     from tcopd.runtime.toy.multitask import ensure_toy_multitask
 
     t0 = time.time()

@@ -132,7 +132,7 @@ def test_cli_prepare_toy_installs_and_prints_the_table(tmp_path, capsys):
 def test_a_rebuilt_world_given_by_path_is_used_as_it_is(tmp_path):
     """load_benchmark("toy", from_path=DIR) never replaces DIR's world with the shipped one, even
     when DIR holds a rebuild of the shipped seed and size (origin "built")."""
-    from tcopd.runtime.datasets import load_benchmark
+    from tcopd.pipelines.benchmarks import load_benchmark
 
     world = build.ensure_toy(tmp_path / "rebuilt", seed=3, size="small")
     manifest_path = world.root / "toy.json"

@@ -86,8 +86,8 @@ def test_opd_gradient_equals_reverse_kl_gradient(world):
     from tcopd.core.objective import policy_loss
     from tcopd.core.signal import pad_right, training_signal
     from tcopd.core.teachers import TeacherSpec
-    from tcopd.runtime.forward import model_response_logprobs
-    from tcopd.runtime.models import load_causal_lm
+    from tcopd.runtime.models.loading import load_causal_lm
+    from tcopd.runtime.scoring.forward import model_response_logprobs
 
     student = load_causal_lm(world.student).train()
     teacher = load_causal_lm(world.expert)

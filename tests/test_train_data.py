@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tcopd.pipelines.train.data import STREAMS, derived_seed, rank_share, step_prompts
-from tcopd.runtime.rollout import batch_seed
+from tcopd.runtime.generation.rollout import batch_seed
 
 
 def test_derived_seeds_are_the_engine_mixer_on_separate_streams():

@@ -73,7 +73,7 @@ def test_train_and_score_compute_the_same_signal(case, normalization):
     from tcopd.pipelines.train.grade import Grades
     from tcopd.pipelines.train.rollout import Rollouts
     from tcopd.pipelines.train.score import Scores
-    from tcopd.runtime.rollout import Completion
+    from tcopd.runtime.generation.rollout import Completion
 
     _, specs, table = case
     table = validate_lambda_table(table, specs)
@@ -161,7 +161,7 @@ def test_extreme_log_ratio_gives_a_finite_gradient():
 
 
 class _NanEngine:
-    """Just enough of TrainEngine for ppo_update, with a gradient norm of NaN."""
+    """Just enough of Learner for ppo_update, with a gradient norm of NaN."""
 
     def __init__(self, model):
         self.module = model
@@ -215,7 +215,7 @@ def _batch(seed: int = 1):
 def test_non_finite_gradient_norm_is_an_error_naming_the_step(monkeypatch):
     from tcopd.pipelines.train import step as step_module
     from tcopd.pipelines.train.update import UpdateSettings, ppo_update
-    from tcopd.runtime.distributed import Reduce
+    from tcopd.runtime.training.distributed import Reduce
 
     with pytest.raises(TrainingError, match="non-finite gradient norm"):
         ppo_update(_NanEngine(_tiny_model()), _batch(), PPOLoss(), UpdateSettings(), 0, Reduce())
@@ -232,15 +232,15 @@ def test_update_does_not_depend_on_the_token_budget():
     """ZeRO-2, one process: micro-batches of ≤64 padded tokens vs one of ≤4096 give the same
     weights (guards the ×world_size factor and the global normalisers)."""
     from tcopd.pipelines.train.update import UpdateSettings, ppo_update
-    from tcopd.runtime.distributed import Reduce
-    from tcopd.runtime.engine import TrainEngine
+    from tcopd.runtime.training.distributed import Reduce
+    from tcopd.runtime.training.learner import Learner
 
     weights, losses = {}, {}
     for budget in (64, 4096):
-        engine = TrainEngine(_tiny_model(), lr=1e-3, zero_stage=2, grad_clip=0.0)
+        learner = Learner(_tiny_model(), lr=1e-3, zero_stage=2, grad_clip=0.0)
         for agg in ("token-mean", "seq-mean-token-mean"):
             losses[budget, agg] = out = ppo_update(
-                engine,
+                learner,
                 _batch(),
                 PPOLoss(aggregation=agg),
                 UpdateSettings(epochs=2, mini_batches=2, token_budget=budget),
@@ -248,7 +248,7 @@ def test_update_does_not_depend_on_the_token_budget():
                 reduce=Reduce(),
             )
             assert out["updates"] == 4
-        weights[budget] = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+        weights[budget] = {k: v.detach().clone() for k, v in learner.module.state_dict().items()}
     start = _tiny_model().state_dict()
     assert any(not torch.equal(start[k], weights[64][k]) for k in start)  # it did train
     # the reported loss is Σ over micro-batches of their share: a wrong normaliser changes it
@@ -283,9 +283,9 @@ def test_on_policy_old_from_the_update_forward_equals_a_separate_forward():
     from tcopd.core.objective import truncated_is_weight
     from tcopd.core.signal import pad_right
     from tcopd.pipelines.train.update import OnPolicy, UpdateBatch, UpdateSettings, ppo_update
-    from tcopd.runtime.distributed import Reduce
-    from tcopd.runtime.engine import TrainEngine
-    from tcopd.runtime.forward import batched_response_logprobs
+    from tcopd.runtime.scoring.forward import batched_response_logprobs
+    from tcopd.runtime.training.distributed import Reduce
+    from tcopd.runtime.training.learner import Learner
 
     base = _batch()
     g = torch.Generator().manual_seed(5)
@@ -293,29 +293,29 @@ def test_on_policy_old_from_the_update_forward_equals_a_separate_forward():
     rollout = base.old_logp_BT + 0.01 * torch.randn(base.old_logp_BT.shape, generator=g)
     settings = UpdateSettings(epochs=1, mini_batches=1, token_budget=64)
     # (a) a separate π_old forward, then the usual update
-    engine = TrainEngine(_tiny_model(), lr=1e-3, zero_stage=2, grad_clip=0.0)
+    learner = Learner(_tiny_model(), lr=1e-3, zero_stage=2, grad_clip=0.0)
     old_rows, ent_rows = batched_response_logprobs(
-        engine.module, base.prompt_ids, base.response_ids, 4096, 512
+        learner.module, base.prompt_ids, base.response_ids, 4096, 512
     )
     T = base.mask_BT.shape[1]
     old = pad_right(old_rows, T)
     adv = (partial - 1.5 * old) * base.mask_BT
     isw = truncated_is_weight(old, rollout, 5.0) * base.mask_BT
     batch_a = UpdateBatch(base.prompt_ids, base.response_ids, base.mask_BT, old, adv, isw)
-    out_a = ppo_update(engine, batch_a, PPOLoss(), settings, 0, Reduce())
-    weights_a = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    out_a = ppo_update(learner, batch_a, PPOLoss(), settings, 0, Reduce())
+    weights_a = {k: v.clone() for k, v in learner.module.state_dict().items()}
     # (b) π_old from the update's forward
-    engine = TrainEngine(_tiny_model(), lr=1e-3, zero_stage=2, grad_clip=0.0)
+    learner = Learner(_tiny_model(), lr=1e-3, zero_stage=2, grad_clip=0.0)
     zeros = torch.zeros_like(base.mask_BT)
     op = OnPolicy(1.5, rollout, 5.0, zeros, zeros.clone())
     batch_b = UpdateBatch(
         base.prompt_ids, base.response_ids, base.mask_BT, zeros, partial, None, op
     )
-    out_b = ppo_update(engine, batch_b, PPOLoss(), settings, 0, Reduce())
+    out_b = ppo_update(learner, batch_b, PPOLoss(), settings, 0, Reduce())
     torch.testing.assert_close(op.old_logp_BT, old, atol=1e-5, rtol=0)
     torch.testing.assert_close(op.entropy_BT, pad_right(ent_rows, T), atol=1e-5, rtol=0)
     assert out_a["loss"] == pytest.approx(out_b["loss"], abs=1e-6)
-    for k, v in engine.module.state_dict().items():
+    for k, v in learner.module.state_dict().items():
         torch.testing.assert_close(v, weights_a[k], atol=1e-6, rtol=0)
 
 
@@ -326,9 +326,9 @@ def test_dense_update_equals_a_float64_full_logits_loss():
     from tcopd.core.dense import Head
     from tcopd.core.objective import teacher_weights
     from tcopd.pipelines.train.update import DenseTargets, UpdateSettings, ppo_update
-    from tcopd.runtime.distributed import Reduce
-    from tcopd.runtime.engine import TrainEngine
-    from tcopd.runtime.scorer import Scorer
+    from tcopd.runtime.scoring.scorer import Scorer
+    from tcopd.runtime.training.distributed import Reduce
+    from tcopd.runtime.training.learner import Learner
 
     base = _batch()
     teachers = {"expert": _tiny_model(1), "anti_expert": _tiny_model(2)}
@@ -343,15 +343,15 @@ def test_dense_update_equals_a_float64_full_logits_loss():
     )
     dense = DenseTargets(("expert", "anti_expert"), hidden, heads, w_BK, beta)
     batch = dataclasses_replace(base, dense=dense)
-    engine = TrainEngine(_tiny_model(0), lr=1e-4, zero_stage=2, grad_clip=0.0)
-    out = ppo_update(engine, batch, PPOLoss(), settings, 0, Reduce())
-    weights = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    learner = Learner(_tiny_model(0), lr=1e-4, zero_stage=2, grad_clip=0.0)
+    out = ppo_update(learner, batch, PPOLoss(), settings, 0, Reduce())
+    weights = {k: v.clone() for k, v in learner.module.state_dict().items()}
 
     def lsm64(model, p, r):
         logits = model(torch.tensor([p + r])).logits[0, len(p) - 1 : len(p) + len(r) - 1]
         return torch.log_softmax(logits.double() / tau, -1)
 
-    engine = TrainEngine(_tiny_model(0), lr=1e-4, zero_stage=2, grad_clip=0.0)
+    learner = Learner(_tiny_model(0), lr=1e-4, zero_stage=2, grad_clip=0.0)
     total, n_tok = 0.0, float(base.mask_BT.sum())
     for p, r in zip(base.prompt_ids, base.response_ids):
         with torch.no_grad():
@@ -359,18 +359,18 @@ def test_dense_update_equals_a_float64_full_logits_loss():
                 lsm64(m, p, r) for m in (ref, teachers["expert"], teachers["anti_expert"])
             )
             target = torch.log_softmax(lr_ + (0.75 * (le - lr_) - 0.25 * (la - lr_)) / beta, -1)
-        ls = lsm64(engine.module, p, r)
+        ls = lsm64(learner.module, p, r)
         kl = beta * (ls.exp() * (ls - target)).sum(-1)
         loss = kl.sum() / n_tok  # token-mean over the mini-batch
-        engine.backward(loss.float())
+        learner.backward(loss.float())
         total += float(loss)
-    engine.step()
+    learner.step()
     assert out["loss"] == pytest.approx(total, abs=1e-5)
     # (AdamW's first step is ≈ lr·sign(g): a small lr keeps float noise on g ≈ 0 below 1e-6,
     # while a wrong gradient would move a weight the other way by ~2·lr)
     start = _tiny_model(0).state_dict()
     assert max(float((weights[k] - start[k]).abs().max()) for k in start) > 5e-5
-    for k, v in engine.module.state_dict().items():
+    for k, v in learner.module.state_dict().items():
         torch.testing.assert_close(weights[k], v, atol=1e-6, rtol=0)
 
 

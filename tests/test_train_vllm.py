@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from train_fixtures import make_world, run_cli, tiny_args
 
-from tcopd.runtime.rollout import HFEngine, SamplingParams
+from tcopd.runtime.generation.rollout import HFEngine, SamplingParams
 
 pytestmark = [
     pytest.mark.vllm,
@@ -59,7 +59,7 @@ def test_after_each_sync_vllm_samples_from_the_trainers_weights(world, tmp_path)
     from tcopd.pipelines.train.config import load_train_config
     from tcopd.pipelines.train.setup import build_trainer
     from tcopd.pipelines.train.step import train_step
-    from tcopd.runtime import distributed
+    from tcopd.runtime.training import distributed
 
     args = tiny_args(world, tmp_path / "run", "--engine", "vllm", "--lr", "0.05")[1:]
     flags = {a[2:].replace("-", "_"): b for a, b in zip(args[::2], args[1::2])}
@@ -74,10 +74,10 @@ def test_after_each_sync_vllm_samples_from_the_trainers_weights(world, tmp_path)
         text = " ".join(f"what is {i % 7} + {i % 5} ?" for i in range(30))
         shared = tr.tokenizer(text, add_special_tokens=False)["input_ids"]
         prompts = tr.data.ids[:4] + [shared + tr.data.ids[0], shared + tr.data.ids[1]]
-        before = greedy(HFEngine(tr.engine.module, tr.tokenizer, device="cpu"), prompts)
+        before = greedy(HFEngine(tr.learner.module, tr.tokenizer, device="cpu"), prompts)
         assert greedy(tr.rollout, prompts) == before
         rows = [train_step(tr, s) for s in range(2)]
-        after = greedy(HFEngine(tr.engine.module, tr.tokenizer, device="cpu"), prompts)
+        after = greedy(HFEngine(tr.learner.module, tr.tokenizer, device="cpu"), prompts)
         assert after != before  # the weights moved: the comparison below can fail
         assert greedy(tr.rollout, prompts) == after
         _check_is_weights(rows)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
-from tcopd.runtime.rollout import HFEngine, SamplingParams
+from tcopd.runtime.generation.rollout import HFEngine, SamplingParams
 
 pytestmark = [
     pytest.mark.vllm,
@@ -24,7 +24,7 @@ def world(tmp_path_factory):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from transformers import AutoModelForCausalLM
 
-    from tcopd.runtime.vllm_engine import VLLMEngine
+    from tcopd.runtime.generation.vllm_engine import VLLMEngine
 
     root = tmp_path_factory.mktemp("vllm")
     tok_dir = make_tokenizer(root)

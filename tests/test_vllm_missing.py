@@ -8,7 +8,7 @@ import pytest
 from helpers_tiny import make_tiny_qwen3, make_tokenizer
 
 from tcopd.errors import ModelError, TcopdError
-from tcopd.runtime.rollout import make_engine
+from tcopd.runtime.generation.rollout import make_engine
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is not None, reason="vllm is installed"

@@ -68,7 +68,7 @@ def run(opts: dict[str, Any], rec) -> None:
     from gpu_check.shapes import build_model, qwen3_config
     from tcopd.core.batching import padding_fraction, plan_padded
     from tcopd.pipelines.train.config import TrainConfig
-    from tcopd.runtime.scorer import Scorer
+    from tcopd.runtime.scoring.scorer import Scorer
 
     tiny = bool(opts.get("tiny"))
     device, dtype = device_and_dtype(opts)

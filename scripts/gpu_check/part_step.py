@@ -10,7 +10,7 @@ functions, as ``tcopd.pipelines.train.step.train_step`` calls them:
 1. π_old: ``batched_response_logprobs`` on the training module (as with the vLLM engine);
 2. π_ref + teachers: ``Scorer.score`` with the teachers' placement;
 3. advantages (``training_signal``), then one PPO update (``ppo_update`` through
-   ``TrainEngine``: one epoch, one mini-batch, so one optimizer step).
+   ``Learner``: one epoch, one mini-batch, so one optimizer step).
 
 Each phase records its time and CUDA's peak allocated memory. Under ``offload`` the scorer keeps
 π_ref and both teachers in CPU memory and moves each onto the GPU only to score (as the trainer).
@@ -35,11 +35,11 @@ ROWS = [f"{p}: {ph}" for p in PLACEMENTS for ph in PHASES] + ["teachers resident
 LAMBDAS = {"expert": 1.5, "anti_expert": -0.5}
 
 
-def _train_engine(student, cfg, bf16: bool, offload_optimizer: bool):
-    """``TrainEngine`` at ZeRO-3 (optionally with the optimizer state offloaded to CPU)."""
-    from tcopd.runtime.engine import TrainEngine
+def _learner(student, cfg, bf16: bool, offload_optimizer: bool):
+    """``Learner`` at ZeRO-3 (optionally with the optimizer state offloaded to CPU)."""
+    from tcopd.runtime.training.learner import Learner
 
-    return TrainEngine(
+    return Learner(
         student,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
@@ -82,7 +82,7 @@ def run(opts: dict[str, Any], rec) -> None:
         name: build_model(config, device, dtype, seed=1 + k).requires_grad_(False)
         for k, name in enumerate(LAMBDAS)
     }
-    engine = _train_engine(student, cfg, dtype == torch.bfloat16, offload_opt)
+    learner = _learner(student, cfg, dtype == torch.bfloat16, offload_opt)
     model_gb = n_params(reference) * reference.dtype.itemsize / 1e9
     g = torch.Generator().manual_seed(0)
     prompts = [
@@ -109,7 +109,7 @@ def run(opts: dict[str, Any], rec) -> None:
     for placement in PLACEMENTS:
         try:
             phases = _one_step(
-                engine, reference, teachers, prompts, responses, placement, device, cfg
+                learner, reference, teachers, prompts, responses, placement, device, cfg
             )
         except Exception as e:
             if not is_oom(e):
@@ -168,16 +168,16 @@ def run(opts: dict[str, Any], rec) -> None:
 
 
 def _one_step(
-    engine, reference, teachers, prompts, responses, placement, device, cfg
+    learner, reference, teachers, prompts, responses, placement, device, cfg
 ) -> dict[str, dict[str, Any]]:
     """Score π_old, π_ref and the teachers, compute advantages, one PPO update; per-phase stats."""
     from tcopd.core.objective import PPOLoss
     from tcopd.core.signal import training_signal
     from tcopd.core.teachers import TeacherSpec
     from tcopd.pipelines.train.update import UpdateBatch, UpdateSettings, ppo_update
-    from tcopd.runtime.distributed import Reduce
-    from tcopd.runtime.forward import batched_response_logprobs
-    from tcopd.runtime.scorer import Scorer
+    from tcopd.runtime.scoring.forward import batched_response_logprobs
+    from tcopd.runtime.scoring.scorer import Scorer
+    from tcopd.runtime.training.distributed import Reduce
 
     scorer = Scorer(
         {"reference": reference, **teachers},
@@ -193,7 +193,7 @@ def _one_step(
     with phase(device, out["step"]):
         with phase(device, out["π_old"]):
             old_lp, _ = batched_response_logprobs(
-                engine.module, prompts, responses, cfg.score_token_budget, cfg.chunk_size
+                learner.module, prompts, responses, cfg.score_token_budget, cfg.chunk_size
             )
         step_peak = [out["π_old"]["peak_gb"]]
         with phase(device, out["ref + teachers"]):
@@ -211,7 +211,7 @@ def _one_step(
         )
         with phase(device, out["update"]):
             upd = ppo_update(
-                engine,
+                learner,
                 UpdateBatch(prompts, responses, signal.mask_BT, signal.old_BT, signal.adv_BT, None),
                 PPOLoss(cfg.clip_eps, cfg.clip_eps_high, cfg.dual_clip, cfg.aggregation),
                 UpdateSettings(1, 1, cfg.train_token_budget, cfg.chunk_size),

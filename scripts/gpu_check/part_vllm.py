@@ -47,8 +47,8 @@ def run(opts: dict[str, Any], rec) -> None:
     from helpers_tiny import make_tiny_qwen3, make_tokenizer
     from transformers import AutoModelForCausalLM
 
-    from tcopd.runtime.rollout import HFEngine, SamplingParams
-    from tcopd.runtime.vllm_engine import VLLMEngine
+    from tcopd.runtime.generation.rollout import HFEngine, SamplingParams
+    from tcopd.runtime.generation.vllm_engine import VLLMEngine
 
     rec.set_info(vllm=getattr(vllm, "__version__", "?"), device="cuda" if cuda else "cpu")
     root = Path(tempfile.mkdtemp(prefix="gpu-check-vllm-"))

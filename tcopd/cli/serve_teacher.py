@@ -1,7 +1,7 @@
 """``tcopd serve-teacher``: a vLLM server fit to score a teacher (docs/serving.md).
 
 Optional: any ``vllm serve`` started with the same flags works. This one adds what scoring
-needs (:func:`tcopd.runtime.served.server_command`), checks the Python and the port first,
+needs (:func:`tcopd.runtime.scoring.served.server_command`), checks the Python and the port first,
 prints the URL to pass as ``--teacher NAME=URL:LAMBDA`` once the server answers, and stops the
 server on Ctrl-C.
 """
@@ -16,7 +16,7 @@ import typer
 
 from tcopd.cli.main import app
 from tcopd.cli.options import console
-from tcopd.runtime import served
+from tcopd.runtime.scoring import served
 
 
 @app.command(

@@ -23,7 +23,7 @@ from tcopd.errors import ConfigError
 from tcopd.pipelines import train as pipeline
 from tcopd.pipelines.train import TrainConfig
 from tcopd.progress import Event
-from tcopd.runtime.distributed import env_world
+from tcopd.runtime.training.distributed import env_world
 
 _YAML_ONLY = ", ".join(yaml_only(TrainConfig))
 

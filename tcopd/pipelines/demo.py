@@ -43,7 +43,7 @@ from tcopd.pipelines import sweep
 from tcopd.pipelines import train as train_pipeline
 from tcopd.pipelines.analyze import Row, Table, cost, curves, length, render, write_table
 from tcopd.progress import Event, Progress
-from tcopd.runtime.io import atomic_write_text, write_json
+from tcopd.runtime.data.io import atomic_write_text, write_json
 from tcopd.runtime.toy import ensure_toy
 
 # (run name, λ of the expert, λ of the anti-expert or None): the paper's Table 1 rows.

@@ -25,7 +25,7 @@ from typing import Any
 
 from tcopd.pipelines import sweep
 from tcopd.progress import Progress, report
-from tcopd.runtime import io
+from tcopd.runtime.data import io
 from tcopd.runtime.toy import ensure_toy_multitask
 
 MULTI = ("routed-opd", "routed-g-opd", "tc-opd-0.5", "tc-opd-1.5")

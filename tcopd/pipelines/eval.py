@@ -4,7 +4,7 @@ Algorithm choices:
 
 - Data: a benchmark name (``aime24``, ``aime25``, ``math500``, ``toy``, ``toy-code``,
   ``toy-multitask``) through
-  ``runtime.datasets.load_benchmark`` (with ``data``: a local copy of it), or ``data`` alone = a
+  ``pipelines.benchmarks.load_benchmark`` (with ``data``: a local copy of it), or ``data`` alone = a
   file in the prepared (verl) format. The
   prompt is the row's ``prompt`` messages rendered with ``template`` (``chat``: the tokenizer's
   chat template with ``enable_thinking=False``; ``plain``; ``auto``: chat when the tokenizer has
@@ -12,7 +12,7 @@ Algorithm choices:
 - Generation is one engine call per problem (all n samples of one prompt — no padding), with the
   sampler seeded from ``(seed, problem position)``. So a problem's samples do not depend on
   which other problems ran before it, which is what makes resuming exact.
-- Grading (``runtime.grading.Grader``: last ``\\boxed{}``, math-verify in worker processes with
+- Grading (``runtime.evaluation.grading.Grader``: last ``\\boxed{}``, math-verify in worker processes with
   a per-sample wall-clock limit) overlaps with generation: a problem's samples are submitted as
   soon as they exist and rows are appended to ``samples.jsonl`` (fsynced) as verdicts arrive.
 - Resume: re-running the same command reads ``samples.jsonl``, keeps the finished
@@ -52,6 +52,7 @@ from typing import Any
 
 from tcopd.config import read_yaml, to_dict, write_resolved
 from tcopd.errors import ConfigError, DataError
+from tcopd.pipelines.benchmarks import BENCHMARKS, load_benchmark
 from tcopd.pipelines.eval_config import IDENTITY_FIELDS, EvalConfig
 from tcopd.pipelines.eval_samples import (
     SAMPLE_FIELDS,
@@ -62,11 +63,11 @@ from tcopd.pipelines.eval_samples import (
     varying_n_warning,
 )
 from tcopd.progress import Progress, report
-from tcopd.runtime import datasets, io, toy
-from tcopd.runtime import models as model_io
-from tcopd.runtime.datasets import BENCHMARKS
-from tcopd.runtime.grading import Grader, extract_boxed
-from tcopd.runtime.prompts import render_prompt
+from tcopd.runtime import toy
+from tcopd.runtime.data import datasets, io
+from tcopd.runtime.data.prompts import render_prompt
+from tcopd.runtime.evaluation.grading import Grader, extract_boxed
+from tcopd.runtime.models import loading as model_io
 
 __all__ = [
     "BENCHMARKS",
@@ -133,7 +134,7 @@ def _rows_to_problems(rows: Sequence[dict[str, Any]], source: str) -> list[Probl
 def load_problems(config: EvalConfig) -> tuple[str, list[Problem]]:
     """(benchmark label, problems) for a benchmark name or a prepared-format file."""
     if config.benchmark is not None:  # with --data: a local copy of that benchmark
-        rows = datasets.load_benchmark(config.benchmark, from_path=config.data)
+        rows = load_benchmark(config.benchmark, from_path=config.data)
         label, source = config.benchmark, config.data or config.benchmark
     else:
         rows = datasets.load_prepared(config.data)  # type: ignore[arg-type]
@@ -301,8 +302,8 @@ class _Grading:
 def _engine(config: EvalConfig, model: str) -> Any:
     """The rollout engine (hf or vllm) for ``model`` with the config's settings."""
     # transformers is imported here, not at the top: `tcopd --help` should not pay for it
-    from tcopd.runtime import lora
-    from tcopd.runtime.rollout import make_engine
+    from tcopd.runtime.generation.rollout import make_engine
+    from tcopd.runtime.models import lora
 
     if config.engine == "vllm" and lora.adapter_dir(model) is not None:
         raise ConfigError(
@@ -323,7 +324,10 @@ def _engine(config: EvalConfig, model: str) -> Any:
 
 def _sampling(config: EvalConfig, prob: Problem, room: int | None) -> Any:
     """One problem's n samples, seeded by its position (so resuming is exact); ``room``: context left."""
-    from tcopd.runtime.rollout import SamplingParams, batch_seed  # transformers: see _engine
+    from tcopd.runtime.generation.rollout import (  # transformers: see _engine
+        SamplingParams,
+        batch_seed,
+    )
 
     return SamplingParams(
         n=config.n,

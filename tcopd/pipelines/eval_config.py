@@ -12,8 +12,8 @@ from typing import Literal
 
 from tcopd.config import field
 from tcopd.errors import ConfigError
-from tcopd.runtime.datasets import BENCHMARKS
-from tcopd.runtime.models import resolve_dtype
+from tcopd.pipelines.benchmarks import BENCHMARKS
+from tcopd.runtime.models.loading import resolve_dtype
 
 # Fields a run's identity depends on: resuming with any of them changed would mix two runs.
 IDENTITY_FIELDS = (

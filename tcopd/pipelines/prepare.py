@@ -11,7 +11,7 @@ Choices:
 - Output is ``<out>/<name>.parquet`` plus a JSONL copy, each written atomically; an empty result
   is an error, never an empty file.
 - Control characters: the benchmarks and math-domain ``file`` rows share one rule
-  (:func:`tcopd.runtime.datasets.repair_control_chars`): lost LaTeX escapes are repaired and
+  (:func:`tcopd.runtime.data.datasets.repair_control_chars`): lost LaTeX escapes are repaired and
   the repaired rows counted in ``PrepareResult.repaired`` (and a note); anything else is an error.
 """
 
@@ -24,15 +24,15 @@ from typing import Any, Literal
 from tcopd.config import field as setting
 from tcopd.errors import ConfigError
 from tcopd.progress import Progress
-from tcopd.runtime import datasets as ds
-from tcopd.runtime.io import write_jsonl, write_parquet
-from tcopd.runtime.models import load_tokenizer
-from tcopd.runtime.prompts import (
+from tcopd.runtime.data import datasets as ds
+from tcopd.runtime.data.io import write_jsonl, write_parquet
+from tcopd.runtime.data.prompts import (
     DEFAULT_INSTRUCTION,
     PLAIN_FORMAT,
     check_plain_format,
     render_prompt,
 )
+from tcopd.runtime.models.loading import load_tokenizer
 from tcopd.runtime.toy import default_root, ensure_toy
 from tcopd.runtime.toy.build import read_manifest
 from tcopd.runtime.toy.shipped import shipped_table

@@ -44,11 +44,13 @@ from tcopd.core.teachers import (
 from tcopd.errors import ConfigError, DataError
 from tcopd.pipelines.score_rows import Row, context_prompts, read_score_rows
 from tcopd.progress import Progress
-from tcopd.runtime import distributed, models, served
-from tcopd.runtime.contexts import ContextRenderer, load_contexts
-from tcopd.runtime.io import write_rows
-from tcopd.runtime.prompts import check_framing
-from tcopd.runtime.scorer import Scorer
+from tcopd.runtime.data.io import write_rows
+from tcopd.runtime.data.prompts import check_framing
+from tcopd.runtime.models import loading as models
+from tcopd.runtime.scoring import served
+from tcopd.runtime.scoring.contexts import ContextRenderer, load_contexts
+from tcopd.runtime.scoring.scorer import Scorer
+from tcopd.runtime.training import distributed
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcopd.errors import DataError
-from tcopd.runtime.contexts import ContextRenderer
-from tcopd.runtime.io import read_rows
-from tcopd.runtime.prompts import render_prompt
+from tcopd.runtime.data.io import read_rows
+from tcopd.runtime.data.prompts import render_prompt
+from tcopd.runtime.scoring.contexts import ContextRenderer
 
 
 @dataclass

@@ -32,7 +32,7 @@ from tcopd.pipelines.analyze.sources import (
     run_columns,
 )
 from tcopd.pipelines.analyze.tables import Row, Table
-from tcopd.runtime.plots import plot_curves
+from tcopd.runtime.evaluation.plots import plot_curves
 
 XY = tuple[list[int], list[float]]
 

@@ -24,8 +24,8 @@ from tcopd.config import read_yaml
 from tcopd.errors import ConfigError, DataError
 from tcopd.pipelines.analyze.tables import unique_names
 from tcopd.progress import Progress  # noqa: F401  (the analyze pipelines import it from here)
-from tcopd.runtime.grading import extract_boxed
-from tcopd.runtime.io import iter_jsonl
+from tcopd.runtime.data.io import iter_jsonl
+from tcopd.runtime.evaluation.grading import extract_boxed
 
 # ---------------------------------------------------------------------------------------------
 # samples.jsonl
@@ -97,7 +97,7 @@ def load_samples(
 
 def tokenizer_counter(path: str) -> Callable[[str], int]:
     """``text -> number of tokens`` with the tokenizer at ``path`` (no special tokens added)."""
-    from tcopd.runtime.models import load_tokenizer  # imports torch: only when asked for
+    from tcopd.runtime.models.loading import load_tokenizer  # imports torch: only when asked for
 
     tok = load_tokenizer(path)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tcopd.errors import ConfigError
-from tcopd.runtime.io import atomic_write_text
+from tcopd.runtime.data.io import atomic_write_text
 
 Format = Literal["table", "csv", "json"]
 FORMATS: tuple[str, ...] = ("table", "csv", "json")

@@ -7,7 +7,7 @@ eval`` per run in subprocesses, resumable) → ``report`` (``sweep.json``, CSVs,
 
 Where things are: ``config.py`` (SweepConfig, the grid, resolved settings, what a restart must
 match), ``runner.py`` (state, subprocesses, devices), ``report.py`` (statistics, claims and
-tables; the formulas in ``tcopd.runtime.stats``), ``figures.py`` (curves, forest plot, λ
+tables; the formulas in ``tcopd.runtime.evaluation.stats``), ``figures.py`` (curves, forest plot, λ
 heatmap, domains), ``child.py`` (the subprocess launcher).
 
 Restart: running the same sweep again (or ``--resume OUT``) skips finished runs, evaluates
@@ -45,7 +45,7 @@ from tcopd.pipelines.sweep.config import (
 from tcopd.pipelines.sweep.runner import Run, RunContext, State, device_slots, plan_runs, run_all
 from tcopd.progress import Progress
 from tcopd.progress import report as notify
-from tcopd.runtime import io
+from tcopd.runtime.data import io
 
 __all__ = [
     "SweepConfig",

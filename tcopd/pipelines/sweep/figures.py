@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tcopd.pipelines.sweep.config import Setting
-from tcopd.runtime import plots, stats
+from tcopd.runtime.evaluation import plots, stats
 
 if TYPE_CHECKING:  # report re-exports write_figures: a runtime import would be a cycle
     from tcopd.pipelines.sweep.report import RunResult

@@ -3,7 +3,7 @@
 
 Inputs of a finished run: ``eval/samples.jsonl`` (each problem's fraction correct a[s, p], the
 response lengths) and ``train/metrics.jsonl`` (``rollout_accuracy`` per step). The formulas
-(docs/sweep.md) are in ``tcopd.runtime.stats``:
+(docs/sweep.md) are in ``tcopd.runtime.evaluation.stats``:
 
 - per setting, over its finished seeds: mean@n (%), mean response length (tokens), the AUC of
   the rollout-accuracy curve, the final rollout accuracy (trailing mean over ``smooth`` steps)
@@ -28,7 +28,8 @@ from typing import Any
 from tcopd.pipelines.sweep.config import Setting, SweepConfig
 from tcopd.pipelines.sweep.figures import write_figures as write_figures
 from tcopd.pipelines.sweep.runner import Run
-from tcopd.runtime import io, stats
+from tcopd.runtime.data import io
+from tcopd.runtime.evaluation import stats
 
 STATISTICS = ("mean_at_n", "mean_tokens", "auc", "final_rollout_accuracy", "steps_to_target")
 

@@ -39,8 +39,8 @@ import yaml
 from tcopd.pipelines.sweep.config import Setting
 from tcopd.pipelines.train import TrainConfig
 from tcopd.progress import Progress, report
-from tcopd.runtime import io
-from tcopd.runtime.checkpoint import checkpoint_model, latest_checkpoint
+from tcopd.runtime.data import io
+from tcopd.runtime.training.checkpoint import checkpoint_model, latest_checkpoint
 
 INTERRUPTED = (130, -2)  # the CLI's exit code on Ctrl-C; killed by SIGINT
 

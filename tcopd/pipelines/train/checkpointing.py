@@ -1,7 +1,7 @@
 """Checkpoints: DeepSpeed state + an HF model directory, committed atomically; resume from them.
 
 A checkpoint is written into a temporary directory and renamed into place by rank 0 only when
-complete (``runtime/checkpoint.py``), so a run killed mid-save keeps its previous checkpoint.
+complete (``runtime/training/checkpoint.py``), so a run killed mid-save keeps its previous checkpoint.
 Resuming restores weights, optimizer state and every RNG, then re-syncs the rollout engine.
 
 With ``--lora`` a checkpoint holds ``adapter/`` (PEFT's format, with the tokenizer) instead of
@@ -16,8 +16,9 @@ from pathlib import Path
 from tcopd.errors import ConfigError
 from tcopd.pipelines.train.rollout import sync
 from tcopd.pipelines.train.setup import Trainer
-from tcopd.runtime import checkpoint as ckpt
-from tcopd.runtime import distributed, lora
+from tcopd.runtime.models import lora
+from tcopd.runtime.training import checkpoint as ckpt
+from tcopd.runtime.training import distributed
 
 
 def save(tr: Trainer, run_dir: Path, step: int) -> Path:
@@ -27,14 +28,14 @@ def save(tr: Trainer, run_dir: Path, step: int) -> Path:
     tmp = ckpt.begin(run_dir, step) if tr.dist.is_main else root / f".tmp-{ckpt.step_name(step)}"
     distributed.barrier()
     adapter = tr.lora_student
-    tr.engine.save(tmp, {"step": step}, frozen=adapter is None)
-    state_dict = tr.engine.full_state_dict(trainable_only=adapter is not None)
+    tr.learner.save(tmp, {"step": step}, frozen=adapter is None)
+    state_dict = tr.learner.full_state_dict(trainable_only=adapter is not None)
     final = root / ckpt.step_name(step)
     if tr.dist.is_main:
         if adapter is not None:
             lora.save_adapter(adapter, state_dict, tr.tokenizer, tmp / "adapter")
         else:
-            ckpt.save_hf(tr.engine.module, tr.tokenizer, state_dict, tmp / "model")
+            ckpt.save_hf(tr.learner.module, tr.tokenizer, state_dict, tmp / "model")
         state = {
             "step": step,
             "seed": tr.cfg.seed,
@@ -56,7 +57,7 @@ def restore(tr: Trainer, run_dir: Path) -> int:
         raise ConfigError(
             f"--resume: the run was saved with {state['world_size']} process(es), now {tr.dist.world_size}"
         )
-    tr.engine.load(path, frozen=tr.lora_student is None)
+    tr.learner.load(path, frozen=tr.lora_student is None)
     ckpt.set_rng_state(state["rng"])
     sync(tr)
     return int(state["step"])

@@ -5,7 +5,7 @@ prompts of that stream, and rank ``r`` of ``W`` takes its contiguous share. A st
 depends only on (seed, step) and the weights, so a resumed run reproduces an uninterrupted one.
 
 Every seed the loop derives comes from one mixer, :func:`derived_seed` (splitmix64, the HF
-engine's own :func:`~tcopd.runtime.rollout.batch_seed`), each purpose on its own stream so that
+engine's own :func:`~tcopd.runtime.generation.rollout.batch_seed`), each purpose on its own stream so that
 two purposes never share a seed: the data order per epoch, the sampling per (step, rank), the
 update's mini-batch shuffles per step.
 """
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcopd.errors import DataError
-from tcopd.runtime.datasets import load_prepared
-from tcopd.runtime.prompts import render_prompt
-from tcopd.runtime.rollout import batch_seed
+from tcopd.runtime.data.datasets import load_prepared
+from tcopd.runtime.data.prompts import render_prompt
+from tcopd.runtime.generation.rollout import batch_seed
 
 STREAMS = {"data": 1, "sampling": 2, "update": 3}
 

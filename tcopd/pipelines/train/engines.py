@@ -31,8 +31,8 @@ import torch
 
 from tcopd.errors import ConfigError
 from tcopd.pipelines.train.config import TrainConfig
-from tcopd.runtime.distributed import DistInfo
-from tcopd.runtime.rollout import RolloutEngine, make_engine
+from tcopd.runtime.generation.rollout import RolloutEngine, make_engine
+from tcopd.runtime.training.distributed import DistInfo
 
 _MULTIPROC = "VLLM_ENABLE_V1_MULTIPROCESSING"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tcopd.core.metrics import mean_at_n, standard_error
 from tcopd.pipelines.train.setup import Trainer
-from tcopd.runtime.rollout import SamplingParams
+from tcopd.runtime.generation.rollout import SamplingParams
 
 
 def evaluate(tr: Trainer, step: int) -> dict[str, float]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from tcopd.pipelines.train.rollout import Rollouts
-from tcopd.runtime.grading import Grader
+from tcopd.runtime.evaluation.grading import Grader
 
 
 @dataclass(frozen=True)

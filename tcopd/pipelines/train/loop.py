@@ -34,11 +34,12 @@ from tcopd.pipelines.train.metrics import timer
 from tcopd.pipelines.train.setup import Trainer, build_trainer, teachers_of
 from tcopd.pipelines.train.step import train_step
 from tcopd.progress import Event, Progress
-from tcopd.runtime import checkpoint as ckpt
-from tcopd.runtime import distributed, lora
-from tcopd.runtime.io import JsonlAppender, read_jsonl_tolerant, write_jsonl
+from tcopd.runtime.data.io import JsonlAppender, read_jsonl_tolerant, write_jsonl
+from tcopd.runtime.generation.vllm_engine import INSTALL_HINT
+from tcopd.runtime.models import lora
 from tcopd.runtime.toy import ensure_toy
-from tcopd.runtime.vllm_engine import INSTALL_HINT
+from tcopd.runtime.training import checkpoint as ckpt
+from tcopd.runtime.training import distributed
 
 
 @dataclass
@@ -152,7 +153,7 @@ def run(
         finally:
             tr.rollout.close()  # a vLLM engine's processes stop here, before the group goes
     final = ckpt.latest_checkpoint(run_dir)
-    digest = weights_digest(tr.engine.full_state_dict())
+    digest = weights_digest(tr.learner.full_state_dict())
     if dist.distributed:
         distributed.shutdown()  # under a launcher: tear the group down together, not at exit
     model = ckpt.checkpoint_model(final) if final else None

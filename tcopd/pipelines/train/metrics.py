@@ -18,7 +18,7 @@ from tcopd.pipelines.train.grade import Grades
 from tcopd.pipelines.train.rollout import Rollouts
 from tcopd.pipelines.train.score import Scores
 from tcopd.pipelines.train.setup import Trainer
-from tcopd.runtime.scorer import peak_memory_gb
+from tcopd.runtime.scoring.scorer import peak_memory_gb
 
 
 @contextmanager

@@ -18,9 +18,9 @@ from typing import Any
 from tcopd.errors import TrainingError
 from tcopd.pipelines.train.data import derived_seed, rank_share, step_prompts
 from tcopd.pipelines.train.setup import Trainer
-from tcopd.runtime import lora
-from tcopd.runtime.rollout import Completion, SamplingParams
-from tcopd.runtime.vllm_engine import shared_memory, state_bytes
+from tcopd.runtime.generation.rollout import Completion, SamplingParams
+from tcopd.runtime.generation.vllm_engine import shared_memory, state_bytes
+from tcopd.runtime.models import lora
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def sync(tr: Trainer) -> None:
     if not tr.rollout.needs_weight_sync:
         return
     # collective under ZeRO-3: every rank calls it
-    state = tr.engine.full_state_dict(trainable_only=tr.lora_student is not None)
+    state = tr.learner.full_state_dict(trainable_only=tr.lora_student is not None)
     if tr.lora_student is not None and tr.cfg.engine == "vllm":
         write = partial(lora.write_adapter, tr.lora_student)
         _through_directory(tr, state, write, tr.rollout.update_adapter)  # type: ignore[attr-defined]

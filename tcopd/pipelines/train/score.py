@@ -14,7 +14,7 @@ With ``--lora`` and no ``--reference``, π_ref is the policy itself with its ada
 weights, no copy.
 
 A context teacher (``--teacher-prompt``) scores the same response ids after its own prompt ids
-(:class:`~tcopd.runtime.contexts.ContextRenderer`, one rendering per conversation).
+(:class:`~tcopd.runtime.scoring.contexts.ContextRenderer`, one rendering per conversation).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from tcopd.core.dense import Head
 from tcopd.pipelines.train.config import TrainConfig
 from tcopd.pipelines.train.rollout import Rollouts
 from tcopd.pipelines.train.setup import Trainer
-from tcopd.runtime.forward import batched_response_logprobs
-from tcopd.runtime.lora import reference_forward
+from tcopd.runtime.models.lora import reference_forward
+from tcopd.runtime.scoring.forward import batched_response_logprobs
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Choices:
   ``score_reference`` is ``auto``: the score phase then stands π_old in for it.
 - Only teachers with a non-zero λ (for some domain) are loaded (:func:`active_teachers`); with
   ``teacher_placement="shard"`` each lives on one rank, with ``offload`` in CPU memory.
-- ``--lora``: the student carries LoRA adapters (``runtime/lora.py``), only they are trained.
+- ``--lora``: the student carries LoRA adapters (``runtime/models/lora.py``), only they are trained.
   π_ref (unless ``--reference`` names another model) is then *the same module with its adapters
   disabled*: no copy is made; the score phase scores it inside ``lora.reference_forward`` through
   ``Trainer.adapter_reference``, a scorer holding the policy under the name ``reference``.
@@ -41,16 +41,18 @@ from tcopd.pipelines.train.config import TrainConfig
 from tcopd.pipelines.train.data import Prompts, load_prompts
 from tcopd.pipelines.train.engines import rollout_engine
 from tcopd.pipelines.train.update import UpdateSettings
-from tcopd.runtime import distributed, lora, served
-from tcopd.runtime.contexts import Context, ContextRenderer, load_contexts
-from tcopd.runtime.distributed import DistInfo, Reduce, available_memory
-from tcopd.runtime.engine import TrainEngine
-from tcopd.runtime.forward import output_head
-from tcopd.runtime.grading import Grader
-from tcopd.runtime.models import check_same_tokenizer, load_causal_lm, load_tokenizer
-from tcopd.runtime.prompts import check_framing
-from tcopd.runtime.rollout import RolloutEngine
-from tcopd.runtime.scorer import Scorer
+from tcopd.runtime.data.prompts import check_framing
+from tcopd.runtime.evaluation.grading import Grader
+from tcopd.runtime.generation.rollout import RolloutEngine
+from tcopd.runtime.models import lora
+from tcopd.runtime.models.loading import check_same_tokenizer, load_causal_lm, load_tokenizer
+from tcopd.runtime.scoring import served
+from tcopd.runtime.scoring.contexts import Context, ContextRenderer, load_contexts
+from tcopd.runtime.scoring.forward import output_head
+from tcopd.runtime.scoring.scorer import Scorer
+from tcopd.runtime.training import distributed
+from tcopd.runtime.training.distributed import DistInfo, Reduce, available_memory
+from tcopd.runtime.training.learner import Learner
 
 Emit = Callable[..., None]
 
@@ -66,7 +68,7 @@ class Trainer:
     tokenizer: Any
     specs: list[TeacherSpec]  # every configured teacher
     table: dict[str, dict[str, float]]  # the per-domain λ table, validated
-    engine: TrainEngine
+    learner: Learner
     policy: torch.nn.Module  # the weights the rollouts come from (π_old is scored on it)
     scorer: Scorer  # π_ref (unless it cancels) and the active teachers
     contexts: ContextRenderer | None  # the context teachers' own prompts (--teacher-prompt)
@@ -77,7 +79,7 @@ class Trainer:
     loss_fn: PPOLoss
     update: UpdateSettings
     scores_reference: bool  # False: π_ref cancels in the advantage and is not scored
-    lora_student: lora.LoraStudent | None = None  # --lora: the PeftModel around engine.module
+    lora_student: lora.LoraStudent | None = None  # --lora: the PeftModel around learner.module
     # --lora without --reference: π_ref = the policy with adapters off (score.py), not a copy
     adapter_reference: Scorer | None = None
 
@@ -161,8 +163,8 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
     separate = cfg.engine == "hf" and cfg.zero_stage == 3  # see the module docstring
     rollout_copy = copy.deepcopy(student).requires_grad_(False) if separate else None
     emit("starting DeepSpeed")
-    engine = _train_engine(cfg, student, dtype)
-    policy = rollout_copy if rollout_copy is not None else engine.module
+    learner = _learner(cfg, student, dtype)
+    policy = rollout_copy if rollout_copy is not None else learner.module
     grade = cfg.grade or eval_data is not None
     return Trainer(
         cfg=cfg,
@@ -172,7 +174,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         tokenizer=tokenizer,
         specs=specs,
         table=table,
-        engine=engine,
+        learner=learner,
         policy=policy,
         scorer=scorer,
         contexts=renderer,
@@ -253,9 +255,9 @@ def _scorer_and_contexts(
     return scorer, ContextRenderer(contexts, toks, cfg.template) if contexts else None
 
 
-def _train_engine(cfg: TrainConfig, student: torch.nn.Module, dtype: torch.dtype) -> TrainEngine:
+def _learner(cfg: TrainConfig, student: torch.nn.Module, dtype: torch.dtype) -> Learner:
     torch.manual_seed(cfg.seed)
-    return TrainEngine(
+    return Learner(
         student,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,

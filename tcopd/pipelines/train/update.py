@@ -35,15 +35,15 @@ from tcopd.core.dense import Head, dense_kl
 from tcopd.core.objective import PPOLoss, aggregate, truncated_is_weight
 from tcopd.core.signal import pad_right
 from tcopd.errors import TrainingError
-from tcopd.runtime.distributed import Reduce
-from tcopd.runtime.forward import model_response_logprobs, response_hidden_states
+from tcopd.runtime.scoring.forward import model_response_logprobs, response_hidden_states
+from tcopd.runtime.training.distributed import Reduce
 
 if TYPE_CHECKING:
     from tcopd.core.signal import Signal
     from tcopd.pipelines.train.rollout import Rollouts
     from tcopd.pipelines.train.score import Scores
     from tcopd.pipelines.train.setup import Trainer
-    from tcopd.runtime.engine import TrainEngine
+    from tcopd.runtime.training.learner import Learner
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def update(
         assert scores.hidden is not None and scores.heads is not None
         dense = DenseTargets(signal.names, scores.hidden, scores.heads, signal.w_BK, tr.cfg.beta)
     stats = ppo_update(
-        tr.engine,
+        tr.learner,
         UpdateBatch(
             batch.prompts,
             batch.responses,
@@ -149,7 +149,7 @@ def update(
 
 
 def ppo_update(
-    engine: TrainEngine,
+    learner: Learner,
     batch: UpdateBatch,
     loss_fn: PPOLoss,
     settings: UpdateSettings,
@@ -161,13 +161,13 @@ def ppo_update(
     rng = random.Random(seed)
     sums = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "grad_norm": 0.0}
     updates = 0
-    engine.train()
+    learner.train()
     for _ in range(settings.epochs):
         order = list(range(len(batch.response_ids)))
         rng.shuffle(order)
         for m in range(settings.mini_batches):
             stats = _mini_batch(
-                engine, batch, order[m :: settings.mini_batches], loss_fn, settings, reduce
+                learner, batch, order[m :: settings.mini_batches], loss_fn, settings, reduce
             )
             if stats is None:  # fewer responses than mini-batches: nothing to update on
                 continue
@@ -178,7 +178,7 @@ def ppo_update(
 
 
 def _mini_batch(
-    engine: TrainEngine,
+    learner: Learner,
     batch: UpdateBatch,
     mb: list[int],
     loss_fn: PPOLoss,
@@ -191,22 +191,22 @@ def _mini_batch(
         return None
     lengths = [len(batch.prompt_ids[i]) + len(batch.response_ids[i]) for i in mb]
     plan = [[mb[j] for j in g] for g in plan_padded(lengths, settings.token_budget)] if mb else []
-    n_micro = engine.max_over_ranks(len(plan))
+    n_micro = learner.max_over_ranks(len(plan))
     local = {"loss": 0.0, "clip": 0.0, "kl": 0.0}
     for k in range(n_micro):
         real = k < len(plan)
         idx = plan[k] if real else (plan[0] if plan else [0])
-        loss, st, ntok = _micro_batch_loss(engine, batch, idx, loss_fn, settings, totals)
+        loss, st, ntok = _micro_batch_loss(learner, batch, idx, loss_fn, settings, totals)
         # DeepSpeed averages gradients over ranks; × world restores the global normaliser.
         loss = loss * reduce.world_size * (1.0 if real else 0.0)
         if not torch.isfinite(loss):
             raise TrainingError("non-finite loss in a PPO micro-batch")
-        engine.backward(loss)
+        learner.backward(loss)
         if real:
             local["loss"] += loss.item() / reduce.world_size
             local["clip"] += st["clip_fraction"].item() * ntok
             local["kl"] += st["approx_kl"].item() * ntok
-    grad_norm = engine.step()
+    grad_norm = learner.step()
     if grad_norm is not None and not math.isfinite(grad_norm):
         raise TrainingError(
             f"non-finite gradient norm ({grad_norm}) in a PPO update: the weights in memory are "
@@ -223,7 +223,7 @@ def _mini_batch(
 
 
 def _micro_batch_loss(
-    engine: TrainEngine,
+    learner: Learner,
     batch: UpdateBatch,
     idx: list[int],
     loss_fn: PPOLoss,
@@ -232,11 +232,11 @@ def _micro_batch_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
     """π_θ's forward on responses ``idx`` and their loss under the mini-batch's global totals."""
     if batch.dense is not None:
-        return _dense_micro_batch_loss(engine, batch, idx, loss_fn, settings, totals)
+        return _dense_micro_batch_loss(learner, batch, idx, loss_fn, settings, totals)
     T = max(len(batch.response_ids[i]) for i in idx)
     on_policy = batch.on_policy is not None
     out = model_response_logprobs(
-        engine.module,
+        learner.module,
         [batch.prompt_ids[i] for i in idx],
         [batch.response_ids[i] for i in idx],
         settings.chunk_size,
@@ -285,7 +285,7 @@ def _on_policy_terms(
 
 
 def _dense_micro_batch_loss(
-    engine: TrainEngine,
+    learner: Learner,
     batch: UpdateBatch,
     idx: list[int],
     loss_fn: PPOLoss,
@@ -297,7 +297,7 @@ def _dense_micro_batch_loss(
     assert d is not None
     responses = [batch.response_ids[i] for i in idx]
     hidden_NH, head = response_hidden_states(
-        engine.module, [batch.prompt_ids[i] for i in idx], responses
+        learner.module, [batch.prompt_ids[i] for i in idx], responses
     )
     dev = hidden_NH.device
     partitioned = hasattr(head.weight, "ds_id")  # ZeRO-3: call the head module per chunk

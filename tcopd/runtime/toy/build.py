@@ -45,15 +45,15 @@ from typing import Any
 
 from tcopd.errors import DataError
 from tcopd.progress import Event, Progress
-from tcopd.runtime.io import (
+from tcopd.runtime.data.io import (
     atomic_write_text,
     tcopd_cache_dir,
     write_json,
     write_jsonl,
     write_parquet,
 )
-from tcopd.runtime.prompts import render_prompt
-from tcopd.runtime.rows import make_row
+from tcopd.runtime.data.prompts import render_prompt
+from tcopd.runtime.data.rows import make_row
 from tcopd.runtime.toy import problems as P
 from tcopd.runtime.toy.shipped import install_shipped, shipped_for
 from tcopd.runtime.toy.tokenizer import build_tokenizer
@@ -450,7 +450,7 @@ def _train_models(
 
 
 def save_models(models: dict[str, Any], tok, out: Path) -> None:
-    from tcopd.runtime.checkpoint import quiet_hf_progress
+    from tcopd.runtime.models.loading import quiet_hf_progress
 
     with quiet_hf_progress():  # no "Writing model shards" bars inside our own progress
         for name, m in models.items():
@@ -489,8 +489,8 @@ def measure_table(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Accuracy and mean response length of each model on ``rows`` (one sample at T = 1.0)."""
-    from tcopd.runtime.grading import Grader
-    from tcopd.runtime.rollout import HFEngine, SamplingParams
+    from tcopd.runtime.evaluation.grading import Grader
+    from tcopd.runtime.generation.rollout import HFEngine, SamplingParams
 
     prompts = [render_prompt(r["prompt"], template="plain") for r in rows]
     golds = [r["reward_model"]["ground_truth"] for r in rows]

@@ -42,7 +42,7 @@ from typing import Any
 
 from tcopd.errors import DataError
 from tcopd.progress import Event, Progress
-from tcopd.runtime.io import atomic_write_text, tcopd_cache_dir, write_json
+from tcopd.runtime.data.io import atomic_write_text, tcopd_cache_dir, write_json
 from tcopd.runtime.toy import problems as P
 from tcopd.runtime.toy.build import (
     DOMAINS,

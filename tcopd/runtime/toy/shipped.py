@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tcopd.errors import DataError
-from tcopd.runtime.io import write_json
+from tcopd.runtime.data.io import write_json
 
 SHIPPED_ROOT = Path(__file__).parent / "shipped"
 SHIPPED_MANIFEST = "shipped.json"

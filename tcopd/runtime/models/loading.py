@@ -3,7 +3,7 @@
 A path is a local HF directory (``config.json`` + weights + tokenizer files) or a Hugging Face
 Hub id (``owner/name``), which is passed to ``from_pretrained`` as-is. A LoRA adapter directory
 (``adapter_config.json``, what ``tcopd train --lora`` checkpoints) stands for its base model
-with the adapter merged in (:mod:`tcopd.runtime.lora`). Every failure is a
+with the adapter merged in (:mod:`tcopd.runtime.models.lora`). Every failure is a
 :class:`~tcopd.errors.ModelError` naming the path and what to do.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from tcopd.errors import ConfigError, ModelError
-from tcopd.runtime import lora
+from tcopd.runtime.models import lora
 
 # transformers is imported inside the functions below: its Auto classes take ~1 s to import and
 # every CLI command imports this module at start-up (through its pipeline's config).
@@ -243,3 +243,18 @@ def vocab_size(model: torch.nn.Module) -> int:
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """No transformers "Writing model shards" bars: tcopd reports its own progress, and those
+    bars flood a piped log (one per save)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -1,7 +1,7 @@
 """The multi-teacher batched log-prob scorer (SPEC §1, §6): the hot path of every training step.
 
-One model's forward (:func:`~tcopd.runtime.forward.model_response_logprobs`, no T×V logits) lives
-in ``runtime/forward.py``; :class:`Scorer` scores a batch of (prompt, response) pairs under several named models with one
+One model's forward (:func:`~tcopd.runtime.scoring.forward.model_response_logprobs`, no T×V logits) lives
+in ``runtime/scoring/forward.py``; :class:`Scorer` scores a batch of (prompt, response) pairs under several named models with one
 micro-batch plan (token-budget, longest first), under ``torch.inference_mode``. Placement:
 
 - ``local``: every model on ``device``;
@@ -10,7 +10,7 @@ micro-batch plan (token-budget, longest first), under ``torch.inference_mode``. 
   the owner scores every rank's sequences and sends each rank its own results back. Names not
   in ``teacher_owner`` are local on every rank (student, reference). See docs/score.md.
 - ``server`` (per teacher, beside any of the above): names in ``servers`` are scored by vLLM
-  servers (:mod:`tcopd.runtime.served`), in a background thread while the local models score;
+  servers (:mod:`tcopd.runtime.scoring.served`), in a background thread while the local models score;
   each rank sends its own sequences. The result has the same structure either way, so reward
   and advantage code cannot tell the difference. See docs/serving.md.
 
@@ -35,8 +35,8 @@ import torch.distributed as dist
 from tcopd.core.batching import padded_tokens, plan_packed, plan_padded
 from tcopd.errors import ConfigError, DataError, ModelError
 from tcopd.progress import Event, Progress
-from tcopd.runtime import served as served_lib
-from tcopd.runtime.forward import (
+from tcopd.runtime.scoring import served as served_lib
+from tcopd.runtime.scoring.forward import (
     Ids,
     OutputHead,
     _as_list,
@@ -159,7 +159,7 @@ class Scorer:
         """Log-probs of each response under each of ``names`` (default: all); see the class doc.
 
         ``prompts_of[name]``: that model's own prompt ids for each response (a context teacher,
-        :mod:`tcopd.runtime.contexts`), used instead of ``prompt_ids``; the response ids are the
+        :mod:`tcopd.runtime.scoring.contexts`), used instead of ``prompt_ids``; the response ids are the
         same for every model. ``progress`` gets an ``Event("scoring", done, total)`` after each
         micro-batch, in model-tokens.
         """

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from tcopd.errors import ConfigError, DataError, ModelError
-from tcopd.runtime.checkpoint import quiet_hf_progress
+from tcopd.runtime.models.loading import quiet_hf_progress
 
 INSTALL_HINT = "pip install 'tcopd[gguf]'"
 PACKAGES = ("gguf", "accelerate")
@@ -133,7 +133,7 @@ def plain_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 def save_model_dir(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
     """config.json, safetensors weights, generation_config.json, tokenizer files (+ template)."""
     # save_pretrained unwraps the model through accelerate, which imports DeepSpeed when it is
-    # installed; naming the accelerator (as tcopd.runtime.engine does) skips DeepSpeed's
+    # installed; naming the accelerator (as tcopd.runtime.training.learner does) skips DeepSpeed's
     # "Setting accelerator to CPU" warning in the middle of our progress lines.
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     with quiet_hf_progress():

@@ -50,7 +50,7 @@ import httpx
 import torch
 
 from tcopd.errors import ConfigError, ModelError
-from tcopd.runtime.models import PROBE_TEXT
+from tcopd.runtime.models.loading import PROBE_TEXT
 
 MAX_BACKOFF_S = 8.0
 REQUEST_TOKENS = 8192  # per scoring request (a longer sequence goes alone)

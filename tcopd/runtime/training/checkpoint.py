@@ -22,14 +22,13 @@ import io
 import json
 import random
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tcopd.runtime.io import atomic_write_text
+from tcopd.runtime.data.io import atomic_write_text
+from tcopd.runtime.models.loading import quiet_hf_progress
 
 
 def rng_state() -> dict[str, Any]:
@@ -118,18 +117,3 @@ def save_hf(
     with quiet_hf_progress():
         model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(out)
-
-
-@contextmanager
-def quiet_hf_progress() -> Iterator[None]:
-    """No transformers "Writing model shards" bars: tcopd reports its own progress, and those
-    bars flood a piped log (one per save)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()

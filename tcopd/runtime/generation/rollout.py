@@ -2,7 +2,7 @@
 
 - :class:`HFEngine` (here): transformers ``generate`` — batched, left-padded, KV cache; the
   embedded default for CPU or one GPU.
-- :class:`~tcopd.runtime.vllm_engine.VLLMEngine` (``runtime/vllm_engine.py``, the only module
+- :class:`~tcopd.runtime.generation.vllm_engine.VLLMEngine` (``runtime/generation/vllm_engine.py``, the only module
   that imports vllm): the GPU path.
 
 Both return :class:`Completion` s ordered by ``(prompt_index, sample_index)``, with the *sampled*
@@ -57,7 +57,7 @@ from transformers.generation.logits_process import (
 )
 
 from tcopd.errors import ConfigError, ModelError
-from tcopd.runtime import models
+from tcopd.runtime.models import loading as models
 
 FinishReason = Literal["stop", "length"]
 
@@ -264,7 +264,7 @@ class RolloutEngine(Protocol):
 class HFEngine:
     """Sampling with transformers ``generate`` (see the module docstring for the exact semantics).
 
-    ``model`` is a loaded causal LM or a path (loaded with :func:`tcopd.runtime.models.load_causal_lm`);
+    ``model`` is a loaded causal LM or a path (loaded with :func:`tcopd.runtime.models.loading.load_causal_lm`);
     ``tokenizer`` likewise (default: the model's directory). ``token_budget`` bounds
     ``rows × (longest prompt + max_new_tokens)`` per generate call. ``needs_weight_sync``: set
     True when ``model`` is a copy of the trained weights (ZeRO-3) rather than the training module.
@@ -472,12 +472,12 @@ class HFEngine:
 
 
 def make_engine(kind: str, model: Any, tokenizer: Any = None, **kwargs: Any) -> Any:
-    """``"hf"`` → :class:`HFEngine`; ``"vllm"`` → :class:`~tcopd.runtime.vllm_engine.VLLMEngine`."""
+    """``"hf"`` → :class:`HFEngine`; ``"vllm"`` → :class:`~tcopd.runtime.generation.vllm_engine.VLLMEngine`."""
     if kind == "hf":
         allowed = {"device", "token_budget", "dtype", "needs_weight_sync"}
         return HFEngine(model, tokenizer, **{k: v for k, v in kwargs.items() if k in allowed})
     if kind == "vllm":
-        from tcopd.runtime.vllm_engine import VLLMEngine
+        from tcopd.runtime.generation.vllm_engine import VLLMEngine
 
         allowed = {
             "dtype",

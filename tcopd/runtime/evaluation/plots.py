@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tcopd.runtime.io import atomic_path
+from tcopd.runtime.data.io import atomic_path
 
 Series = tuple[Sequence[float], Sequence[float]]  # (x, y)
 

@@ -3,7 +3,7 @@
 :func:`model_response_logprobs` scores one micro-batch under one model: the base model gives the
 final hidden states, and only the positions that predict a response token go through the output
 projection, chunk by chunk (:func:`tcopd.core.logprobs.token_logprobs`). It records autograd when
-grad is enabled, so the trainer's update uses it for π_θ, and :class:`~tcopd.runtime.scorer.Scorer`
+grad is enabled, so the trainer's update uses it for π_θ, and :class:`~tcopd.runtime.scoring.scorer.Scorer`
 uses it (no grad) for π_old, π_ref and the teachers. :func:`batched_response_logprobs` runs it
 over many responses in token-budget micro-batches, without grad.
 

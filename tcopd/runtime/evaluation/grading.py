@@ -163,7 +163,7 @@ def _context(start_method: str) -> Any:
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver" and not _PRELOAD_SET:
         # The forkserver imports these once; every worker forked from it starts warm.
-        ctx.set_forkserver_preload(["tcopd.runtime.grading", "math_verify"])
+        ctx.set_forkserver_preload(["tcopd.runtime.evaluation.grading", "math_verify"])
         _PRELOAD_SET = True
     return ctx
 

@@ -1,6 +1,6 @@
 """vLLM rollout engine (the GPU path). The only module that imports vllm.
 
-Same interface as :class:`~tcopd.runtime.rollout.HFEngine`: ``generate(prompt_ids, sampling)
+Same interface as :class:`~tcopd.runtime.generation.rollout.HFEngine`: ``generate(prompt_ids, sampling)
 -> list[Completion]`` ordered by ``(prompt_index, sample_index)``, with the sampled token ids and,
 when asked, the sampler's log-probs; plus ``update_weights`` and ``sleep``/``wake``.
 
@@ -8,7 +8,7 @@ Choices:
 
 - The engine is vLLM's offline ``LLM`` with ``generation_config="vllm"``, so a checkpoint's
   ``generation_config.json`` cannot change the sampling knobs we pass; every knob of
-  :class:`~tcopd.runtime.rollout.SamplingParams` is mapped explicitly (``top_k=0`` disables it).
+  :class:`~tcopd.runtime.generation.rollout.SamplingParams` is mapped explicitly (``top_k=0`` disables it).
 - Seeds: each prompt's request gets ``seed = batch_seed(seed, prompt_index, 0)``; vLLM gives its
   n child samples ``seed + i``. The same seed gives the same samples on the same engine.
 - Log-probs: ``logprobs=0`` (the sampled token only) with ``logprobs_mode="processed_logprobs"``:
@@ -50,8 +50,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tcopd.errors import ConfigError, ModelError, TcopdError
-from tcopd.runtime import models
-from tcopd.runtime.rollout import Completion, SamplingParams, batch_seed
+from tcopd.runtime.generation.rollout import Completion, SamplingParams, batch_seed
+from tcopd.runtime.models import loading as models
 
 INSTALL_HINT = (
     "vLLM is not installed: pip install '.[vllm]' (on a CPU machine: scripts/setup_vllm_cpu.sh)"

@@ -10,7 +10,7 @@ Choices:
 
 - The response ids are never re-tokenized: a teacher's prompt ids are its rendering of the
   prompt alone (generation prompt included), and the student's response ids follow them, exactly
-  as they follow the student's own prompt. :func:`tcopd.runtime.prompts.check_framing` refuses a
+  as they follow the student's own prompt. :func:`tcopd.runtime.data.prompts.check_framing` refuses a
   teacher whose chat template would frame the response differently.
 - ``chat``: the teacher's tokenizer's chat template renders ``context + conversation``.
   ``plain``: the context is written in the plain format itself: a system message as its own
@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from tcopd.errors import ConfigError, DataError
-from tcopd.runtime.prompts import PLAIN_FORMAT, render_prompt
+from tcopd.runtime.data.prompts import PLAIN_FORMAT, render_prompt
 
 ROLES = ("system", "user", "assistant")
 Messages = Sequence[Mapping[str, Any]]

@@ -1,4 +1,6 @@
-"""The DeepSpeed training engine: the only module that imports ``deepspeed``.
+"""The learner: the student model and its optimizer under DeepSpeed — the only module that imports
+``deepspeed``. (DeepSpeed calls its wrapper an "engine"; in tcopd an engine is a rollout engine,
+so this is the learner, and DeepSpeed's object is ``Learner.ds``.)
 
 Choices, and why:
 
@@ -98,7 +100,7 @@ def deepspeed_config(
     }
 
 
-class TrainEngine:
+class Learner:
     """A DeepSpeed engine around an HF causal LM with a client AdamW optimizer."""
 
     def __init__(
@@ -122,7 +124,7 @@ class TrainEngine:
         )
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+        self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=self.config
         )
         self.zero_stage = zero_stage
@@ -130,23 +132,23 @@ class TrainEngine:
     @property
     def module(self) -> torch.nn.Module:
         """The underlying HF model (parameters partitioned under ZeRO-3)."""
-        return self.engine.module
+        return self.ds.module
 
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate gradients of one micro-batch (loss already normalised by the mini-batch)."""
-        self.engine.backward(loss, scale_wrt_gas=False)
+        self.ds.backward(loss, scale_wrt_gas=False)
 
     def step(self) -> float | None:
         """One optimizer update; returns the gradient norm before clipping (None if unknown)."""
-        self.engine.step()
-        norm = self.engine.get_global_grad_norm()
+        self.ds.step()
+        norm = self.ds.get_global_grad_norm()
         return float(norm) if norm is not None else None
 
     def train(self) -> None:
-        self.engine.train()
+        self.ds.train()
 
     def eval(self) -> None:
-        self.engine.eval()
+        self.ds.eval()
 
     @contextlib.contextmanager
     def gathered_params(self, trainable_only: bool = False) -> Iterator[None]:
@@ -176,7 +178,7 @@ class TrainEngine:
     ) -> None:
         """Optimizer/scheduler/model state for exact resumption (collective: every rank calls it).
         ``frozen=False``: leave out the frozen weights (LoRA: they are the base model's)."""
-        self.engine.save_checkpoint(
+        self.ds.save_checkpoint(
             str(directory),
             tag="deepspeed",
             client_state=client_state,
@@ -186,7 +188,7 @@ class TrainEngine:
 
     def load(self, directory: str | Path, frozen: bool = True) -> dict[str, Any]:
         """Load what :meth:`save` wrote (with the same ``frozen``); returns the client state."""
-        path, client_state = self.engine.load_checkpoint(
+        path, client_state = self.ds.load_checkpoint(
             str(directory),
             tag="deepspeed",
             load_optimizer_states=True,
@@ -201,6 +203,6 @@ class TrainEngine:
         """The maximum of an integer over data-parallel ranks (identity in one process)."""
         if not torch.distributed.is_available() or not torch.distributed.is_initialized():
             return value
-        t = torch.tensor([value], dtype=torch.long, device=self.engine.device)
+        t = torch.tensor([value], dtype=torch.long, device=self.ds.device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return int(t.item())

@@ -1,8 +1,8 @@
 """The prepared-row builder, shared by the dataset loaders and the toy world.
 
-Its own module so that :mod:`tcopd.runtime.toy` need not import :mod:`tcopd.runtime.datasets`
+Its own module so that :mod:`tcopd.runtime.toy` need not import :mod:`tcopd.runtime.data.datasets`
 (which imports the toy package to serve the ``toy`` benchmark): the dependency goes one way.
-The row format is described in :mod:`tcopd.runtime.datasets` and docs/internals.md "Data".
+The row format is described in :mod:`tcopd.runtime.data.datasets` and docs/internals.md "Data".
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tcopd.runtime.prompts import DEFAULT_INSTRUCTION
+from tcopd.runtime.data.prompts import DEFAULT_INSTRUCTION
 
 
 def make_row(

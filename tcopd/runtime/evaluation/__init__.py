@@ -1,0 +1,2 @@
+"""Evaluation: grading answers (math-verify in worker processes), statistics over seeds and
+problems, figures."""
