@@ -2,7 +2,36 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# The CLI's rich consoles wrap at the terminal's width (80 when captured): a long temporary path
+# (pytest-xdist adds popen-gwN/ to every one) would break across lines inside the text that
+# tests look for. Wide enough for any path here; set before tcopd.cli creates its consoles.
+os.environ["COLUMNS"] = "250"
+
+# `make test` runs the suite on two workers (pytest-xdist, --dist loadfile: a module runs whole on
+# one worker, so its module fixtures are built once). A worker takes the next module when it is
+# free, so the longest modules go first: otherwise one of them, started last, keeps the suite
+# waiting while the other worker idles. Seconds are from `--durations` on 2 cores (2026-12-07).
+LONGEST_FIRST = (
+    "test_sweep.py",  # ~70 s: sweeps through real subprocesses, killed and restarted
+    "test_train_toy.py",  # ~40 s: 40 toy TC-OPD steps against the 5-seed threshold
+    "test_lora.py",  # ~70 s: LoRA kill-and-resume under ZeRO 0 and 3, two ranks
+    "test_demo.py",  # ~35 s: the small demo, one seed and two
+    "test_train_dist.py",  # ~35 s: torchrun, two ranks
+    "test_contexts.py",
+    "test_gpu_check.py",
+    "test_train.py",
+    "test_learning_gate.py",
+    "test_scorer_dist.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable
 
 
 @pytest.fixture

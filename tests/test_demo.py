@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from sweep_inprocess import runs_in_process
 
 from tcopd.cli.main import main
 from tcopd.errors import ConfigError
@@ -102,8 +103,11 @@ def test_seeds_make_a_sweep_config():
 
 @pytest.mark.slow
 def test_small_demo_with_two_seeds_goes_through_the_sweep(tmp_path, toy_dir, capsys):
+    """The sweep's eight runs execute in this process (tests/sweep_inprocess.py): this test
+    checks what the demo makes of a sweep; tests/test_sweep.py runs sweeps' real subprocesses."""
     out = tmp_path / "demo"
-    run_demo(out, toy_dir, "--seeds", "2", "--eval-limit", "4")
+    with runs_in_process():
+        run_demo(out, toy_dir, "--seeds", "2", "--eval-limit", "4")
     text = capsys.readouterr().out
     rep = json.loads((out / "sweep" / "sweep.json").read_text())
     assert rep["settings"] == list(SETTINGS) and rep["seeds"] == [0, 1]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import make_world, run_cli, tiny_args
+from train_fixtures import full_and_killed_then_resumed, make_world, run_cli, tiny_args
 
 pytest.importorskip("peft")
 
@@ -190,21 +190,11 @@ def test_lora_run_trains_the_adapter_only(world, tmp_path, capsys, loss, zero, e
     PeftModel.from_pretrained(load_causal_lm(world.student), str(ckpt / "adapter"))
 
 
-@pytest.mark.slow  # three runs in subprocesses (~70 s on 2 cores)
+@pytest.mark.slow  # three runs, the killed one in a subprocess
 @pytest.mark.parametrize("zero", ["0", "3"])  # ZeRO-3: partitioned adapters and their state
-def test_kill_and_resume_gives_identical_adapter_weights(world, tmp_path, zero):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "TCOPD_DEBUG": "1"}
-    cmd = [sys.executable, "-m", "tcopd"]
-    full, killed = tmp_path / "full", tmp_path / "killed"
+def test_kill_and_resume_gives_identical_adapter_weights(world, tmp_path, capsys, zero):
     args = lambda out: _lora_args(world, out, "--steps", "3", "--zero-stage", zero)  # noqa: E731
-    p = subprocess.run(cmd + args(full), env=env, capture_output=True)
-    assert p.returncode == 0, p.stderr.decode()[-3000:]
-    kill = [sys.executable, str(REPO / "tests" / "kill_at_step.py"), "3"]
-    p = subprocess.run(kill + args(killed), env=env, capture_output=True)
-    assert p.returncode == -9, p.stderr.decode()[-2000:]  # SIGKILL before step 3's checkpoint
-    assert (killed / "checkpoints" / "latest").read_text().strip() == "step-000002"
-    p = subprocess.run(cmd + ["train", "--resume", str(killed)], env=env, capture_output=True)
-    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    full, killed = full_and_killed_then_resumed(args, tmp_path, capsys)
     a, b = _adapter_weights(full), _adapter_weights(killed)
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:

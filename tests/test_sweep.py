@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sweep_inprocess import runs_in_process
 from train_fixtures import make_world, write_prepared
 
 from tcopd.cli.main import main
@@ -343,18 +344,24 @@ def test_an_invalid_setting_is_refused_before_any_run(world, tmp_path, capsys):
     assert code == 1 and "final evaluation: --n must be at least 1" in err
 
 
-def _sweep(world, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "tcopd", *_args(world, out, *extra)]
-    return subprocess.run(cmd, capture_output=True, text=True)
+def _sweep_here(world, out: Path, *extra: str) -> Path:
+    """The sweep in this process, its runs too (tests/sweep_inprocess.py): what it computes is
+    the subprocess sweep's, without a Python start-up per run."""
+    with runs_in_process():
+        try:
+            main(_args(world, out, *extra))
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+    assert code == 0, (out / "sweep.json").read_text()[-2000:] if code else ""
+    return out
 
 
 @pytest.fixture(scope="module")
 def reference(world, tmp_path_factory):
     """An uninterrupted 2 settings × 2 seeds sweep (3 steps each)."""
-    out = tmp_path_factory.mktemp("reference") / "sweep"
     t0 = time.monotonic()
-    p = _sweep(world, out)
-    assert p.returncode == 0, p.stderr[-3000:]
+    out = _sweep_here(world, tmp_path_factory.mktemp("reference") / "sweep")
     print(f"reference sweep: {time.monotonic() - t0:.0f} s")
     return out
 
@@ -409,9 +416,7 @@ def test_end_to_end_sweep(reference):
 
 @pytest.mark.slow
 def test_a_restart_with_another_grid_is_refused(world, reference, tmp_path, capsys):
-    reference = Path(
-        shutil.copytree(reference, tmp_path / "sweep")
-    )  # the kill test reads the original
+    reference = Path(shutil.copytree(reference, tmp_path / "sweep"))  # others read the original
     before = (reference / "sweep_state.json").read_text()
     code, _, err = cli(capsys, *_args(world, reference, "--seeds", "0,1,2"))
     assert code == 1 and "another grid: seeds were 0,1, now 0,1,2" in err
@@ -450,9 +455,12 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_restarts_to_the_same_report(world, reference, tmp_path):
+def test_a_killed_sweep_restarts_to_the_same_report(world, tmp_path):
+    """A sweep with real subprocesses is SIGKILLed after its second run's first checkpoint; that
+    run's training dies with it; restarted, the sweep resumes the run and writes the uninterrupted
+    sweep's report (2 settings × 1 seed: the restart path is the same for any grid)."""
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "tcopd", *_args(world, out)]
+    cmd = [sys.executable, "-m", "tcopd", *_args(world, out, "--seeds", "0")]
     second = out / "runs" / "lambdas=1.5,-0.5" / "seed0"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -467,25 +475,27 @@ def test_a_killed_sweep_restarts_to_the_same_report(world, reference, tmp_path):
     state = json.loads((out / "sweep_state.json").read_text())["runs"]
     assert state["lambdas=1.5,0/seed0"]["status"] == "done"
     assert "lambdas=1.5,-0.5/seed0" not in state
-    p = _sweep(world, out)
-    assert p.returncode == 0, p.stderr[-3000:]
+    _sweep_here(world, out, "--seeds", "0")  # the restart (its runs in this process)
     assert "$ tcopd train --resume" in (second / "train.log").read_text()
     mine = json.loads((out / "sweep.json").read_text())
-    ref = json.loads((reference / "sweep.json").read_text())
+    ref = json.loads(
+        (_sweep_here(world, tmp_path / "ref", "--seeds", "0") / "sweep.json").read_text()
+    )
     assert _without_wall_times(mine) == _without_wall_times(ref)
 
 
 @pytest.mark.slow
-def test_a_failing_run_is_recorded_and_the_sweep_goes_on(world, tmp_path):
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(world, tmp_path, capsys):
     out = tmp_path / "sweep"
     grid = tmp_path / "grid.yaml"
     # max_prompt_tokens 1 passes validation, but no prompt fits: the run fails when it loads data
     grid.write_text(yaml.safe_dump({"grid": {"max_prompt_tokens": [1, 64]}}))
     args = _args(world, out, "--config", str(grid), "--seeds", "0", "--steps", "1")
     args[args.index("--lambdas") : args.index("--lambdas") + 4] = ["--lambdas", "1.5,-0.5"]
-    p = subprocess.run([sys.executable, "-m", "tcopd", *args], capture_output=True, text=True)
-    assert p.returncode == 1
-    assert "error: 1 of 2 runs failed" in p.stderr
+    with runs_in_process():  # the run's exit code and log as a subprocess's (sweep_inprocess.py)
+        code, _, err = cli(capsys, *args)
+    assert code == 1
+    assert "error: 1 of 2 runs failed" in err
     rep = json.loads((out / "sweep.json").read_text())
     (failed,) = rep["failed"]
     assert failed["setting"] == "lambdas=1.5,-0.5 max_prompt_tokens=1"
@@ -495,14 +505,15 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_lora_sweep_evaluates_the_adapter(world, tmp_path):
+def test_a_lora_sweep_evaluates_the_adapter(world, tmp_path, capsys):
     """With --lora a checkpoint holds adapter/, not model/: the sweep evaluates the adapter."""
     pytest.importorskip("peft")
     out = tmp_path / "sweep"
     args = _args(world, out, "--seeds", "0", "--steps", "1", "--lora", "--lora-rank", "4")
     args[args.index("--lambdas") : args.index("--lambdas") + 4] = ["--lambdas", "1.5,-0.5"]
-    p = subprocess.run([sys.executable, "-m", "tcopd", *args], capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-3000:]
+    with runs_in_process():
+        code, _, err = cli(capsys, *args)
+    assert code == 0, err[-3000:]
     run_dir = out / "runs" / "lambdas=1.5,-0.5" / "seed0"
     evaluation = yaml.safe_load((run_dir / "eval.yaml").read_text())
     assert evaluation["models"] == [str(run_dir / "train/checkpoints/step-000001/adapter")]

@@ -264,3 +264,30 @@ def test_toy_models_resolve_to_the_plain_template(small_world):
         tok = AutoTokenizer.from_pretrained(path)
         assert not getattr(tok, "chat_template", None)
         assert _resolve_template("auto", tok) == "plain"
+
+
+def test_two_builds_at_once_build_once_and_both_get_the_world(tmp_path):
+    """Two commands on a fresh machine (or two test workers) ask for the same world at once: one
+    builds it, the other waits for it and reuses it; nothing is swapped under anyone's feet."""
+    import threading
+
+    from tcopd.runtime.toy.build import build_or_reuse
+
+    root, calls, results = tmp_path / "world", [], []
+
+    def build(out):
+        calls.append(out)
+        time.sleep(0.5)  # long enough for the other thread to arrive while this one builds
+        (out / "toy.json").write_text('{"seed": 0}')
+        return {"seed": 0}
+
+    def ask():
+        results.append(build_or_reuse(root, {"seed": 0}, build))
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and results == [{"seed": 0}, {"seed": 0}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]  # no lock or temp left here

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import make_world, run_cli, tiny_args
-
-REPO = Path(__file__).resolve().parents[1]
+from train_fixtures import full_and_killed_then_resumed, make_world, run_cli, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -129,22 +124,9 @@ def test_opd_gradient_equals_reverse_kl_gradient(world):
         torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
 
 
-def test_kill_and_resume_reaches_the_same_weights(world, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "TCOPD_DEBUG": "1"}
-    cmd = [sys.executable, "-m", "tcopd"]
-    full, killed = tmp_path / "full", tmp_path / "killed"
+def test_kill_and_resume_reaches_the_same_weights(world, tmp_path, capsys):
     args = lambda out: tiny_args(world, out, "--steps", "3")  # noqa: E731
-    p = subprocess.run(cmd + args(full), env=env, capture_output=True)
-    assert p.returncode == 0, p.stderr.decode()[-3000:]
-    # kill_at_step.py: the CLI, SIGKILLed after step 3 and before its checkpoint
-    kill = [sys.executable, str(REPO / "tests" / "kill_at_step.py"), "3"]
-    p = subprocess.run(kill + args(killed), env=env, capture_output=True)
-    assert p.returncode == -9, p.stderr.decode()[
-        -2000:
-    ]  # SIGKILL after step 3, before its checkpoint
-    assert (killed / "checkpoints" / "latest").read_text().strip() == "step-000002"
-    p = subprocess.run(cmd + ["train", "--resume", str(killed)], env=env, capture_output=True)
-    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    full, killed = full_and_killed_then_resumed(args, tmp_path, capsys)
     a, b = _weights(full), _weights(killed)
     assert a.keys() == b.keys()
     for k in a:

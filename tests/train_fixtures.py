@@ -98,3 +98,29 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         code = int(e.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def full_and_killed_then_resumed(args, root: Path, capsys, kill_at: int = 3) -> tuple[Path, Path]:
+    """Two run directories for a kill-and-resume test: ``args(out)`` (CLI arguments) run whole,
+    and the same run SIGKILLed just before step ``kill_at``'s checkpoint (tests/kill_at_step.py,
+    a process of its own: the crash) then resumed with ``tcopd train --resume``.
+
+    The whole run and the resume run in this process (a resume restores weights, optimizer and
+    RNG states from the checkpoint's files, whoever reads them); only the killed run needs a
+    process to kill. Returns (full, killed)."""
+    import os
+    import subprocess
+    import sys
+
+    full, killed = root / "full", root / "killed"
+    code, _, err = run_cli(args(full), capsys)
+    assert code == 0, err[-3000:]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "TCOPD_DEBUG": "1"}
+    kill = [sys.executable, str(Path(__file__).parent / "kill_at_step.py"), str(kill_at)]
+    p = subprocess.run(kill + args(killed), env=env, capture_output=True)
+    assert p.returncode == -9, p.stderr.decode()[-2000:]  # SIGKILL before that checkpoint
+    latest = (killed / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step-{kill_at - 1:06d}", latest
+    code, _, err = run_cli(["train", "--resume", str(killed)], capsys)
+    assert code == 0, err[-2000:]
+    return full, killed

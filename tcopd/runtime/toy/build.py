@@ -29,6 +29,7 @@ last) records seed and size: a root whose manifest matches is reused.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -38,7 +39,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,16 +239,46 @@ def build_or_reuse(
     manifest = read_manifest(root, manifest_name)
     if manifest and not force and all(manifest.get(k) == v for k, v in wanted.items()):
         return manifest
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Two commands started at once on a fresh machine (or two test workers) must not both build
+    # and swap the world under each other's feet: one builds, the other waits and reuses it.
+    with _exclusive(root):
+        manifest = read_manifest(root, manifest_name)
+        if manifest and not force and all(manifest.get(k) == v for k, v in wanted.items()):
+            return manifest
+        return _build_in_place(root, build, manifest is None, what)
+
+
+@contextlib.contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """An exclusive ``flock`` for ``root`` during the block, released if the process dies. The
+    lock file lives in the temporary directory (named after the resolved path), so a failed build
+    leaves nothing next to ``root``."""
+    import fcntl
+    import hashlib
+
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"tcopd-world-{key}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_in_place(
+    root: Path, build: Callable[[Path], dict[str, Any]], no_manifest: bool, what: str
+) -> dict[str, Any]:
+    """``build(tmp)`` in a temporary directory next to ``root``, then renamed into place."""
     if root.exists() and not root.is_dir():
         raise DataError(
             f"{what} path {str(root)!r} exists and is not a directory; pick another --out"
         )
-    if root.is_dir() and any(root.iterdir()) and manifest is None:
+    if root.is_dir() and any(root.iterdir()) and no_manifest:
         raise DataError(
             f"{str(root)!r} is a non-empty directory that is not a {what}; pick another --out "
             "(or empty it)"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
     try:
         manifest = build(tmp)
