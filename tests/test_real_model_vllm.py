@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 from real_model import CONCISE, QUESTIONS, smollm2_dir, write_chat_rows
-from test_served_teacher import Server
+from test_served_teacher import TOY, Server, one_error_line, train_args
 from train_fixtures import run_cli
 
 pytestmark = [
@@ -100,3 +100,17 @@ def test_score_compare_local_on_the_served_real_model(smol, server, tmp_path, ca
     assert float(m.group(1)) < 5e-2
     got = [json.loads(x) for x in out.read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(g["logprobs"]["expert"])).all() for g in got)
+
+
+def test_a_served_teacher_with_another_tokenizer_is_refused_before_any_step(
+    server, tmp_path, capsys
+):
+    """The toy student with SmolLM2 (another vocabulary) served as its anti-expert."""
+    from tcopd.runtime.toy.build import ensure_toy
+
+    ensure_toy(TOY)  # the shipped toy world, installed if this machine has none yet
+    run = tmp_path / "run"
+    code, _, err = run_cli(train_args(run, server.url), capsys)
+    line = one_error_line(err)
+    assert code == 1 and "tokenizer differs from the student's" in line and server.url in line
+    assert not (run / "metrics.jsonl").exists()
