@@ -1,17 +1,28 @@
 """The recipe still builds a world of the designed shape (~7 minutes on 2 cores: `make
-test-rebuild`, which .ci/run runs; `make test` leaves it out).
+test-rebuild`, run by hand after a recipe change; CI runs the fast piece-by-piece check of
+tests/test_toy_recipe.py, `make test-recipe`).
 
 The world users get is the shipped one (tests/test_toy_shipped.py); this rebuilds it from the
 recipe, as `tcopd prepare toy --rebuild` does, so that the recipe stays checkable. A rebuild on
 another machine is a different set of weights (float differences in SGD grow), so the bounds are
-the design's shape, not the shipped table's numbers (docs/prepare.md: how far rebuilds land).
+the design's shape, not the shipped table's numbers (docs/prepare.md: how far rebuilds land). On
+the float stream of tests/fixtures/toy_recipe_prefix.json, when its recording found that stream's
+rebuild to be the shipped bytes, the rebuild must be those bytes again: the link that makes the
+fast prefix check (tests/test_toy_recipe.py) stand for the whole recipe.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import record_toy_recipe_prefix as recorder  # noqa: E402
 
 
 @pytest.mark.slow
@@ -39,3 +50,10 @@ def test_rebuilt_toy_world_has_the_designed_shape(tmp_path):
         )
     # The design target is 5 minutes on 2 free cores; a shared CI box gets some slack.
     assert elapsed < 900, f"full toy build took {elapsed:.0f} s"
+
+    differ = recorder.rebuild_differences(world.root)
+    print(f"differs from the shipped world ({recorder.float_stream()}): {differ or 'nothing'}")
+    recorded = json.loads(recorder.FIXTURE.read_text())
+    on_recorded_stream = recorder.float_stream() == recorded["float_stream"]
+    if on_recorded_stream and recorded["rebuild_reproduces_shipped"]:
+        assert differ == [], "the recipe no longer rebuilds the shipped bytes on their stream"

@@ -420,9 +420,7 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
     if progress is not None:
         progress(Event("data", 1, 1))
 
-    texts = [t for pairs in data["sft"].values() for pair in pairs for t in pair]
-    texts += [toy_prompt(r["prompt"][0]["content"]) for rows in data["rows"].values() for r in rows]
-    tok = build_tokenizer(texts)
+    tok = build_tokenizer(tokenizer_texts(data))
     with torch_threads(BUILD_THREADS):
         threads = torch.get_num_threads()
         models = _train_models(data["sft"], tok, s, seed, progress)
@@ -446,6 +444,63 @@ def _build(out: Path, seed: int, s: BuildSettings, progress: Progress | None) ->
     return manifest
 
 
+def tokenizer_texts(data: dict[str, Any]) -> list[str]:
+    """The texts the toy tokenizer's vocabulary is built from: every SFT prompt and response of
+    :func:`make_corpora`'s ``data``, then every exported row's prompt."""
+    texts = [t for pairs in data["sft"].values() for pair in pairs for t in pair]
+    texts += [toy_prompt(r["prompt"][0]["content"]) for rows in data["rows"].values() for r in rows]
+    return texts
+
+
+@dataclass(frozen=True)
+class SftSchedule:
+    """One model's ``train_sft`` schedule in the recipe."""
+
+    steps: int
+    lr: float
+    seed: int  # the batch order's seed
+
+
+def sft_schedules(s: BuildSettings, seed: int) -> dict[str, SftSchedule]:
+    """The student's schedule (seed + 1), then the expert's and the anti-expert's (+ 2, + 3)."""
+    return {
+        "student": SftSchedule(s.student_steps, s.lr, seed + 1),
+        "expert": SftSchedule(s.expert_steps, s.teacher_lr, seed + 2),
+        "anti_expert": SftSchedule(s.anti_steps, s.teacher_lr, seed + 3),
+    }
+
+
+def train_toy_model(
+    model,
+    name: str,
+    sft: dict[str, list[tuple[str, str]]],
+    tok,
+    s: BuildSettings,
+    seed: int,
+    progress: Progress | None = None,
+    stop_after: int | None = None,
+) -> list[float]:
+    """Train ``model`` in place as the recipe trains model ``name`` on its SFT pairs; returns the
+    loss of every step. ``stop_after`` stops after that many steps of the same schedule (the
+    recipe test's prefixes)."""
+    from tcopd.runtime.toy.training import encode, train_sft
+
+    pairs = sft[name]
+    schedule = sft_schedules(s, seed)[name]
+    return train_sft(
+        model,
+        encode(tok, [a for a, _ in pairs], [b for _, b in pairs]),
+        steps=schedule.steps,
+        batch_size=s.batch_size,
+        lr=schedule.lr,
+        seed=schedule.seed,
+        pad_id=tok.pad_token_id,
+        progress=progress,
+        label=name,
+        stop_after=stop_after,
+    )
+
+
 def _train_models(
     sft: dict[str, list[tuple[str, str]]],
     tok,
@@ -453,30 +508,16 @@ def _train_models(
     seed: int,
     progress: Progress | None,
 ) -> dict[str, Any]:
-    """The student from scratch (seed + 1), then the expert and the anti-expert fine-tuned from
-    copies of it (seeds + 2, + 3)."""
-    from tcopd.runtime.toy.training import encode, new_model, train_sft
-
-    def train(model, name: str, steps: int, lr: float, seed_offset: int) -> None:
-        pairs = sft[name]
-        train_sft(
-            model,
-            encode(tok, [a for a, _ in pairs], [b for _, b in pairs]),
-            steps=steps,
-            batch_size=s.batch_size,
-            lr=lr,
-            seed=seed + seed_offset,
-            pad_id=tok.pad_token_id,
-            progress=progress,
-            label=name,
-        )
+    """The student from scratch, then the expert and the anti-expert fine-tuned from copies of it
+    (schedules: :func:`sft_schedules`)."""
+    from tcopd.runtime.toy.training import new_model
 
     student = new_model(tok, s.model, seed)
-    train(student, "student", s.student_steps, s.lr, 1)
+    train_toy_model(student, "student", sft, tok, s, seed, progress)
     models = {"student": student}
-    for k, (name, steps) in enumerate((("expert", s.expert_steps), ("anti_expert", s.anti_steps))):
+    for name in ("expert", "anti_expert"):
         models[name] = copy.deepcopy(student)
-        train(models[name], name, steps, s.teacher_lr, 2 + k)
+        train_toy_model(models[name], name, sft, tok, s, seed, progress)
     return models
 
 

@@ -102,14 +102,20 @@ def train_sft(
     warmup: int = 20,
     progress: Progress | None = None,
     label: str = "train",
+    stop_after: int | None = None,
 ) -> list[float]:
-    """Supervised training on response tokens; returns the loss of every step."""
+    """Supervised training on response tokens; returns the loss of every step.
+
+    ``stop_after`` runs only the first that many steps of the ``steps``-step schedule (the
+    learning rate still warms up and decays over ``steps``): a prefix of the full run, step for
+    step, which the recipe test (tests/test_toy_recipe.py) checks in seconds.
+    """
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     model.train()
     losses = []
     order: list[int] = []
-    for step in range(steps):
+    for step in range(steps if stop_after is None else min(stop_after, steps)):
         if len(order) < batch_size:  # reshuffle: every example seen once per epoch
             extra = list(range(len(examples)))
             rng.shuffle(extra)
