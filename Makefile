@@ -40,7 +40,7 @@ test-fast: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(PARALLEL) -m "not slow and not rebuild and not recipe and not real" $(PYTEST_ARGS)
 
 # The toy recipe's first steps against the shipped world's bytes (data, tokenizer, the first SFT
-# steps of each model, the table): the recipe stays checkable in a minute or two. CI runs it.
+# steps of each model, the table): the recipe stays checkable in ~40 s. CI runs it.
 test-recipe: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m recipe $(PYTEST_ARGS)
 

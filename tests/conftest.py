@@ -14,18 +14,18 @@ os.environ["COLUMNS"] = "250"
 # `make test` runs the suite on two workers (pytest-xdist, --dist loadfile: a module runs whole on
 # one worker, so its module fixtures are built once). A worker takes the next module when it is
 # free, so the longest modules go first: otherwise one of them, started last, keeps the suite
-# waiting while the other worker idles. Seconds are from `--durations` on 2 cores (2026-12-07).
+# waiting while the other worker idles. Seconds: `make test --durations`, 2 cores, 2026-12-07.
 LONGEST_FIRST = (
-    "test_sweep.py",  # ~70 s: sweeps through real subprocesses, killed and restarted
-    "test_train_toy.py",  # ~40 s: 40 toy TC-OPD steps against the 5-seed threshold
-    "test_lora.py",  # ~70 s: LoRA kill-and-resume under ZeRO 0 and 3, two ranks
-    "test_demo.py",  # ~35 s: the small demo, one seed and two
-    "test_train_dist.py",  # ~35 s: torchrun, two ranks
-    "test_contexts.py",
-    "test_gpu_check.py",
+    "test_lora.py",  # ~75 s: LoRA kill-and-resume under ZeRO 0 and 3, two ranks three times
+    "test_train_dist.py",  # ~55 s: torchrun, two ranks, four launches
+    "test_train_toy.py",  # ~35 s: 20 toy TC-OPD steps against the 5-seed threshold
+    "test_sweep.py",  # ~30 s: a sweep through real subprocesses, killed and restarted
+    "test_gpu_check.py",  # ~25 s: the GPU check's driver and parts at --tiny size
     "test_train.py",
+    "test_demo.py",
     "test_learning_gate.py",
     "test_scorer_dist.py",
+    "test_contexts.py",
 )
 
 
