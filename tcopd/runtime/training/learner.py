@@ -101,7 +101,7 @@ def deepspeed_config(
 
 
 class Learner:
-    """A DeepSpeed engine around an HF causal LM with a client AdamW optimizer."""
+    """The learner: an HF causal LM and a client AdamW optimizer inside DeepSpeed (``self.ds``)."""
 
     def __init__(
         self,
