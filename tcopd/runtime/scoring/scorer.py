@@ -91,16 +91,7 @@ class Scorer:
         group: Any = None,
         servers: Mapping[str, served_lib.ServedTeacher] | None = None,
     ):
-        if placement not in PLACEMENTS:
-            raise ConfigError(
-                f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}"
-            )
-        if token_budget < 1 or chunk_size < 1:
-            raise ConfigError(
-                f"token_budget and chunk_size must be >= 1, got {token_budget} and {chunk_size}"
-            )
-        if packing not in ("auto", "on", "off"):
-            raise ConfigError(f"packing must be auto, on or off, got {packing!r}")
+        _check_settings(placement, token_budget, chunk_size, packing)
         self.placement = placement
         self.device = torch.device(device)
         self.token_budget = int(token_budget)
@@ -110,22 +101,7 @@ class Scorer:
         self.group = group
         self.owner: dict[str, int] = dict(teacher_owner or {})
         if placement == "shard":
-            if not (dist.is_available() and dist.is_initialized()):
-                raise ConfigError("placement 'shard' needs torch.distributed: launch with torchrun")
-            self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
-            for name, r in self.owner.items():
-                if not 0 <= r < self.world:
-                    raise ConfigError(
-                        f"teacher_owner[{name!r}] = {r} is not a rank of this {self.world}-process group"
-                    )
-                if r == self.rank and name not in models:
-                    raise ConfigError(
-                        f"rank {self.rank} must host {name!r} (teacher_owner) but was not given it"
-                    )
-            # Names owned elsewhere are not hosted here, even if passed in.
-            self.models = {
-                n: m for n, m in models.items() if self.owner.get(n, self.rank) == self.rank
-            }
+            self.models = self._hosted_models(models)
         else:
             if self.owner:
                 raise ConfigError("teacher_owner is only meaningful with placement 'shard'")
@@ -139,6 +115,23 @@ class Scorer:
         for m in self.models.values():
             m.to(target)
             m.eval()
+
+    def _hosted_models(self, models: Mapping[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+        """Placement ``shard``: this rank's place in the group, the ownership checked, and the
+        models this rank hosts (names owned elsewhere are not hosted here, even if passed in)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ConfigError("placement 'shard' needs torch.distributed: launch with torchrun")
+        self.rank, self.world = dist.get_rank(self.group), dist.get_world_size(self.group)
+        for name, r in self.owner.items():
+            if not 0 <= r < self.world:
+                raise ConfigError(
+                    f"teacher_owner[{name!r}] = {r} is not a rank of this {self.world}-process group"
+                )
+            if r == self.rank and name not in models:
+                raise ConfigError(
+                    f"rank {self.rank} must host {name!r} (teacher_owner) but was not given it"
+                )
+        return {n: m for n, m in models.items() if self.owner.get(n, self.rank) == self.rank}
 
     @property
     def names(self) -> list[str]:
@@ -416,6 +409,18 @@ class Scorer:
         global_src = dist.get_global_rank(self.group, src) if self.group is not None else src
         dist.scatter_object_list(received, shares, src=global_src, group=self.group)
         return received[0]
+
+
+def _check_settings(placement: str, token_budget: int, chunk_size: int, packing: str) -> None:
+    """One-line errors for a scorer's settings (before anything is placed on a device)."""
+    if placement not in PLACEMENTS:
+        raise ConfigError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    if token_budget < 1 or chunk_size < 1:
+        raise ConfigError(
+            f"token_budget and chunk_size must be >= 1, got {token_budget} and {chunk_size}"
+        )
+    if packing not in ("auto", "on", "off"):
+        raise ConfigError(f"packing must be auto, on or off, got {packing!r}")
 
 
 def _head_on(head: OutputHead, device: torch.device) -> OutputHead:

@@ -51,6 +51,7 @@ from tcopd.runtime.toy.build import (
     measure_table,
     read_manifest,
     save_models,
+    tokenizer_texts,
     torch_threads,
     toy_prompt,
     toy_row,
@@ -301,8 +302,6 @@ def _build(
 ) -> dict[str, Any]:
     import torch
 
-    from tcopd.runtime.toy.training import encode, new_model, train_sft
-
     t0 = time.time()
     times: dict[str, float] = {}
     if progress is not None:
@@ -311,37 +310,13 @@ def _build(
     write_data(out, data["rows"])
     if progress is not None:
         progress(Event("data", 1, 1))
-
-    texts = [t for pairs in data["sft"].values() for pair in pairs for t in pair]
-    texts += [toy_prompt(r["prompt"][0]["content"]) for rows in data["rows"].values() for r in rows]
-    tok = build_tokenizer(texts)
-
-    def train(model, name: str, steps: int, lr: float, seed_offset: int) -> None:
-        t = time.time()
-        pairs = data["sft"][name]
-        train_sft(
-            model,
-            encode(tok, [a for a, _ in pairs], [b for _, b in pairs]),
-            steps=steps,
-            batch_size=s.batch_size,
-            lr=lr,
-            seed=seed + seed_offset,
-            pad_id=tok.pad_token_id,
-            progress=progress,
-            label=name,
-        )
-        times[name] = round(time.time() - t, 1)
+    tok = build_tokenizer(tokenizer_texts(data))
 
     # One torch thread: on a busy 2-core box two spinning OpenMP threads ran a step ~13x slower
     # (1.7 s vs 0.13 s, docs/prepare.md), and a fixed count keeps the weights reproducible.
     with torch_threads(BUILD_THREADS):
         threads = torch.get_num_threads()
-        student = new_model(tok, s.model, seed)
-        train(student, "student", s.student_steps, s.lr, 1)
-        models = {"student": student}
-        for k, name in enumerate(("math_teacher", "code_teacher")):
-            models[name] = copy.deepcopy(student)
-            train(models[name], name, s.teacher_steps, s.teacher_lr, 2 + k)
+        models = _train_models(data["sft"], tok, s, seed, progress, times)
         save_models(models, tok, out)
         train_s = time.time() - t0
         t = time.time()
@@ -363,6 +338,43 @@ def _build(
     }
     write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def _train_models(
+    sft: dict[str, list[tuple[str, str]]],
+    tok,
+    s: MultitaskSettings,
+    seed: int,
+    progress: Progress | None,
+    times: dict[str, float],
+) -> dict[str, Any]:
+    """The student from scratch (seed + 1), then the math and the code teacher fine-tuned from
+    copies of it (seeds + 2, + 3); each model's training seconds into ``times``."""
+    from tcopd.runtime.toy.training import encode, new_model, train_sft
+
+    def train(model, name: str, steps: int, lr: float, seed_offset: int) -> None:
+        t = time.time()
+        pairs = sft[name]
+        train_sft(
+            model,
+            encode(tok, [a for a, _ in pairs], [b for _, b in pairs]),
+            steps=steps,
+            batch_size=s.batch_size,
+            lr=lr,
+            seed=seed + seed_offset,
+            pad_id=tok.pad_token_id,
+            progress=progress,
+            label=name,
+        )
+        times[name] = round(time.time() - t, 1)
+
+    student = new_model(tok, s.model, seed)
+    train(student, "student", s.student_steps, s.lr, 1)
+    models = {"student": student}
+    for k, name in enumerate(("math_teacher", "code_teacher")):
+        models[name] = copy.deepcopy(student)
+        train(models[name], name, s.teacher_steps, s.teacher_lr, 2 + k)
+    return models
 
 
 # ------------------------------------------------------------------------------------- table
