@@ -343,3 +343,44 @@ def test_empty_and_shape_errors():
                 args["w"],
                 beta=args["beta"],
             )
+
+
+def test_padded_vocabulary_rows_take_no_part():
+    """A head with more rows than the tokenizer has tokens (Qwen3: 151,936 rows, 151,669
+    tokens): with vocab_size, π_θ and p* live on the real tokens only. λ = (1.5, −0.5) gives the
+    anti-expert a negative weight, so without the mask p* would put mass on the padding rows."""
+    real = 90  # of V = 101 rows
+    s_h, s_head, t_hs, t_heads, r_h, r_head, a = make()
+    w = teacher_weights(torch.tensor([1.5, -0.5], dtype=torch.float64), "all").expand(37, 2)
+
+    def cut(head):  # the same head over the first `real` rows: the float64 reference's inputs
+        return Head(head.weight_VH[:real], head.bias_V, head.scale, head.softcap)
+
+    got = value_and_grads(
+        lambda h, hd: dense_kl(
+            h, hd, t_hs, t_heads, r_h, r_head, w, chunk_size=10, vocab_size=real
+        ),
+        s_h,
+        s_head,
+        a,
+    )
+
+    def reference(h, hd):
+        t = [cut(x) for x in t_heads]
+        return ref_kl64(h, cut(hd), t_hs, t, r_h, cut(r_head), w)
+
+    want = value_and_grads(reference, *leaves64(s_h, s_head), a)
+    assert_matches(got, want, 1e-6)  # (the reference's gradient is zero past `real` rows)
+    assert got[2][real:].abs().max() == 0.0  # no gradient into the padding rows of the head
+    # the target itself: no mass on the padding rows, and normalised over the real ones
+    from tcopd.core.dense import target_logprobs
+
+    full = target_logprobs([h[:5] for h in t_hs], t_heads, r_h[:5], r_head, w[:5], 1.0, 1.0)
+    masked = target_logprobs(
+        [h[:5] for h in t_hs], t_heads, r_h[:5], r_head, w[:5], 1.0, 1.0, vocab_size=real
+    )
+    assert masked.shape == (5, real)
+    torch.testing.assert_close(masked.exp().sum(-1), torch.ones(5, dtype=masked.dtype))
+    assert full.exp()[:, real:].sum(-1).min() > 1e-3  # unmasked: the padding rows get mass
+    with pytest.raises(ValueError, match="vocab_size 102 exceeds"):
+        dense_kl(s_h, s_head, t_hs, t_heads, r_h, r_head, w, vocab_size=V + 1)

@@ -189,9 +189,17 @@ def test_oom_halves_budget_and_retries(world, batch, monkeypatch, caplog):
     scorer = Scorer({"m": model}, token_budget=1000)
     with caplog.at_level("WARNING", logger="tcopd.runtime.scoring.scorer"):
         res = scorer.score(P, R)
-    assert scorer.token_budget < 1000 and "token budget halved" in caplog.text
+    assert res.stats["token_budget"] < 1000 and "token budget halved" in caplog.text
     assert max_err(res.logprobs["m"], reference64(model, P, R)) <= TOL
     assert res.stats["micro_batches"] == len(P)
+    # the halving holds for that pass only: the next call starts from the configured budget
+    assert scorer.token_budget == 1000
+    n_before = calls["n"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tcopd.runtime.scoring.scorer"):
+        again = scorer.score(P, R)
+    assert calls["n"] > n_before + len(P) and "token budget halved" in caplog.text
+    assert max_err(again.logprobs["m"], res.logprobs["m"]) == 0.0
 
 
 def test_scorer_input_errors(world, batch, monkeypatch):

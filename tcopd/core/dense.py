@@ -24,6 +24,12 @@ transformed logits,
 so the K + 1 frozen models need one accumulator and one log-softmax, not K + 1 log-softmaxes.
 When Σ_k w_k = β at every position (OPD, or weights that sum to β) the reference drops out.
 
+Padded vocabularies: a model's head may have more rows than its tokenizer has tokens (Qwen3:
+V = 151,936 rows, 151,669 tokens). No tokenizer emits those ids and the sampled loss never sees
+them, but a negative coefficient (any λ_k < 0, or 1 − Σ_k w_k/β < 0) can give them mass in p*.
+With ``vocab_size`` set, only the first ``vocab_size`` columns take part: π_θ and p* are both
+renormalised over the real tokens, and the rows past them get no gradient.
+
 Memory: positions are walked in chunks of C; each chunk is checkpointed when autograd records,
 so backward recomputes its logits and extra memory is O(C × V), never O(N × V), whatever N is.
 """
@@ -126,11 +132,13 @@ def target_logprobs(
     w_CK: torch.Tensor,
     beta: float,
     temperature: float,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """``log p*_CV = log_softmax((1 − Σ_k w_k/β)·z_ref + Σ_k (w_k/β)·z_k)``, without grad.
 
     The module docstring derives it from eq. 10. With ``ref_hidden_CH = None`` the caller
     guarantees Σ_k w_k = β, so the reference's coefficient is 0 and it is not computed.
+    ``vocab_size``: over the first ``vocab_size`` columns only (``C × vocab_size``).
     """
     with torch.no_grad():
         coef_CK = w_CK / beta
@@ -140,6 +148,9 @@ def target_logprobs(
         if ref_hidden_CH is not None and ref_head is not None:
             coef_C = 1.0 - coef_CK.sum(dim=-1)
             acc_CV = _add_logits(acc_CV, ref_hidden_CH, ref_head, coef_C, temperature)
+        assert acc_CV is not None
+        if vocab_size is not None:
+            acc_CV = acc_CV[:, :vocab_size]
         return torch.log_softmax(acc_CV, dim=-1)
 
 
@@ -180,11 +191,14 @@ def _chunk_kl(
     w_CK: torch.Tensor,
     beta: float,
     temperature: float,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """``kl_C`` for one chunk; every C×V buffer lives only inside this call."""
     z_CV = student_head.logits(student_hidden_CH, temperature)
+    if vocab_size is not None:
+        z_CV = z_CV[:, :vocab_size]
     logq_CV = target_logprobs(
-        teacher_hidden, teacher_heads, ref_hidden_CH, ref_head, w_CK, beta, temperature
+        teacher_hidden, teacher_heads, ref_hidden_CH, ref_head, w_CK, beta, temperature, vocab_size
     )
     if logq_CV.shape != z_CV.shape:
         raise ValueError(
@@ -210,7 +224,10 @@ def _validate(
     beta: float,
     temperature: float,
     chunk_size: int,
+    vocab_size: int | None = None,
 ) -> None:
+    if vocab_size is not None and vocab_size < 1:
+        raise ValueError(f"vocab_size must be ≥ 1, got {vocab_size}")
     if student_hidden_NH.dim() != 2:
         raise ValueError(f"student_hidden_NH must be (N, H), got {tuple(student_hidden_NH.shape)}")
     N = student_hidden_NH.shape[0]
@@ -248,6 +265,8 @@ def _validate(
             vocabs.add(vh[0])
     if len(vocabs) > 1:
         raise ValueError(f"all heads must share one vocabulary, got sizes {sorted(vocabs)}")
+    if vocab_size is not None and vocabs and vocab_size > min(vocabs):
+        raise ValueError(f"vocab_size {vocab_size} exceeds the heads' {min(vocabs)} rows")
     if ref_hidden_NH is None and N > 0:
         # The reference's coefficient 1 − Σ_k w_k/β must vanish for it to be left out.
         gap = (w_NK.double().sum(dim=-1) - beta).abs().max().item()
@@ -269,6 +288,7 @@ def dense_kl(
     beta: float = 1.0,
     temperature: float = 1.0,
     chunk_size: int = 512,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """``kl_N[t] = β · KL(π_θ(·|t) ‖ p*_t)``, the dense TC-OPD loss per position (module docstring).
 
@@ -281,7 +301,9 @@ def dense_kl(
     float64 inputs), differentiable with respect to the student's hidden states and head only:
     teacher and reference logits are computed under ``no_grad``. Reduce it (mask, token-mean) as
     the policy loss is reduced. Each chunk of ``chunk_size`` positions is checkpointed when
-    autograd records, so peak extra memory is O(chunk_size × V).
+    autograd records, so peak extra memory is O(chunk_size × V). ``vocab_size`` (the
+    tokenizer's size, when the heads have padding rows past it): π_θ and p* over the first
+    ``vocab_size`` tokens only (module docstring).
     """
     _validate(
         student_hidden_NH,
@@ -294,6 +316,7 @@ def dense_kl(
         beta,
         temperature,
         chunk_size,
+        vocab_size,
     )
     w = student_head.weight_VH
     grad = torch.is_grad_enabled() and (
@@ -316,6 +339,7 @@ def dense_kl(
             w_NK[s:e],
             float(beta),
             float(temperature),
+            vocab_size,
         )
         if grad:
             kls.append(_checkpoint(_chunk_kl, *args, use_reentrant=False))

@@ -79,35 +79,93 @@ def training_signal(
     scored (active) ones, a subset. ``correct_B`` / ``group_B`` feed the optional outcome bonus.
     Raises ``ValueError`` naming the quantity when anything is not finite.
     """
-    active = [s for s in specs if s.name in teachers]
-    if not active:
-        raise ValueError("no scored teacher: at least one teacher needs a non-zero λ")
     T = max((len(r) for r in old), default=0)
     mask_BT = pad_right([torch.ones(len(r)) for r in old], T)
     old_BT, ref_BT = pad_right(old, T), pad_right(ref, T)
-    teacher_KBT = torch.stack([pad_right(teachers[s.name], T) for s in active])
-    lam_all_BK = lambda_matrix(specs, domains, table)
-    w_all_BK = teacher_weights(lam_all_BK, normalization)  # type: ignore[arg-type]
-    cols = [i for i, s in enumerate(specs) if s.name in teachers]
-    reward_BT = contrastive_reward(teacher_KBT, ref_BT, w_all_BK[:, cols]) * mask_BT
-    bonus_B = None
-    if outcome_weight and correct_B is not None and group_B is not None:
-        bonus_B = outcome_bonus(correct_B, group_B, outcome_weight)
+    names, teacher_KBT, w_BK = _teachers(teachers, specs, T, domains, table, normalization)
+    reward_BT = contrastive_reward(teacher_KBT, ref_BT, w_BK) * mask_BT
+    bonus_B = _bonus(correct_B, group_B, outcome_weight)
     adv_BT = advantage(reward_BT, old_BT, ref_BT, mask_BT, beta, bonus_B)
     for name, t in (("reward", reward_BT), ("advantage", adv_BT), ("old log-prob", old_BT)):
         if not torch.isfinite(t).all():
             raise ValueError(f"non-finite {name} in this batch")
-    names = tuple(s.name for s in active)
-    return Signal(
-        names,
-        mask_BT,
-        old_BT,
-        ref_BT,
-        teacher_KBT,
-        w_all_BK[:, cols],
-        reward_BT,
-        adv_BT,
-    )
+    return Signal(names, mask_BT, old_BT, ref_BT, teacher_KBT, w_BK, reward_BT, adv_BT)
+
+
+@dataclass(frozen=True)
+class OpenSignal:
+    """The advantage before π_old is known (on-policy, π_old comes from the update's own
+    forward): ``A = adv_BT − β·lp_old``, with the teachers' weights the dense loss needs."""
+
+    names: tuple[str, ...]
+    mask_BT: torch.Tensor
+    w_BK: torch.Tensor
+    adv_BT: torch.Tensor  # A + β·lp_old: every term of A but −β·lp_old
+
+
+def open_signal(
+    lengths: Sequence[int],
+    ref: Sequence[torch.Tensor] | None,
+    teachers: Mapping[str, Sequence[torch.Tensor]],
+    specs: Sequence[TeacherSpec],
+    *,
+    domains: Sequence[str | None],
+    table: Mapping[str, Mapping[str, float]] | None = None,
+    normalization: str = "active",
+    beta: float = 1.0,
+    correct_B: torch.Tensor | None = None,
+    group_B: torch.Tensor | None = None,
+    outcome_weight: float = 0.0,
+) -> OpenSignal:
+    """:func:`training_signal`'s advantage without its ``−β·lp_old`` term, for responses of
+    ``lengths`` tokens: ``A + β·lp_old = Σ_k w_k·(lp_k − lp_ref) + β·lp_ref [+ o_b]``.
+
+    ``ref=None``: π_ref cancels (Σ_k w_k = β, :func:`reference_cancels`), so ``lp_ref`` may be
+    anything — π_old stands in for it in the full signal — and is taken as 0 here:
+    ``A + β·lp_old = Σ_k w_k·lp_k [+ o_b]``. The arithmetic is ``training_signal``'s own (its
+    ``advantage`` with ``lp_old = 0``), so ``adv_BT − β·lp_old`` equals its ``adv_BT`` to
+    rounding. Raises ``ValueError`` when anything is not finite.
+    """
+    T = max(lengths, default=0)
+    mask_BT = pad_right([torch.ones(n) for n in lengths], T)
+    zero_BT = torch.zeros(len(lengths), T)
+    ref_BT = pad_right(ref, T) if ref is not None else zero_BT
+    names, teacher_KBT, w_BK = _teachers(teachers, specs, T, domains, table, normalization)
+    if ref is None and not torch.allclose(w_BK.sum(-1), torch.full_like(w_BK[:, 0], beta)):
+        raise ValueError("π_ref is needed: the teachers' weights do not sum to β")
+    reward_BT = contrastive_reward(teacher_KBT, ref_BT, w_BK) * mask_BT
+    bonus_B = _bonus(correct_B, group_B, outcome_weight)
+    adv_BT = advantage(reward_BT, zero_BT, ref_BT, mask_BT, beta, bonus_B)
+    if not torch.isfinite(adv_BT).all():
+        raise ValueError("non-finite advantage in this batch")
+    return OpenSignal(names, mask_BT, w_BK, adv_BT)
+
+
+def _teachers(
+    teachers: Mapping[str, Sequence[torch.Tensor]],
+    specs: Sequence[TeacherSpec],
+    T: int,
+    domains: Sequence[str | None],
+    table: Mapping[str, Mapping[str, float]] | None,
+    normalization: str,
+) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
+    """``(names, teacher_KBT, w_BK)`` of the scored (active) teachers, in ``specs`` order."""
+    active = [s for s in specs if s.name in teachers]
+    if not active:
+        raise ValueError("no scored teacher: at least one teacher needs a non-zero λ")
+    teacher_KBT = torch.stack([pad_right(teachers[s.name], T) for s in active])
+    lam_all_BK = lambda_matrix(specs, domains, table)
+    w_all_BK = teacher_weights(lam_all_BK, normalization)  # type: ignore[arg-type]
+    cols = [i for i, s in enumerate(specs) if s.name in teachers]
+    return tuple(s.name for s in active), teacher_KBT, w_all_BK[:, cols]
+
+
+def _bonus(
+    correct_B: torch.Tensor | None, group_B: torch.Tensor | None, weight: float
+) -> torch.Tensor | None:
+    if weight and correct_B is not None and group_B is not None:
+        return outcome_bonus(correct_B, group_B, weight)
+    return None
 
 
 def reference_cancels(

@@ -127,7 +127,12 @@ class TrainConfig:
     )
     lora_rank: int = field(16, help="LoRA rank r.")
     lora_alpha: float = field(32.0, help="LoRA alpha (the update is scaled by alpha / r).")
-    lora_dropout: float = field(0.0, help="Dropout on the LoRA branch's input, in [0, 1).")
+    lora_dropout: float = field(
+        0.0,
+        help="Must be 0 (kept so that configs naming it still load): every dropout, the LoRA "
+        "branch's included, is off in the RL update, where π_θ / π_old must be 1 before a step "
+        "(docs/lora.md).",
+    )
     lora_target_modules: str = field(
         "all-linear",
         help="Modules that get adapters: all-linear (every linear layer but the output head) or "
@@ -206,8 +211,12 @@ class TrainConfig:
             raise ConfigError(f"--lora-rank must be at least 1, got {self.lora_rank}")
         if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ConfigError(f"--lora-alpha must be > 0, got {self.lora_alpha}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_dropout != 0.0:
+            raise ConfigError(
+                f"--lora-dropout {self.lora_dropout:g}: dropout is off in the RL update (with it "
+                "π_θ / π_old is not 1 before a step, and the clip fraction measures dropout "
+                "noise); use 0 (docs/lora.md)"
+            )
         if not self.lora_target_modules.strip(" ,"):
             raise ConfigError("--lora-target-modules is empty: all-linear or module names")
 

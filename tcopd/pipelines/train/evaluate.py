@@ -9,6 +9,7 @@ from __future__ import annotations
 from tcopd.core.metrics import mean_at_n, standard_error
 from tcopd.pipelines.train.setup import Trainer
 from tcopd.runtime.generation.rollout import SamplingParams
+from tcopd.runtime.training.distributed import on_every_rank
 
 
 def evaluate(tr: Trainer, step: int) -> dict[str, float]:
@@ -25,16 +26,21 @@ def evaluate(tr: Trainer, step: int) -> dict[str, float]:
         max_new_tokens=cfg.max_response_tokens,
         seed=cfg.seed + 17,
     )
-    tr.rollout.wake()
-    comps = tr.rollout.generate([ids[i] for i in mine], sampling)
-    tr.rollout.sleep()
-    verdicts = tr.grader.grade(
-        [golds[mine[c.prompt_index]] for c in comps], [c.text for c in comps]
-    )
-    counts = {str(i): 0.0 for i in range(len(ids))}
-    for c, v in zip(comps, verdicts):
-        counts[str(mine[c.prompt_index])] += 1.0 if v else 0.0
-    counts = tr.reduce.sum(counts)
+    grader = tr.grader
+
+    def local_counts() -> dict[str, float]:  # this rank's share, before any collective
+        tr.rollout.wake()
+        comps = tr.rollout.generate([ids[i] for i in mine], sampling)
+        tr.rollout.sleep()
+        verdicts = grader.grade(
+            [golds[mine[c.prompt_index]] for c in comps], [c.text for c in comps]
+        )
+        counts = {str(i): 0.0 for i in range(len(ids))}
+        for c, v in zip(comps, verdicts):
+            counts[str(mine[c.prompt_index])] += 1.0 if v else 0.0
+        return counts
+
+    counts = tr.reduce.sum(on_every_rank(tr.reduce, local_counts))
     per_problem = [int(counts[str(i)]) for i in range(len(ids))]
     return {
         "eval_mean_at_n": 100.0 * mean_at_n([(cfg.eval_n, c) for c in per_problem]),

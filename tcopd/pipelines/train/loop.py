@@ -10,6 +10,8 @@ Choices:
 - ``metrics.jsonl`` is written by rank 0, one row per step, flushed as it goes; on resume the
   rows past the checkpoint are dropped.
 - Multi-process: each rank takes ``batch_size / world`` prompts; metrics are summed over ranks.
+  A failure on one rank stops every rank with the same error (step.py), and the process group
+  is shut down cleanly; the last checkpoint is kept.
 """
 
 from __future__ import annotations
@@ -144,14 +146,20 @@ def run(
         }
         write_resolved(resolved, run_dir / "config.yaml")
     start = checkpointing.restore(tr, run_dir) if resume else 0
+    together = False  # every rank stops with the same error (distributed.RankFailed)
     try:
         row = _loop(tr, run_dir, start)
+    except distributed.RankFailed:
+        together = True
+        raise
     finally:
         try:
             if tr.grader is not None:
                 tr.grader.close()
         finally:
             tr.rollout.close()  # a vLLM engine's processes stop here, before the group goes
+            if together and dist.distributed:
+                distributed.shutdown()  # every rank is here: the group comes down cleanly
     final = ckpt.latest_checkpoint(run_dir)
     digest = weights_digest(tr.learner.full_state_dict())
     if dist.distributed:

@@ -80,7 +80,7 @@ def _local_sums(
         "reward": float((signal.reward_BT * m).sum()),
         "kl_ref": float(((signal.old_BT - signal.ref_BT) * m).sum()),
         "neg_logp_old": float(-(signal.old_BT * m).sum()),
-        "entropy": sum(float(e.sum()) for e in scores.entropy),
+        "entropy": sum(float(e.sum()) for e in scores.entropy or []),
         "correct": float(grades.correct_B.sum()),
         "truncated": float(sum(c.finish_reason == "length" for c in batch.completions)),
         "ungraded": float(grades.ungraded),

@@ -21,6 +21,7 @@ from tcopd.pipelines.train.setup import Trainer
 from tcopd.runtime.generation.rollout import Completion, SamplingParams
 from tcopd.runtime.generation.vllm_engine import shared_memory, state_bytes
 from tcopd.runtime.models import lora
+from tcopd.runtime.training.distributed import one_line
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,9 @@ def _through_directory(
 def _all_or_none(tr: Trainer, what: str, fn: Callable[..., Any], *args: Any) -> None:
     """Run ``fn`` on every rank; if it failed anywhere, every rank raises the first error (no
     rank is left waiting for another in a collective)."""
-    error = ""
+    error, cause = "", None
     try:
         fn(*args)
     except Exception as e:
-        error = f"rank {tr.dist.rank}: {type(e).__name__}: {e}".splitlines()[0]
-    errors = [e for e in tr.reduce.gather(error) if e]
-    if errors:
-        raise TrainingError(f"weight sync failed {what} ({errors[0]})")
+        error, cause = f"weight sync failed {what} ({one_line(e)})", e
+    tr.reduce.raise_any(error, cause)

@@ -6,8 +6,9 @@ scored at the rollout temperature (docs/algorithm.md), so π_θ / π_old is a ra
 tempered policy the samples came from.
 
 With ``--loss dense`` the teachers (and π_ref) are run once for their final hidden states, kept
-for the update (which rebuilds their full distributions chunk by chunk); their sampled-token
-log-probs, for the reward and the metrics, come from those hidden states through each head.
+in host memory for the update (which moves each micro-batch's rows to the device and rebuilds
+their full distributions chunk by chunk); their sampled-token log-probs, for the reward and the
+metrics, come from those hidden states through each head.
 
 With ``--lora`` and no ``--reference``, π_ref is the policy itself with its adapters disabled
 (``reference_forward`` around its forward, here: adapters off, eval mode): the base model's
@@ -35,16 +36,25 @@ from tcopd.runtime.scoring.forward import batched_response_logprobs
 class Scores:
     """Rows of per-token values, one per response (CPU, float32)."""
 
-    old: list[torch.Tensor]
-    entropy: list[torch.Tensor]  # of π_old's (tempered) distribution at each position
-    models: dict[str, list[torch.Tensor]]  # "reference" (π_old when it cancels) and each teacher
+    old: list[torch.Tensor] | None  # None until known (on-policy: the update's forward gives it)
+    entropy: list[torch.Tensor] | None  # of π_old's (tempered) distribution at each position
+    models: dict[str, list[torch.Tensor]]  # each teacher, and "reference" unless π_ref cancels
     hidden: dict[str, list[torch.Tensor]] | None = None  # dense: T_i × H per response and model
-    heads: dict[str, Head] | None = None  # dense: each model's output head
+    heads: dict[str, Head] | None = None  # dense: each model's output head (on the device)
+
+    @property
+    def teachers(self) -> dict[str, list[torch.Tensor]]:
+        return {k: v for k, v in self.models.items() if k != "reference"}
+
+    @property
+    def reference(self) -> list[torch.Tensor] | None:
+        """π_ref's rows; None when it cancels in the advantage (π_old then stands in for it)."""
+        return self.models.get("reference")
 
 
 def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
-    """``with_old=False`` (on-policy): π_old comes from the update's forward (update.py); its
-    rows are zeros until the update fills them in place."""
+    """``with_old=False`` (on-policy): π_old comes from the update's forward (update.py), and
+    ``old`` / ``entropy`` stay None here."""
     cfg = tr.cfg
     if with_old:
         old, entropy = batched_response_logprobs(
@@ -56,8 +66,7 @@ def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
             temperature=cfg.temperature,
         )
     else:
-        old = [torch.zeros(len(r)) for r in batch.responses]
-        entropy = [torch.zeros(len(r)) for r in batch.responses]
+        old = entropy = None
     own = tr.contexts.batch(batch.messages) if tr.contexts is not None else None
     if cfg.loss == "dense":
         hidden, heads = _hidden_states(tr, batch, own)
@@ -67,9 +76,6 @@ def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
         scored = dict(tr.scorer.score(batch.prompts, batch.responses, prompts_of=own).logprobs)
     if tr.adapter_reference is not None:
         _score_adapter_reference(tr, batch, scored, hidden, heads)
-    # π_ref cancels (setup.py): π_old stands in for it — the same list, so that on-policy the
-    # update's filling of π_old (in place) fills the stand-in too
-    scored.setdefault("reference", old)
     return Scores(old, entropy, scored, hidden, heads)
 
 
@@ -106,8 +112,23 @@ def _hidden_states(
 def _sampled_logprobs(
     hidden: list[torch.Tensor], head: Head, batch: Rollouts, cfg: TrainConfig
 ) -> list[torch.Tensor]:
-    """Each response's sampled-token log-probs from a model's stored hidden states."""
-    targets = torch.tensor([t for r in batch.responses for t in r])
-    with torch.no_grad():
-        lp_N = head.token_logprobs(torch.cat(hidden), targets, cfg.temperature, cfg.chunk_size)
-    return [x.float().cpu() for x in lp_N.split([len(r) for r in batch.responses])]
+    """Each response's sampled-token log-probs from a model's stored hidden states (host
+    memory), moved to the head's device a slice of responses at a time (at most
+    ``train_token_budget`` tokens, or one response)."""
+    w = head.weight_VH
+    device = w.device if isinstance(w, torch.Tensor) else None
+    out: list[torch.Tensor] = []
+    start = 0
+    while start < len(hidden):
+        end, tokens = start + 1, len(hidden[start])
+        while end < len(hidden) and tokens + len(hidden[end]) <= cfg.train_token_budget:
+            tokens += len(hidden[end])
+            end += 1
+        h_NH = torch.cat(hidden[start:end])
+        h_NH = h_NH.to(device) if device is not None else h_NH
+        targets = torch.tensor([t for r in batch.responses[start:end] for t in r])
+        with torch.no_grad():
+            lp_N = head.token_logprobs(h_NH, targets, cfg.temperature, cfg.chunk_size)
+        out += [x.float().cpu() for x in lp_N.split([len(h) for h in hidden[start:end]])]
+        start = end
+    return out

@@ -11,6 +11,9 @@ Choices:
   π_ref (unless ``--reference`` names another model) is then *the same module with its adapters
   disabled*: no copy is made; the score phase scores it inside ``lora.reference_forward`` through
   ``Trainer.adapter_reference``, a scorer holding the policy under the name ``reference``.
+- Dropout is off in the student, its LoRA branches included (``disable_dropout``): π_old is
+  scored in eval mode and π_θ in train mode, and with dropout live their ratio would not be 1
+  before a step and the clip fraction would measure dropout noise (verl and TRL do the same).
 - The HF rollout engine samples with the training module itself (nothing to sync) — except
   under ZeRO-3, where the module's parameters are partitioned and every forward is a
   collective: it then samples from a full copy that is synced after every step. vLLM always
@@ -20,6 +23,7 @@ Choices:
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +49,12 @@ from tcopd.runtime.data.prompts import check_framing
 from tcopd.runtime.evaluation.grading import Grader
 from tcopd.runtime.generation.rollout import RolloutEngine
 from tcopd.runtime.models import lora
-from tcopd.runtime.models.loading import check_same_tokenizer, load_causal_lm, load_tokenizer
+from tcopd.runtime.models.loading import (
+    check_same_tokenizer,
+    disable_dropout,
+    load_causal_lm,
+    load_tokenizer,
+)
 from tcopd.runtime.scoring import served
 from tcopd.runtime.scoring.contexts import Context, ContextRenderer, load_contexts
 from tcopd.runtime.scoring.forward import output_head
@@ -55,6 +64,7 @@ from tcopd.runtime.training.distributed import DistInfo, Reduce, available_memor
 from tcopd.runtime.training.learner import Learner
 
 Emit = Callable[..., None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,6 +92,9 @@ class Trainer:
     lora_student: lora.LoraStudent | None = None  # --lora: the PeftModel around learner.module
     # --lora without --reference: π_ref = the policy with adapters off (score.py), not a copy
     adapter_reference: Scorer | None = None
+    # the tokenizer's size when the output heads have more rows (a padded vocabulary): the
+    # dense loss leaves the rows past it out (core/dense.py)
+    vocab_size: int | None = None
 
 
 def teachers_of(cfg: TrainConfig) -> tuple[list[TeacherSpec], dict, list[TeacherSpec]]:
@@ -158,8 +171,10 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
     scorer, renderer = _scorer_and_contexts(
         cfg, dist, tokenizer, student, (specs, active), dtype, skip_ref or shared_ref
     )
+    vocab = None
     if cfg.loss == "dense":
-        check_dense(cfg, student, scorer, dist.device, extra_models=int(shared_ref))
+        check_dense(cfg, dist, student, scorer, extra_models=int(shared_ref))
+        vocab = _real_vocabulary(tokenizer, student)
     separate = cfg.engine == "hf" and cfg.zero_stage == 3  # see the module docstring
     rollout_copy = copy.deepcopy(student).requires_grad_(False) if separate else None
     emit("starting DeepSpeed")
@@ -193,7 +208,15 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         scores_reference=not skip_ref,
         lora_student=adapted,
         adapter_reference=_adapter_reference(cfg, dist, policy) if shared_ref else None,
+        vocab_size=vocab,
     )
+
+
+def _real_vocabulary(tokenizer: Any, student: torch.nn.Module) -> int | None:
+    """The tokenizer's size when the student's head has more rows (padding), else None."""
+    found = output_head(student)
+    rows = found[1].weight.shape[0] if found is not None else None
+    return len(tokenizer) if rows is not None and len(tokenizer) < rows else None
 
 
 def _prompts(cfg: TrainConfig, tokenizer: Any) -> tuple[Prompts, Prompts | None]:
@@ -217,6 +240,9 @@ def _student(
         torch.manual_seed(cfg.seed)  # peft draws A's initial values: the same run, the same A
         adapted = lora.wrap(student, settings, str(cfg.student))
         student = adapted.model
+    off = disable_dropout(student)
+    if off:
+        log.info("dropout off for the RL update: %s", ", ".join(off))
     if cfg.gradient_checkpointing:
         student.gradient_checkpointing_enable()
         student.config.use_cache = False
@@ -371,29 +397,61 @@ def _same_path(path: str) -> str:
 
 def check_dense(
     cfg: TrainConfig,
+    dist: DistInfo,
     student: torch.nn.Module,
     scorer: Scorer,
-    device: torch.device,
     extra_models: int = 0,
 ) -> None:
-    """Before any step: every model exposes a head over the student's vocabulary, and one chunk's
-    ``chunk × V × (K + 2)`` float32 logits (×3: values, softmaxes, gradients) fit in memory
-    (``extra_models``: models scored outside ``scorer``, the LoRA π_ref)."""
+    """Before any step: every model exposes a head over the student's vocabulary, and what the
+    dense loss holds fits (``extra_models``: models scored outside ``scorer``, the LoRA π_ref):
+
+    - on the device, one chunk's ``chunk × V × (K + 2)`` float32 logits (×3: values, softmaxes,
+      gradients) and one micro-batch's stored hidden states (``train_token_budget × ΣH``);
+    - in host memory, the stored hidden states of a whole step on this rank (every response at
+      ``max_response_tokens``: ``responses × max_response_tokens × ΣH``, in the model dtype),
+      which the scorer keeps there for the update (on CPU both are the same memory).
+    """
     found = output_head(student)
     if found is None:
         raise ConfigError("--loss dense needs a student with a base model and a linear lm_head")
-    V = found[1].weight.shape[0]
+    V, H_student = found[1].weight.shape
+    widths = []
     for name, model in scorer.models.items():
         head = output_head(model)
         if head is None or head[1].weight.shape[0] != V:
             got = "no linear head" if head is None else f"vocabulary {head[1].weight.shape[0]}"
             raise ConfigError(f"--loss dense: {name} has {got}, the student's vocabulary is {V}")
+        widths.append(head[1].weight.shape[1])
+    widths += [H_student] * extra_models
     n_models = len(scorer.models) + extra_models + 2
-    need = 3 * 4 * cfg.chunk_size * V * n_models
-    free = available_memory(device)
-    if need > free:
+    item = torch.finfo(model_dtype(cfg, dist.device)).bits // 8
+    chunk = 3 * 4 * cfg.chunk_size * V * n_models
+    micro = cfg.train_token_budget * sum(widths) * item
+    responses = cfg.batch_size // dist.world_size * cfg.samples_per_prompt
+    stored = responses * cfg.max_response_tokens * sum(widths) * item
+    sizes = (
+        f"one chunk ~{chunk / 1e9:.1f} GB ({cfg.chunk_size} positions × vocabulary {V} × "
+        f"{n_models} models) and one micro-batch's hidden states ~{micro / 1e9:.1f} GB"
+    )
+    kept = (
+        f"the step's stored hidden states ~{stored / 1e9:.1f} GB ({responses} responses × "
+        f"{cfg.max_response_tokens} tokens × hidden {sum(widths)}, {len(widths)} models)"
+    )
+    smaller = "lower --batch-size, --samples-per-prompt or --max-response-tokens, or use more ranks"
+    if dist.device.type == "cuda":
+        free = available_memory(dist.device)
+        if chunk + micro > free:
+            raise ConfigError(
+                f"--loss dense: {sizes} need more than the {free / 1e9:.1f} GB free on "
+                f"{dist.device}: lower --chunk-size or --train-token-budget"
+            )
+        need, text = stored, kept
+    else:  # one memory for everything
+        need, text = chunk + micro + stored, f"{sizes}, with {kept},"
+        smaller = f"lower --chunk-size, or {smaller[0].lower()}{smaller[1:]}"
+    host = available_memory(torch.device("cpu"))
+    if need > host:
         raise ConfigError(
-            f"--loss dense: one chunk needs ~{need / 1e9:.1f} GB ({cfg.chunk_size} positions × "
-            f"vocabulary {V} × {n_models} models), {free / 1e9:.1f} GB is free: "
-            "lower --chunk-size"
+            f"--loss dense: {text} need more than the {host / 1e9:.1f} GB of memory available: "
+            f"{smaller}"
         )

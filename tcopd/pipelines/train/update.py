@@ -14,11 +14,15 @@ Algorithm choices:
 - Every rank runs the same number of forward/backward passes (ZeRO's collectives need it): a rank
   with fewer micro-batches runs zero-loss dummies.
 - A non-finite loss or gradient norm is an error (the caller names the step; the last checkpoint
-  on disk stays intact), never a silent corrupt update.
+  on disk stays intact), never a silent corrupt update. Every rank checks its loss before each
+  backward and all ranks stop together when any rank's is not finite.
 - On-policy (one epoch, one mini-batch: a single optimizer step per batch) π_old *is* π_θ at
   the time of the update, so its log-probs are taken from the update's own forward, detached
-  (as verl does), instead of a separate forward: ``batch.on_policy`` then carries what the
-  advantage's ``−β·lp_old`` term and the IS weight need, and receives π_old and its entropy.
+  (as verl does), instead of a separate forward: the update takes the advantage without its
+  ``−β·lp_old`` term (``OpenSignal``), ``batch.on_policy`` carries what that term and the IS
+  weight need, and the update returns π_old and its entropy (:class:`Updated`).
+- The dense loss has no ratio: its ``clip_fraction`` and ``approx_kl`` are ``None`` (null in
+  metrics.jsonl), not 0.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 from tcopd.core.batching import plan_padded
 from tcopd.core.dense import Head, dense_kl
 from tcopd.core.objective import PPOLoss, aggregate, truncated_is_weight
-from tcopd.core.signal import pad_right
+from tcopd.core.signal import OpenSignal, pad_right
 from tcopd.errors import TrainingError
 from tcopd.runtime.scoring.forward import model_response_logprobs, response_hidden_states
 from tcopd.runtime.training.distributed import Reduce
@@ -78,19 +82,20 @@ class DenseTargets:
     heads: dict[str, Head]
     w_BK: torch.Tensor
     beta: float
+    vocab_size: int | None = None  # the tokenizer's size: head rows past it take no part
 
 
 @dataclass
 class UpdateBatch:
     """Everything the update needs, per response (B responses, T = longest response).
 
-    With ``on_policy`` set, ``old_logp_BT`` is unused and ``adv_BT`` lacks the ``−β·lp_old`` term.
+    With ``on_policy`` set, ``old_logp_BT`` is None and ``adv_BT`` lacks the ``−β·lp_old`` term.
     """
 
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
     mask_BT: torch.Tensor
-    old_logp_BT: torch.Tensor
+    old_logp_BT: torch.Tensor | None
     adv_BT: torch.Tensor
     is_weight_BT: torch.Tensor | None
     on_policy: OnPolicy | None = None
@@ -102,17 +107,29 @@ def is_on_policy(settings: UpdateSettings) -> bool:
     return settings.epochs == 1 and settings.mini_batches == 1
 
 
+@dataclass(frozen=True)
+class Updated:
+    """What the update phase returns: its statistics (:func:`ppo_update`) and, on-policy,
+    π_old's log-probs and entropies per response, from the update's own forward."""
+
+    stats: dict[str, float | None]
+    old: list[torch.Tensor] | None = None
+    entropy: list[torch.Tensor] | None = None
+
+
 def update(
     tr: Trainer,
     batch: Rollouts,
     scores: Scores,
-    signal: Signal,
+    signal: Signal | OpenSignal,
     is_BT: torch.Tensor | None,
     seed: int,
-) -> dict[str, float]:
-    """The update phase. On-policy, it also fills ``scores.old`` / ``scores.entropy`` in place."""
+) -> Updated:
+    """The update phase: on-policy (``signal`` an :class:`OpenSignal`, π_old unknown until the
+    update's forward) it returns π_old and its entropies too."""
     on_policy = None
-    if is_on_policy(tr.update):
+    old_BT = None
+    if isinstance(signal, OpenSignal):
         comps = batch.completions
         rollout_BT = None
         if tr.cfg.truncated_is and all(c.logprobs is not None for c in comps):
@@ -120,17 +137,21 @@ def update(
         zeros = torch.zeros_like(signal.mask_BT)
         on_policy = OnPolicy(tr.cfg.beta, rollout_BT, tr.cfg.is_cap, zeros, zeros.clone())
         is_BT = None
+    else:
+        old_BT = signal.old_BT
     dense = None
     if tr.cfg.loss == "dense":
         assert scores.hidden is not None and scores.heads is not None
-        dense = DenseTargets(signal.names, scores.hidden, scores.heads, signal.w_BK, tr.cfg.beta)
+        dense = DenseTargets(
+            signal.names, scores.hidden, scores.heads, signal.w_BK, tr.cfg.beta, tr.vocab_size
+        )
     stats = ppo_update(
         tr.learner,
         UpdateBatch(
             batch.prompts,
             batch.responses,
             signal.mask_BT,
-            signal.old_BT,
+            old_BT,
             signal.adv_BT,
             is_BT,
             on_policy,
@@ -141,11 +162,14 @@ def update(
         seed,
         tr.reduce,
     )
-    if on_policy is not None:
-        lengths = [len(r) for r in batch.responses]
-        scores.old[:] = [on_policy.old_logp_BT[b, :n] for b, n in enumerate(lengths)]
-        scores.entropy[:] = [on_policy.entropy_BT[b, :n] for b, n in enumerate(lengths)]
-    return stats
+    if on_policy is None:
+        return Updated(stats)
+    lengths = [len(r) for r in batch.responses]
+    return Updated(
+        stats,
+        [on_policy.old_logp_BT[b, :n] for b, n in enumerate(lengths)],
+        [on_policy.entropy_BT[b, :n] for b, n in enumerate(lengths)],
+    )
 
 
 def ppo_update(
@@ -157,7 +181,8 @@ def ppo_update(
     reduce: Reduce,
 ) -> dict[str, float]:
     """Run the update; returns the mean over optimizer steps of loss, clip fraction, approx. KL
-    and gradient norm, plus the number of optimizer steps taken."""
+    and gradient norm, plus the number of optimizer steps taken (the dense loss has no ratio:
+    its clip fraction and approx. KL are None)."""
     rng = random.Random(seed)
     sums = {"loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0, "grad_norm": 0.0}
     updates = 0
@@ -174,7 +199,10 @@ def ppo_update(
             for k in sums:
                 sums[k] += stats[k]
             updates += 1
-    return {k: v / max(updates, 1) for k, v in sums.items()} | {"updates": float(updates)}
+    out: dict[str, float | None] = {k: v / max(updates, 1) for k, v in sums.items()}
+    if batch.dense is not None:
+        out["clip_fraction"] = out["approx_kl"] = None
+    return out | {"updates": float(updates)}
 
 
 def _mini_batch(
@@ -199,8 +227,8 @@ def _mini_batch(
         loss, st, ntok = _micro_batch_loss(learner, batch, idx, loss_fn, settings, totals)
         # DeepSpeed averages gradients over ranks; × world restores the global normaliser.
         loss = loss * reduce.world_size * (1.0 if real else 0.0)
-        if not torch.isfinite(loss):
-            raise TrainingError("non-finite loss in a PPO micro-batch")
+        # before backward's collectives: a rank that stopped alone would leave the others waiting
+        reduce.raise_any("" if torch.isfinite(loss) else "non-finite loss in a PPO micro-batch")
         learner.backward(loss)
         if real:
             local["loss"] += loss.item() / reduce.world_size
@@ -246,10 +274,13 @@ def _micro_batch_loss(
     new_BT, ent_BT = out if on_policy else (out, None)
     dev = new_BT.device
     mask = batch.mask_BT[idx, :T].to(dev)
-    old, adv = batch.old_logp_BT[idx, :T].to(dev), batch.adv_BT[idx, :T].to(dev)
-    isw = batch.is_weight_BT[idx, :T].to(dev) if batch.is_weight_BT is not None else None
+    adv = batch.adv_BT[idx, :T].to(dev)
     if batch.on_policy is not None:  # (spelled out for the type checker; = on_policy)
         old, adv, isw = _on_policy_terms(batch.on_policy, idx, T, new_BT, ent_BT, mask, adv)
+    else:
+        assert batch.old_logp_BT is not None
+        old = batch.old_logp_BT[idx, :T].to(dev)
+        isw = batch.is_weight_BT[idx, :T].to(dev) if batch.is_weight_BT is not None else None
     loss, st = loss_fn(
         new_BT,
         old,
@@ -321,6 +352,7 @@ def _dense_micro_batch_loss(
         d.beta,
         settings.temperature,
         settings.chunk_size,
+        vocab_size=d.vocab_size,
     )
     T = max(lengths)
     mask = batch.mask_BT[idx, :T].to(dev)

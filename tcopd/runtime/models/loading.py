@@ -240,6 +240,29 @@ def vocab_size(model: torch.nn.Module) -> int:
     return int(emb.weight.shape[0])
 
 
+def disable_dropout(model: torch.nn.Module) -> list[str]:
+    """Turn off every dropout of ``model``, in train mode too; returns what was on
+    (``"module.attr=p"``), for the log.
+
+    ``nn.Dropout*`` modules get ``p = 0`` (a LoRA branch's dropout among them); float module
+    attributes named ``*dropout`` / ``*pdrop`` are set to 0 (HF attention passes
+    ``self.attention_dropout`` to its kernel while training). The config is left as given.
+    """
+    changed = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            if module.p:
+                changed.append(f"{name or 'model'}.p={module.p:g}")
+                module.p = 0.0
+            continue
+        for attr, value in list(vars(module).items()):
+            rate = type(value) is float and (attr.endswith("dropout") or attr.endswith("pdrop"))
+            if rate and value:
+                changed.append(f"{name or 'model'}.{attr}={value:g}")
+                setattr(module, attr, 0.0)
+    return changed
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__

@@ -260,19 +260,21 @@ def batched_response_logprobs(
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for idx in plan_padded(lengths, token_budget):
-            lp_BT, ent_BT = model_response_logprobs(
-                model,
-                [prompts[i] for i in idx],
-                [responses[i] for i in idx],
-                chunk_size,
-                temperature=temperature,
-                return_entropy=True,
-            )
-            for row, i in enumerate(idx):
-                n = len(responses[i])
-                logp[i] = lp_BT[row, :n].cpu()
-                ent[i] = ent_BT[row, :n].cpu()
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for idx in plan_padded(lengths, token_budget):
+                lp_BT, ent_BT = model_response_logprobs(
+                    model,
+                    [prompts[i] for i in idx],
+                    [responses[i] for i in idx],
+                    chunk_size,
+                    temperature=temperature,
+                    return_entropy=True,
+                )
+                for row, i in enumerate(idx):
+                    n = len(responses[i])
+                    logp[i] = lp_BT[row, :n].cpu()
+                    ent[i] = ent_BT[row, :n].cpu()
+    finally:
+        model.train(was_training)  # an error (out of memory) leaves the mode as it was
     return logp, ent

@@ -15,19 +15,22 @@ micro-batch plan (token-budget, longest first), under ``torch.inference_mode``. 
   and advantage code cannot tell the difference. See docs/serving.md.
 
 On CUDA: pinned host buffers and non-blocking copies; on ``torch.OutOfMemoryError`` the token
-budget is halved and the failed micro-batch retried (logged), down to a single sequence.
+budget is halved and the failed micro-batch retried (logged), down to a single sequence, then
+the chunk size; for the rest of that model's pass only (the next call starts from the
+configured budget again).
 No Triton anywhere: plain matmul + logsumexp, the same code on CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -41,11 +44,13 @@ from tcopd.runtime.scoring.forward import (
     OutputHead,
     _as_list,
     model_response_logprobs,
+    output_head,
     response_hidden_states,
     uses_varlen_attention,
 )
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 Placement = Literal["local", "offload", "shard"]
 Packing = Literal["auto", "on", "off"]
@@ -176,19 +181,25 @@ class Scorer:
         t0 = time.perf_counter()
         background = served_lib.Background(served, prompts, responses, own) if served else None
         self._stats = {"model_tokens": 0, "processed": 0, "real": 0, "micro_batches": 0}
-        everyone = self._gather_all(prompts, responses) if sharded else [(prompts, responses)]
-        all_p = [p for ps, _ in everyone for p in ps]
-        all_r = [r for _, rs in everyone for r in rs]
-        total = sum(len(r) for r in responses) * len(local) + sum(
-            len(r) for r in all_r for n in sharded if self.owner[n] == self.rank
-        )
-        tick = _Ticker(progress, total)
+        self._stats["token_budget"] = self.token_budget
         out: dict[str, list[torch.Tensor]] = {}
-        with torch.inference_mode():
-            for name in local:
-                out[name] = self._score_model(name, own.get(name, prompts), responses, tick)
-            for name in sharded:
-                out[name] = self._score_sharded(name, everyone, all_p, all_r, tick)
+        try:
+            everyone = self._gather_all(prompts, responses) if sharded else [(prompts, responses)]
+            all_p = [p for ps, _ in everyone for p in ps]
+            all_r = [r for _, rs in everyone for r in rs]
+            total = sum(len(r) for r in responses) * len(local) + sum(
+                len(r) for r in all_r for n in sharded if self.owner[n] == self.rank
+            )
+            tick = _Ticker(progress, total)
+            with torch.inference_mode():
+                for name in local:
+                    out[name] = self._score_model(name, own.get(name, prompts), responses, tick)
+                for name in sharded:
+                    out[name] = self._score_sharded(name, everyone, all_p, all_r, tick)
+        except BaseException:
+            if background is not None:
+                background.close()  # no requests left running into the next call
+            raise
         if background is not None:
             out.update(background.result())
             n_served = sum(len(r) for r in responses) * len(served)
@@ -208,7 +219,7 @@ class Scorer:
             "tokens_per_s": s["model_tokens"] / seconds if seconds > 0 else 0.0,
             "padding_fraction": 1.0 - s["real"] / s["processed"] if s["processed"] else 0.0,
             "micro_batches": s["micro_batches"],
-            "token_budget": self.token_budget,
+            "token_budget": s["token_budget"],  # the smallest this call used (out of memory)
             "peak_mem_gb": peak_memory_gb(self.device),
         }
 
@@ -219,11 +230,13 @@ class Scorer:
         names: Sequence[str],
         prompts_of: Mapping[str, Sequence[Ids]] | None = None,
     ) -> tuple[dict[str, list[torch.Tensor]], dict[str, OutputHead]]:
-        """Final hidden states that predict each response token (``T_i × H`` per response, on
-        ``device``) and each model's output head (on ``device``): what the dense loss needs to
-        rebuild a model's full distributions chunk by chunk during the update, without keeping
-        T×V logits. ``local`` and ``offload`` placements only (``shard`` would move T×H tensors
-        between ranks: refused by the trainer's config check)."""
+        """Final hidden states that predict each response token (``T_i × H`` per response, in
+        host memory: the update moves each micro-batch's rows to the device) and each model's
+        output head (on ``device``): what the dense loss needs to rebuild a model's full
+        distributions chunk by chunk during the update, without keeping T×V logits. The same
+        out-of-memory fallback and offload as :meth:`score`. ``local`` and ``offload``
+        placements only (``shard`` would move T×H tensors between ranks: refused by the
+        trainer's config check)."""
         if self.placement == "shard":
             raise ConfigError("hidden states need teacher_placement local or offload, not shard")
         if any(n in self.servers for n in names):
@@ -236,23 +249,37 @@ class Scorer:
         heads: dict[str, OutputHead] = {}
         for name in names:
             prompts = own.get(name) or [_as_list(p) for p in prompt_ids]
-            lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
-            model = self.models[name]
-            if self.placement == "offload":
-                model.to(self.device)
-            rows: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
-            with torch.no_grad():  # not inference_mode: the update saves them for its backward
-                for idx in plan_padded(lengths, self.token_budget):
-                    h_NH, head = response_hidden_states(
-                        model, [prompts[i] for i in idx], [responses[i] for i in idx]
-                    )
-                    for i, part in zip(idx, h_NH.split([len(responses[i]) for i in idx])):
-                        rows[i] = part.clone()
-            hidden[name] = rows
-            heads[name] = _head_on(head, self.device)
-            if self.placement == "offload":
-                model.to("cpu")
+            with self._on_device(name) as model, torch.no_grad():
+                # no_grad, not inference_mode: the update saves them for its backward
+                hidden[name], head = self._run_hidden(model, prompts, responses)
+                heads[name] = _head_on(head, self.device)
         return hidden, heads
+
+    def _run_hidden(
+        self, model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]]
+    ) -> tuple[list[torch.Tensor], OutputHead]:
+        """Every response's hidden states through one model, to host memory, micro-batched."""
+        lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+        rows: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+        found = output_head(model)
+        if found is None:
+            raise ModelError(
+                f"{type(model).__name__} exposes no base model and linear lm_head: the dense "
+                "loss needs hidden states and an output head"
+            )
+
+        def run(idx: list[int], _chunk: int) -> torch.Tensor:
+            h_NH, _ = response_hidden_states(
+                model, [prompts[i] for i in idx], [responses[i] for i in idx]
+            )
+            return h_NH
+
+        for idx, h_NH in self._micro_batches(lengths, False, run, chunked=False):
+            for i, part in zip(idx, h_NH.split([len(responses[i]) for i in idx])):
+                rows[i] = _to_host(part)
+        _host_copies_done(self.device)
+        head = found[1]
+        return rows, head
 
     # -- internals -------------------------------------------------------------------------
     def _own_prompts(
@@ -297,19 +324,26 @@ class Scorer:
             if min(min(p), min(r)) < 0:
                 raise DataError(f"sequence {i}: negative token id")
 
-    def _score_model(
-        self, name: str, prompts: list[list[int]], responses: list[list[int]], tick: _Ticker
-    ) -> list[torch.Tensor]:
+    @contextlib.contextmanager
+    def _on_device(self, name: str) -> Iterator[torch.nn.Module]:
+        """Model ``name`` on the device for the ``with`` block; placement ``offload`` moves it
+        there and back to host memory afterwards, whatever happens inside."""
         model = self.models[name]
         if self.placement == "offload":
             model.to(self.device)
         try:
-            return self._run(model, prompts, responses, tick)
+            yield model
         finally:
             if self.placement == "offload":
                 model.to("cpu")
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
+
+    def _score_model(
+        self, name: str, prompts: list[list[int]], responses: list[list[int]], tick: _Ticker
+    ) -> list[torch.Tensor]:
+        with self._on_device(name) as model:
+            return self._run(model, prompts, responses, tick)
 
     def _run(
         self,
@@ -318,29 +352,22 @@ class Scorer:
         responses: list[list[int]],
         tick: _Ticker,
     ) -> list[torch.Tensor]:
-        """All sequences through one model, micro-batch by micro-batch; halves the budget on OOM."""
+        """All sequences through one model, micro-batch by micro-batch (:meth:`_micro_batches`)."""
         packed = self.packing == "on" or (self.packing == "auto" and uses_varlen_attention(model))
         lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
-        plan = plan_packed if packed else plan_padded
-        queue = deque(plan(lengths, self.token_budget))
+
+        def run(idx: list[int], chunk: int) -> torch.Tensor:
+            return model_response_logprobs(
+                model,
+                [prompts[i] for i in idx],
+                [responses[i] for i in idx],
+                chunk_size=chunk,
+                temperature=self.temperature,
+                packed=packed,
+            )
+
         pending: list[tuple[list[int], torch.Tensor]] = []
-        while queue:
-            idx = queue.popleft()
-            oom = False
-            try:
-                logp_BT = model_response_logprobs(
-                    model,
-                    [prompts[i] for i in idx],
-                    [responses[i] for i in idx],
-                    chunk_size=self.chunk_size,
-                    temperature=self.temperature,
-                    packed=packed,
-                )
-            except torch.OutOfMemoryError:
-                oom = True  # handled below, outside the except block, so the failed frame is freed
-            if oom:
-                self._shrink(idx, lengths, queue, plan, packed)
-                continue
+        for idx, logp_BT in self._micro_batches(lengths, packed, run, chunked=True):
             pending.append((idx, _to_host(logp_BT)))
             self._stats["micro_batches"] += 1
             self._stats["processed"] += padded_tokens(lengths, [idx], packed)
@@ -348,43 +375,68 @@ class Scorer:
             n_tok = sum(len(responses[i]) for i in idx)
             self._stats["model_tokens"] += n_tok
             tick(n_tok)
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # the non-blocking copies to host
+        _host_copies_done(self.device)
         out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
         for idx, logp_BT in pending:
             for row, i in enumerate(idx):
                 out[i] = logp_BT[row, : len(responses[i])].clone()
         return out
 
-    def _shrink(
-        self, idx: list[int], lengths: list[int], queue: deque, plan: Callable, packed: bool
-    ) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        used = padded_tokens(lengths, [idx], packed)
-        if len(idx) > 1:
-            self.token_budget = max(1, min(self.token_budget, used) // 2)
-            log.warning(
-                "out of memory on a micro-batch of %d tokens: token budget halved to %d",
-                used,
-                self.token_budget,
-            )
-            sub = plan([lengths[i] for i in idx], self.token_budget)  # indexes into idx
-            queue.extendleft(reversed([[idx[j] for j in group] for group in sub]))
-            return
-        if self.chunk_size > 16:
-            self.chunk_size //= 2
-            log.warning(
-                "out of memory on one sequence of %d tokens: chunk size halved to %d",
-                used,
-                self.chunk_size,
-            )
-            queue.appendleft(idx)
-            return
-        raise ModelError(
-            f"out of memory scoring one sequence of {used} tokens even at chunk size {self.chunk_size}: "
-            "use a bigger device, placement 'offload', or a lower --dtype"
-        )
+    def _micro_batches(
+        self,
+        lengths: list[int],
+        packed: bool,
+        run: Callable[[list[int], int], R],
+        chunked: bool,
+    ) -> Iterator[tuple[list[int], R]]:
+        """``(idx, run(idx, chunk_size))`` for each micro-batch of at most the token budget.
+
+        On ``torch.OutOfMemoryError`` the budget is halved and the micro-batch retried, down to
+        a single sequence, then (``chunked``: ``run`` computes logits chunk by chunk) the chunk
+        size; for the rest of this pass only: the next starts from the configured values."""
+        budget, chunk = self.token_budget, self.chunk_size
+        plan = plan_packed if packed else plan_padded
+        queue = deque(plan(lengths, budget))
+        while queue:
+            idx = queue.popleft()
+            oom = False
+            try:
+                result = run(idx, chunk)
+            except torch.OutOfMemoryError:
+                oom = True  # handled below, outside the except block, so the failed frame is freed
+            if not oom:
+                yield idx, result
+                continue
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            used = padded_tokens(lengths, [idx], packed)
+            if len(idx) > 1:
+                budget = max(1, min(budget, used) // 2)
+                if hasattr(self, "_stats"):
+                    self._stats["token_budget"] = min(self._stats["token_budget"], budget)
+                log.warning(
+                    "out of memory on a micro-batch of %d tokens: token budget halved to %d "
+                    "for this pass",
+                    used,
+                    budget,
+                )
+                sub = plan([lengths[i] for i in idx], budget)  # indexes into idx
+                queue.extendleft(reversed([[idx[j] for j in group] for group in sub]))
+            elif chunked and chunk > 16:
+                chunk //= 2
+                log.warning(
+                    "out of memory on one sequence of %d tokens: chunk size halved to %d "
+                    "for this pass",
+                    used,
+                    chunk,
+                )
+                queue.appendleft(idx)
+            else:
+                at = f" even at chunk size {chunk}" if chunked else ""
+                raise ModelError(
+                    f"out of memory scoring one sequence of {used} tokens{at}: use a bigger "
+                    "device, placement 'offload', or a lower --dtype"
+                )
 
     def _gather_all(self, prompts: list[list[int]], responses: list[list[int]]) -> list[tuple]:
         """Every rank's (prompts, responses), in rank order (token lists are small next to logits)."""
@@ -428,6 +480,12 @@ def _head_on(head: OutputHead, device: torch.device) -> OutputHead:
     weight = head.weight.detach().to(device)
     bias = head.bias.detach().to(device) if head.bias is not None else None
     return OutputHead(weight, bias, head.scale, head.softcap)
+
+
+def _host_copies_done(device: torch.device) -> None:
+    """Wait for :func:`_to_host`'s non-blocking copies (CUDA) before the host rows are read."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from tcopd.errors import ConfigError
+from tcopd.errors import ConfigError, TcopdError, TrainingError
+
+R = TypeVar("R")
+
+
+class RankFailed(TrainingError):
+    """Raised on every rank together when any rank failed (:meth:`Reduce.raise_any`): no rank is
+    left waiting for another in a collective, and the group can be shut down cleanly."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +168,9 @@ class Reduce:
     """Named reductions over ranks: ``sum({"tokens": 12.0, ...})`` → the same keys, summed.
 
     One all-reduce per call (values packed in float64 in key order; every rank must pass the
-    same keys). Single process: the values come back unchanged.
+    same keys). The packed tensor lives on the rank's compute device (``info.device``): NCCL,
+    the backend on CUDA, reduces CUDA tensors only. Single process: the values come back
+    unchanged.
     """
 
     def __init__(self, info: DistInfo | None = None):
@@ -173,7 +184,9 @@ class Reduce:
         if not self.info.distributed or not values:
             return {k: float(v) for k, v in values.items()}
         keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        t = torch.tensor(
+            [float(values[k]) for k in keys], dtype=torch.float64, device=self.info.device
+        )
         dist.all_reduce(t, op=op)
         return dict(zip(keys, t.tolist()))
 
@@ -183,6 +196,22 @@ class Reduce:
     def max(self, values: dict[str, float]) -> dict[str, float]:
         return self._reduce(values, dist.ReduceOp.MAX)
 
+    def raise_any(self, error: str, cause: BaseException | None = None) -> None:
+        """Every rank passes its error message (``""``: none). If any rank's is not empty, every
+        rank raises :class:`RankFailed` with the first failing rank's message, prefixed
+        ``rank R:`` when there are several ranks. One all-reduce of a flag; the messages travel
+        only on failure. Call it, on every rank, before a collective that a failed rank would
+        otherwise leave the others waiting in (the process group's timeout is 30 minutes)."""
+        if not self.info.distributed:
+            if error:
+                raise RankFailed(error) from cause
+            return
+        if not self.max({"failed": 1.0 if error else 0.0})["failed"]:
+            return
+        mine = f"rank {self.info.rank}: {error}" if error else ""
+        first = next(str(e) for e in self.gather(mine) if e)
+        raise RankFailed(first) from cause
+
     def gather(self, obj: object) -> list[object]:
         """Every rank's ``obj``, in rank order (a list of one in a single process)."""
         if not self.info.distributed:
@@ -190,3 +219,27 @@ class Reduce:
         out: list[object] = [None] * self.info.world_size
         dist.all_gather_object(out, obj)
         return out
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: a TcopdError's message, otherwise ``Type: message``."""
+    text = str(e) if isinstance(e, TcopdError) else f"{type(e).__name__}: {e}".rstrip(": ")
+    return (text.splitlines() or [type(e).__name__])[0]
+
+
+def on_every_rank(reduce: Reduce, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    """``fn(*args, **kwargs)``; when it raised on any rank, every rank raises
+    :class:`RankFailed` with the first failing rank's message (:meth:`Reduce.raise_any`).
+
+    For work a rank does alone (sampling, grading, the advantage): a rank that fails there would
+    otherwise leave the others waiting in the next collective. In one process ``fn``'s own
+    exception propagates unchanged."""
+    if not reduce.info.distributed:
+        return fn(*args, **kwargs)
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as e:
+        reduce.raise_any(one_line(e), e)
+        raise  # unreachable: raise_any raised
+    reduce.raise_any("")
+    return result
