@@ -29,6 +29,9 @@ class FakeVLLM:
 
     ``fail``: how many scoring requests answer ``fail_status`` first (-1: all of them).
     ``delay_s``: each scoring request's service time (to observe concurrency).
+    ``inflight_of[tag]`` / ``peak_of[tag]``: in-flight tokens of the requests whose first
+    prompt starts with token ``tag`` (one scoring call's, when calls start theirs apart);
+    ``overlapped``: requests of two tags were in flight at once.
     """
 
     def __init__(self, model_dir, tokenizer_dir=None, max_model_len=256):
@@ -38,6 +41,7 @@ class FakeVLLM:
         self.fail, self.fail_status, self.delay_s = 0, 503, 0.0
         self.requests = self.sequences = 0
         self.inflight = self.peak_inflight = 0
+        self.inflight_of, self.peak_of, self.overlapped = {}, {}, False
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -72,7 +76,7 @@ class FakeVLLM:
 
     def complete(self, body):
         prompts = body["prompt"] if isinstance(body["prompt"][0], list) else [body["prompt"]]
-        tokens = sum(len(p) for p in prompts)
+        tokens, tag = sum(len(p) for p in prompts), prompts[0][0]
         with self.lock:
             self.requests += 1
             self.sequences += len(prompts)
@@ -80,6 +84,9 @@ class FakeVLLM:
             self.fail -= 1 if self.fail > 0 else 0
             self.inflight += tokens
             self.peak_inflight = max(self.peak_inflight, self.inflight)
+            self.inflight_of[tag] = self.inflight_of.get(tag, 0) + tokens
+            self.peak_of[tag] = max(self.peak_of.get(tag, 0), self.inflight_of[tag])
+            self.overlapped |= sum(v > 0 for v in self.inflight_of.values()) > 1
         try:
             time.sleep(self.delay_s)
             if failing:
@@ -94,6 +101,7 @@ class FakeVLLM:
         finally:
             with self.lock:
                 self.inflight -= tokens
+                self.inflight_of[tag] -= tokens
 
     def _handler(self):
         fake = self
@@ -145,6 +153,7 @@ def fake(world):
     f = world["fake"]
     f.fail, f.fail_status, f.delay_s, f.requests, f.sequences = 0, 503, 0.0, 0, 0
     f.peak_inflight = 0
+    f.inflight_of, f.peak_of, f.overlapped = {}, {}, False
     return f
 
 
@@ -217,6 +226,97 @@ def test_inflight_token_bound_and_two_servers_share_the_work(world, fake):
             assert f.peak_inflight <= max(30, longest)
     finally:
         other.stop()
+
+
+def test_overlapping_calls_keep_their_own_load_state(world, fake):
+    """Two score calls of one teacher at once, each in its own thread and event loop (as a
+    Background left running and the next step's call would be): each gets its own answers,
+    the in-flight bound holds per call, and the teacher is left as connect left it."""
+    fake.delay_s = 0.02
+    t = connected(world, fake.url, max_inflight_tokens=30)
+    left_by_connect = (dict(vars(t)), [dict(vars(s)) for s in t.servers])
+    fake.inflight_of, fake.peak_of = {}, {}  # the start-time probe was one
+    calls = {tag: [[tag, *p[1:]] for p in world["prompts"]] for tag in (5, 6)}  # told apart
+    start, out, errors = threading.Barrier(2), {}, {}
+
+    def call(tag):
+        try:
+            start.wait(timeout=10)
+            out[tag] = served.score_all({"code": t}, calls[tag], world["responses"])["code"]
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors[tag] = e
+
+    threads = [threading.Thread(target=call, args=(tag,), daemon=True) for tag in calls]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=30)
+    assert not any(th.is_alive() for th in threads), "a call hung"
+    assert not errors, errors
+    assert fake.overlapped  # the two calls' requests were in flight together
+    longest = max(len(p) + len(r) for p, r in zip(world["prompts"], world["responses"]))
+    assert longest <= 30 and set(fake.peak_of) == {5, 6}
+    assert all(peak <= 30 for peak in fake.peak_of.values())  # the bound, per call
+    model = rm.load_causal_lm(str(world["teacher"])).double()
+    for tag, prompts in calls.items():
+        for p, r, lp in zip(prompts, world["responses"], out[tag], strict=True):
+            with torch.no_grad():
+                lsm = torch.log_softmax(model(torch.tensor([p + r])).logits[0, len(p) - 1 : -1], -1)
+            want = lsm.gather(-1, torch.tensor(r)[:, None])[:, 0]
+            torch.testing.assert_close(lp.double(), want, atol=1e-5, rtol=0)
+    assert (dict(vars(t)), [dict(vars(s)) for s in t.servers]) == left_by_connect
+
+
+def test_background_close_stops_a_slow_call(world):
+    slow = FakeVLLM(world["teacher"])
+    slow.httpd.handle_error = lambda *args: None  # its late answers go to closed connections
+    try:
+        t = connected(world, slow.url, max_inflight_tokens=30, timeout_s=30.0)
+        slow.delay_s, slow.requests = 5.0, 0
+        bg = served.Background({"code": t}, world["prompts"], world["responses"])
+        deadline = time.monotonic() + 5
+        while slow.requests == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert slow.requests > 0
+        t0 = time.perf_counter()
+        bg.close()
+        took = time.perf_counter() - t0
+        assert took < 1.5 and not bg._thread.is_alive()
+        sent = slow.requests
+        time.sleep(0.5)
+        assert slow.requests == sent  # nothing sent after close
+        lengths = [len(p) + len(r) for p, r in zip(world["prompts"], world["responses"])]
+        assert sent < len(served.pack_requests(lengths, 30))  # the rest were never sent
+        t0 = time.perf_counter()
+        bg.close()  # again: nothing to do
+        assert time.perf_counter() - t0 < 0.1
+        with pytest.raises(ModelError, match="closed before its result"):
+            bg.result()
+    finally:
+        slow.stop()
+
+
+def test_background_close_after_result_is_a_no_op(world, fake):
+    t = connected(world, fake.url)
+    fake.requests = 0
+    with served.Background({"code": t}, world["prompts"][:3], world["responses"][:3]) as bg:
+        got = bg.result()
+    sent = fake.requests  # the with block closed it: after result(), nothing to do
+    t0 = time.perf_counter()
+    bg.close()
+    bg.close(timeout_s=0.0)
+    assert time.perf_counter() - t0 < 0.1 and fake.requests == sent
+    assert bg.result() is got and len(got["code"]) == 3
+
+
+def test_background_close_does_not_raise_the_threads_error(world, fake):
+    t = connected(world, fake.url, retries=0)
+    fake.fail = -1
+    bg = served.Background({"code": t}, world["prompts"][:1], world["responses"][:1])
+    bg._thread.join(timeout=10)
+    bg.close()  # the caller raises its own error; the thread's is not raised here
+    with pytest.raises(ModelError, match="HTTP 503"):
+        bg.result()
 
 
 def test_transient_5xx_is_retried_with_backoff(world, fake):

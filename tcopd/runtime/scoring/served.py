@@ -18,6 +18,12 @@ Choices:
   requests on one server; a sequence longer than the bound goes alone.
 - **Several servers per teacher**: each request goes to the least-loaded server (fewest
   in-flight tokens), ties broken round-robin. A retry prefers another server.
+- **Per-call state**: the in-flight tokens, the round-robin turn and the condition requests
+  wait on belong to one :meth:`ServedTeacher.score` call (a :class:`Load` it makes), never to
+  the long-lived teacher, so two calls (even overlapping, in two threads and event loops) do
+  not share them; the bound holds per call.
+- **Background** (:class:`Background`): :func:`score_all` in a thread while local models score;
+  :meth:`Background.close` cancels it (no further requests) when the caller gives up.
 - **Retries** on connection errors, timeouts and 5xx answers, with exponential backoff
   (``backoff_s``, doubling, at most 8 s), then one :class:`ModelError` naming the teacher, the
   URL and the last thing the server said. A 4xx answer is the request's fault: no retry.
@@ -83,7 +89,17 @@ class _Server:
     model: str = ""  # the served model's id, from /v1/models
     root: str = ""  # the path or Hub id the server loaded
     max_model_len: int = 0
-    inflight: int = 0  # tokens sent and not yet answered
+
+
+class Load:
+    """One scoring call's load-balancing state, made inside the call's event loop: the tokens
+    sent to each server and not yet answered (``inflight[k]``: server ``k`` of the teacher),
+    the round-robin turn for ties, and the condition requests wait on for room."""
+
+    def __init__(self, n_servers: int):
+        self.inflight = [0] * n_servers
+        self.turn = 0
+        self.cond = asyncio.Condition()
 
 
 @dataclass
@@ -98,8 +114,6 @@ class ServedTeacher:
         if not self.urls:
             raise ConfigError(f"served teacher {self.name!r} has no URL")
         self.servers = [_Server(u.rstrip("/")) for u in self.urls]
-        self._turn = 0
-        self._cond: asyncio.Condition | None = None
 
     @property
     def model_root(self) -> str:
@@ -116,12 +130,12 @@ class ServedTeacher:
         """Float32 log-probs of each response's tokens (CPU), in input order."""
         if not all(s.model for s in self.servers):
             raise ModelError(f"served teacher {self.name!r}: not connected (call served.connect)")
-        self._cond = asyncio.Condition()
+        load = Load(len(self.servers))  # this call's own: see the module docstring
         seqs = [p + r for p, r in zip(prompts, responses, strict=True)]
         cap = min(REQUEST_TOKENS, self.settings.max_inflight_tokens)
         groups = pack_requests([len(x) for x in seqs], cap)
         answers = await asyncio.gather(
-            *(self._score_group(client, seqs, responses, g) for g in groups)
+            *(self._score_group(client, seqs, responses, g, load) for g in groups)
         )
         out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
         for group, values in zip(groups, answers, strict=True):
@@ -135,18 +149,31 @@ class ServedTeacher:
         seqs: list[list[int]],
         responses: Sequence,
         group: list[int],
+        load: Load,
     ) -> list[list[float]]:
         ids = [seqs[i] for i in group]
-        payload = await self.request(client, ids, sum(len(x) for x in ids))
+        payload = await self.request(client, ids, sum(len(x) for x in ids), load)
         who = f"served teacher {self.name!r}"
         return [
             response_logprobs(payload, seqs[i], len(responses[i]), who, k)
             for k, i in enumerate(group)
         ]
 
-    async def request(self, client: httpx.AsyncClient, ids: list[list[int]], cost: int) -> dict:
+    async def request(
+        self,
+        client: httpx.AsyncClient,
+        ids: list[list[int]],
+        cost: int,
+        load: Load | None = None,
+    ) -> dict:
         """POST one scoring request (token-id prompts ``ids``, ``cost`` tokens) with retries;
-        the JSON answer (see the module docstring)."""
+        the JSON answer (see the module docstring).
+
+        ``load``: the calling :meth:`score`'s :class:`Load` (made in the running event loop),
+        shared by the requests of one call; without it the request has a fresh one of its own
+        (nothing else in flight: the first server, unless it fails)."""
+        if load is None:
+            load = Load(len(self.servers))
         last, failed = "no answer", set()
         server = self.servers[0]
         for attempt in range(self.settings.retries + 1):
@@ -154,7 +181,8 @@ class ServedTeacher:
                 await asyncio.sleep(
                     min(self.settings.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
                 )
-            server = await self._acquire(cost, failed)
+            k = await self._acquire(load, cost, failed)
+            server = self.servers[k]
             try:
                 resp = await client.post(f"{server.url}/v1/completions", json=_body(server, ids))
             except httpx.TransportError as e:
@@ -162,7 +190,7 @@ class ServedTeacher:
                 failed.add(server.url)
                 continue
             finally:
-                await self._release(server, cost)
+                await self._release(load, k, cost)
             if resp.status_code >= 500:
                 last = f"HTTP {resp.status_code}: {server_message(resp)}"
                 failed.add(server.url)
@@ -179,33 +207,33 @@ class ServedTeacher:
             f"(last: {last}); restart the server (a training run then continues with --resume)"
         )
 
-    async def _acquire(self, cost: int, avoid: set[str]) -> _Server:
-        """Wait for a server with room for ``cost`` tokens; the least loaded, round-robin ties."""
-        assert self._cond is not None
-        async with self._cond:
+    async def _acquire(self, load: Load, cost: int, avoid: set[str]) -> int:
+        """Wait for a server with room for ``cost`` tokens; the least loaded, round-robin ties.
+        Its index in :attr:`servers`."""
+        async with load.cond:
             while True:
-                server = self._pick(cost, avoid)
-                if server is not None:
-                    server.inflight += cost
-                    return server
-                await self._cond.wait()
+                k = self._pick(load, cost, avoid)
+                if k is not None:
+                    load.inflight[k] += cost
+                    return k
+                await load.cond.wait()
 
-    def _pick(self, cost: int, avoid: set[str]) -> _Server | None:
-        cap = self.settings.max_inflight_tokens
-        pool = [s for s in self.servers if s.url not in avoid] or self.servers
-        fits = [s for s in pool if s.inflight == 0 or s.inflight + cost <= cap]
+    def _pick(self, load: Load, cost: int, avoid: set[str]) -> int | None:
+        cap, used = self.settings.max_inflight_tokens, load.inflight
+        everyone = range(len(self.servers))
+        pool = [i for i in everyone if self.servers[i].url not in avoid] or list(everyone)
+        fits = [i for i in pool if used[i] == 0 or used[i] + cost <= cap]
         if not fits:
             return None
-        k = len(self.servers)
-        rank = {s.url: (i - self._turn) % k for i, s in enumerate(self.servers)}
-        self._turn += 1
-        return min(fits, key=lambda s: (s.inflight, rank[s.url]))
+        n = len(self.servers)
+        rank = {s.url: (i - load.turn) % n for i, s in enumerate(self.servers)}
+        load.turn += 1
+        return min(fits, key=lambda i: (used[i], rank[self.servers[i].url]))
 
-    async def _release(self, server: _Server, cost: int) -> None:
-        assert self._cond is not None
-        async with self._cond:
-            server.inflight -= cost
-            self._cond.notify_all()
+    async def _release(self, load: Load, k: int, cost: int) -> None:
+        async with load.cond:
+            load.inflight[k] -= cost
+            load.cond.notify_all()
 
 
 def pack_requests(lengths: Sequence[int], max_tokens: int = REQUEST_TOKENS) -> list[list[int]]:
@@ -415,21 +443,33 @@ def score_all(
     ``prompts_of[name]``: a context teacher's own prompts (instead of ``prompts``)."""
     if not teachers or not prompts:
         return {name: [] for name in teachers}
+    return asyncio.run(_score_all(teachers, prompts, responses, prompts_of))
+
+
+async def _score_all(
+    teachers: Mapping[str, ServedTeacher],
+    prompts: Sequence[list[int]],
+    responses: Sequence[list[int]],
+    prompts_of: Mapping[str, Sequence[list[int]]] | None = None,
+) -> dict[str, list[torch.Tensor]]:
+    if not teachers or not prompts:
+        return {name: [] for name in teachers}
     own = prompts_of or {}
-
-    async def run() -> dict[str, list[torch.Tensor]]:
-        first = next(iter(teachers.values()))
-        async with _client(first.settings, len(prompts) * len(teachers)) as client:
-            results = await asyncio.gather(
-                *(t.score(client, own.get(n, prompts), responses) for n, t in teachers.items())
-            )
-        return dict(zip(teachers, results, strict=True))
-
-    return asyncio.run(run())
+    first = next(iter(teachers.values()))
+    async with _client(first.settings, len(prompts) * len(teachers)) as client:
+        results = await asyncio.gather(
+            *(t.score(client, own.get(n, prompts), responses) for n, t in teachers.items())
+        )
+    return dict(zip(teachers, results, strict=True))
 
 
 class Background:
-    """:func:`score_all` in a thread, so local models score while the servers answer."""
+    """:func:`score_all` in a thread, so local models score while the servers answer.
+
+    :meth:`result` waits for the answers (re-raising the thread's error); a caller that gives
+    up before (its own scoring failed) calls :meth:`close`, which stops the thread's requests.
+    As a context manager, leaving the block closes it (after :meth:`result`: nothing to do).
+    """
 
     def __init__(
         self,
@@ -440,22 +480,56 @@ class Background:
     ):
         self._out: dict[str, list[torch.Tensor]] = {}
         self._error: BaseException | None = None
+        self._lock = threading.Lock()  # guards _closed, _loop and _task
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
         self._thread = threading.Thread(
             target=self._run, args=(teachers, prompts, responses, prompts_of), daemon=True
         )
         self._thread.start()
 
-    def _run(self, teachers: Mapping[str, ServedTeacher], *args: Any) -> None:
+    def _run(self, *args: Any) -> None:
         try:
-            self._out = score_all(teachers, *args)
+            self._out = asyncio.run(self._main(*args))
         except BaseException as e:  # re-raised in the caller's thread by result()
             self._error = e
 
+    async def _main(self, *args: Any) -> dict[str, list[torch.Tensor]]:
+        with self._lock:
+            if self._closed:  # closed before the thread got here: send nothing
+                raise asyncio.CancelledError
+            self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+        return await _score_all(*args)
+
     def result(self) -> dict[str, list[torch.Tensor]]:
+        """Every served teacher's log-probs (see :func:`score_all`); waits for the thread."""
         self._thread.join()
         if self._error is not None:
+            if self._closed and isinstance(self._error, asyncio.CancelledError):
+                raise ModelError("served scoring was closed before its result was read")
             raise self._error
         return self._out
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Cancel the thread's requests (those sent are dropped, no more are sent) and wait up
+        to ``timeout_s`` seconds for it to end. Idempotent; nothing to do once the thread has
+        ended (after :meth:`result`, say); never raises the thread's error."""
+        with self._lock:
+            self._closed = True
+            loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop is closed: the work has ended
+                pass
+        self._thread.join(timeout_s)
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ------------------------------------------------------------------------------ the server side
