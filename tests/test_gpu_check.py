@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from gpu_check import driver, part_scorer, part_tests  # noqa: E402
+from gpu_check import driver, part_dist, part_scorer, part_tests  # noqa: E402
 
 STATUSES = set(driver.STATUSES)
 ENV_CHECKS = [
@@ -33,14 +34,20 @@ ENV_CHECKS = [
 ]
 
 
-def run_check(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 120):
+def run_check(
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: int = 120,
+    tiny: bool = True,
+):
     out = tmp_path / "out"
     full_env = dict(os.environ, PYTHON=sys.executable, **(env or {}))
     full_env.pop("OUT", None)
     proc = subprocess.run(
         [
             str(REPO / "scripts" / "gpu_check.sh"),
-            "--tiny",
+            *(["--tiny"] if tiny else []),
             "--no-install",
             "--out",
             str(out),
@@ -60,8 +67,9 @@ def rows_by_key(results) -> dict[tuple[str, str], dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.dist
 def test_tiny_run_reports_every_row(tmp_path):
-    proc, results, out = run_check(tmp_path)
+    proc, results, out = run_check(tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = rows_by_key(results)
     expected = [("env", c) for c in ENV_CHECKS] + [
@@ -108,6 +116,64 @@ def test_tiny_run_reports_every_row(tmp_path):
         assert math.isfinite(grad_norm) and grad_norm > 0
     assert results["parts"]["step"]["info"]["zero_stage"] == 3
 
+    # dist: 2 ranks of `tcopd train`, ZeRO-2, over gloo on CPU (NCCL with 2 GPUs)
+    for c in part_dist.ROWS:
+        assert rows[("dist", c)]["status"] == "ok", rows[("dist", c)]
+    check_dist_run(out, rows, "nccl" if torch.cuda.device_count() >= 2 else "gloo")
+
+
+def rank_lines(log: str) -> dict[str, dict[int, dict]]:
+    """The ranks' own reports in the part's log, parsed here independently of the part."""
+    out: dict[str, dict[int, dict]] = {}
+    for m in re.finditer(r"GPU_CHECK_DIST (\{[^{}]*\})", log):
+        r = json.loads(m.group(1))
+        out.setdefault(r["event"], {})[r["rank"]] = r
+    return out
+
+
+def check_dist_run(out: Path, rows: dict, backend: str) -> None:
+    """The dist rows against the run's own files: metrics.jsonl, the ranks' reports, the checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    from tcopd.pipelines.train.loop import weights_digest
+
+    run = out / "dist-run" / "run"
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    assert rows[("dist", "steps")]["data"]["losses"] == [m["loss"] for m in metrics]
+    assert rows[("dist", "launch")]["data"]["rc"] == 0
+
+    reports = rank_lines((out / "dist.log").read_text())
+    init, done = reports["init"], reports["done"]
+    assert sorted(init) == sorted(done) == [0, 1]
+    assert init[0]["pid"] != init[1]["pid"] and {i["world"] for i in init.values()} == {2}
+    assert (
+        {i["backend"] for i in init.values()}
+        == {i["pg_backend"] for i in init.values()}
+        == {backend}
+    )
+    row = rows[("dist", "backend")]
+    assert row["result"] == backend and backend in row["note"]
+    if backend == "nccl":  # each rank on its own GPU
+        assert [init[r]["device"] for r in (0, 1)] == ["cuda:0", "cuda:1"]
+
+    # Both ranks hold the weights the final checkpoint saved, and the update changed them.
+    assert done[0]["digest"] == done[1]["digest"]
+    assert done[0]["digest"] != reports["built"][0]["digest"]
+    config = (run / "config.yaml").read_text()
+    assert "zero_stage: 2" in config and "world_size: 2" in config
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    assert latest == "step-000002"
+    model = AutoModelForCausalLM.from_pretrained(
+        str(run / "checkpoints" / latest / "model"), dtype=torch.float32
+    )
+    assert weights_digest(model.state_dict()) == done[0]["digest"]
+    assert rows[("dist", "replicas")]["data"]["final"] == {
+        "0": done[0]["digest"],
+        "1": done[1]["digest"],
+    }
+
 
 def part_vllm_rows():
     from gpu_check import part_vllm
@@ -151,6 +217,63 @@ def test_a_failing_part_is_reported_and_the_next_part_runs(tmp_path, how, status
     assert proc.returncode == (0 if status == "oom" else 1)
     if how == "crash":
         assert "simulated crash" in rows[("scorer", "scorer")]["note"]
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+@pytest.mark.parametrize("how,status", [("rank-crash", "failed"), ("rank-hang", "timeout")])
+def test_a_failing_rank_ends_the_dist_part_without_hanging(tmp_path, how, status):
+    """Rank 1 crashes (or hangs) right after joining the process group; rank 0 waits for it in a
+    collective. The part stops torchrun itself, within its limit, and leaves no rank behind."""
+    limit = 40
+    proc, results, _ = run_check(
+        tmp_path,
+        "--parts",
+        "dist",
+        "--part-limit",
+        f"dist={limit}",
+        env={"GPU_CHECK_SIMULATE": f"dist:{how}"},
+        timeout=150,
+    )
+    rows = rows_by_key(results)
+    part = results["parts"]["dist"]
+    assert part["status"] == "ok" and part["seconds"] < limit  # the part reported, not the driver
+    launch = rows[("dist", "launch")]
+    assert launch["status"] == status, launch
+    if how == "rank-crash":
+        assert launch["data"]["rc"] != 0
+        assert "simulated crash on rank 1" in launch["note"]
+    else:
+        assert "rank 1: process group up" in launch["note"]
+    for c in ("steps", "replicas"):
+        assert rows[("dist", c)]["status"] == status, rows[("dist", c)]
+    assert rows[("dist", "backend")]["status"] == "ok"  # both ranks got that far
+    pids = part["info"]["rank_pids"]
+    assert len(pids) == 2 and not any(alive(pid) for pid in pids)
+    assert proc.returncode == 1
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_dist_is_skipped_without_two_gpus(tmp_path):
+    _, results, out = run_check(
+        tmp_path, "--parts", "dist", env={"CUDA_VISIBLE_DEVICES": ""}, tiny=False
+    )
+    rows = [r for r in results["rows"] if r["part"] == "dist"]
+    assert [r["check"] for r in rows] == part_dist.ROWS
+    for r in rows:
+        assert r["status"] == "skipped" and r["result"] == "needs 2 GPUs (0 visible)", r
+    assert results["parts"]["dist"]["status"] == "skipped"
+    assert not (out / "dist.log").exists()  # nothing was launched
+    assert part_dist.skip_reason(1, tiny=False) == "needs 2 GPUs (1 visible)"
+    assert part_dist.skip_reason(1, tiny=True) is None
+    assert part_dist.skip_reason(2, tiny=False) is None
 
 
 def test_budget_spent_skips_parts_with_reason(tmp_path):

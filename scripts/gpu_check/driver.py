@@ -7,8 +7,8 @@ Standard library only (it must start on a machine that lacks half the dependenci
 2. if ``wheels/`` holds wheels of missing distributions, ``pip install --no-index --no-deps
    --target`` them into a private directory put on ``PYTHONPATH`` (the machine has no network);
    tcopd itself is imported from the repository (``PYTHONPATH``), not installed;
-3. run each part (tests, scorer, step, vllm) as ``python -m gpu_check.worker PART`` in its own
-   process group, with a time limit ``min(part limit, what is left of --budget-s)``; a crash, an
+3. run each part (tests, scorer, step, dist, vllm) as ``python -m gpu_check.worker PART`` in its
+   own process group, with a time limit ``min(part limit, what is left of --budget-s)``; a crash, an
    out-of-memory error or a timeout fills that part's missing rows with the reason, and the next
    part runs;
 4. write ``gpu_check.log`` (everything), ``<part>.log``, ``results.json`` and ``table.md`` under
@@ -30,18 +30,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpu_check import part_scorer, part_step, part_tests, part_vllm
+from gpu_check import part_dist, part_scorer, part_step, part_tests, part_vllm
 
 REPO = Path(__file__).resolve().parents[2]
-PARTS = {"tests": part_tests, "scorer": part_scorer, "step": part_step, "vllm": part_vllm}
-LIMITS_S = {"tests": 60, "scorer": 150, "step": 240, "vllm": 180}  # ≈ 8 minutes on one H100 in all
+PARTS = {
+    "tests": part_tests,
+    "scorer": part_scorer,
+    "step": part_step,
+    "dist": part_dist,
+    "vllm": part_vllm,
+}
+# 750 s in all; --budget-s (480) caps the whole, so a late part gets what is left (docs/gpu.md).
+LIMITS_S = {"tests": 60, "scorer": 150, "step": 240, "dist": 120, "vllm": 180}
 NEEDS = {
     "tests": ["torch", "pytest"],
     "scorer": ["torch", "transformers"],
     "step": ["torch", "transformers", "deepspeed", "pyyaml"],
+    "dist": ["torch", "transformers", "deepspeed", "pyyaml"],
     "vllm": [],
 }
 GPU_ONLY = {"scorer", "step"}  # at full size; with --tiny they run on CPU too
+# dist needs 2 CUDA devices (part_dist.skip_reason); with --tiny it runs on CPU over gloo.
 # Distribution name → what the environment rows call it.
 PROBED = {
     "torch": "torch",
@@ -496,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         log.say(f"  [env] {r['check']}: {r['status']}: {r['result']}")
     have = {k for k, v in info.get("dists", {}).items() if v}
     cuda = bool(info.get("cuda")) and not a.cpu
+    gpus = int(info.get("gpus") or 0) if cuda else 0
 
     opts: dict[str, Any] = {
         "tiny": a.tiny,
@@ -519,13 +529,19 @@ def main(argv: list[str] | None = None) -> int:
             res = skipped_part(
                 part, "no CUDA device", "at Qwen3-4B size this needs a GPU; --tiny runs it on CPU"
             )
+        elif part == "dist" and part_dist.skip_reason(gpus, a.tiny):
+            res = skipped_part(
+                part,
+                part_dist.skip_reason(gpus, a.tiny) or "",
+                "2 ranks over NCCL, one GPU each; --tiny runs it on CPU over gloo",
+            )
         elif left < 15:
             res = skipped_part(part, "global budget spent", f"--budget-s {a.budget_s:.0f}")
         else:
             limit = min(a.limits[part], left)
             part_python = a.vllm_python if part == "vllm" and a.vllm_python else python
             log.say(f"part {part} (limit {limit:.0f} s)")
-            res = run_part(part, part_python, opts, env, limit, out, log)
+            res = run_part(part, part_python, dict(opts, limit_s=limit), env, limit, out, log)
             log.say(
                 f"part {part}: {res['status']} in {res['seconds']:.1f} s"
                 + (f" ({res['error']})" if res["error"] else "")

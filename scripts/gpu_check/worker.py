@@ -22,6 +22,7 @@ PART_MODULES = {
     "tests": "gpu_check.part_tests",
     "scorer": "gpu_check.part_scorer",
     "step": "gpu_check.part_step",
+    "dist": "gpu_check.part_dist",
     "vllm": "gpu_check.part_vllm",
 }
 
