@@ -221,9 +221,11 @@ def test_a_failing_part_is_reported_and_the_next_part_runs(tmp_path, how, status
 
 @pytest.mark.dist
 @pytest.mark.slow
-# ("rank-hang", "timeout") passes too (31 s: it waits out torchrun's limit); left out of the
-# suite for time: `pytest tests/test_gpu_check.py -k failing_rank` after adding it back here
-@pytest.mark.parametrize("how,status", [("rank-crash", "failed")])
+# By hand (`TCOPD_BY_HAND=1 pytest tests/test_gpu_check.py -k failing_rank`, 16 s + 31 s): both
+# pass; left out of `make test` for its time budget (the dist part's failure handling is
+# gpu_check's own; tcopd's agreement between ranks is tests/test_rank_failures.py).
+@pytest.mark.skipif(not os.environ.get("TCOPD_BY_HAND"), reason="by hand: TCOPD_BY_HAND=1")
+@pytest.mark.parametrize("how,status", [("rank-crash", "failed"), ("rank-hang", "timeout")])
 def test_a_failing_rank_ends_the_dist_part_without_hanging(tmp_path, how, status):
     """Rank 1 crashes (or hangs) right after joining the process group; rank 0 waits for it in a
     collective. The part stops torchrun itself, within its limit, and leaves no rank behind."""

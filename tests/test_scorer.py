@@ -202,6 +202,42 @@ def test_oom_halves_budget_and_retries(world, batch, monkeypatch, caplog):
     assert max_err(again.logprobs["m"], res.logprobs["m"]) == 0.0
 
 
+def test_hidden_states_out_of_memory_and_offload(world, batch, monkeypatch, caplog):
+    """The dense loss's hidden states: host memory, the same out-of-memory fallback as log-prob
+    scoring, and an offloaded model goes back to the host even when the pass fails."""
+    P, R = batch
+    model = rm.load_causal_lm(world["tied"])
+    want, _ = Scorer({"m": model}, token_budget=1000).hidden_states(P, R, ["m"])
+    real = rs.response_hidden_states
+
+    def flaky(model, prompts, responses):
+        if len(prompts) > 1:  # "only single sequences fit"
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, prompts, responses)
+
+    monkeypatch.setattr(rs, "response_hidden_states", flaky)
+    scorer = Scorer({"m": model}, placement="offload", token_budget=1000)
+    moves = []
+    real_to = model.to
+    monkeypatch.setattr(model, "to", lambda device: moves.append(str(device)) or real_to(device))
+    with caplog.at_level("WARNING", logger="tcopd.runtime.scoring.scorer"):
+        got, heads = scorer.hidden_states(P, R, ["m"])
+    assert "token budget halved" in caplog.text and scorer.token_budget == 1000
+    assert all(g.device.type == "cpu" for g in got["m"])
+    for g, w in zip(got["m"], want["m"], strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+    assert moves == ["cpu", "cpu"]  # (device = cpu here) there, and back
+    moves.clear()
+
+    def broken(model, prompts, responses):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(rs, "response_hidden_states", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        scorer.hidden_states(P, R, ["m"])
+    assert moves == ["cpu", "cpu"]  # moved back despite the error
+
+
 def test_scorer_input_errors(world, batch, monkeypatch):
     scorer = Scorer({"m": rm.load_causal_lm(world["tied"])})
     with pytest.raises(DataError, match="empty response"):

@@ -18,20 +18,23 @@ from tcopd.pipelines.train.rollout import sync
 from tcopd.pipelines.train.setup import Trainer
 from tcopd.runtime.models import lora
 from tcopd.runtime.training import checkpoint as ckpt
-from tcopd.runtime.training import distributed
+from tcopd.runtime.training.distributed import on_every_rank
 
 
 def save(tr: Trainer, run_dir: Path, step: int) -> Path:
-    """Checkpoint after ``step`` completed steps; returns its directory."""
+    """Checkpoint after ``step`` completed steps; returns its directory.
+
+    What rank 0 writes alone (the temporary directory, the HF model or adapter, the commit) runs
+    under ``on_every_rank``: a failure there (a full disk) stops every rank with its error, and
+    each agreement is also the point where the ranks wait for rank 0."""
     tr.emit("checkpoint", step=step - 1)
     root = ckpt.checkpoint_root(run_dir)
-    tmp = ckpt.begin(run_dir, step) if tr.dist.is_main else root / f".tmp-{ckpt.step_name(step)}"
-    distributed.barrier()
+    tmp = on_every_rank(tr.reduce, ckpt.begin if tr.dist.is_main else ckpt.temporary, run_dir, step)
     adapter = tr.lora_student
     tr.learner.save(tmp, {"step": step}, frozen=adapter is None)
     state_dict = tr.learner.full_state_dict(trainable_only=adapter is not None)
-    final = root / ckpt.step_name(step)
-    if tr.dist.is_main:
+
+    def write() -> Path:
         if adapter is not None:
             lora.save_adapter(adapter, state_dict, tr.tokenizer, tmp / "adapter")
         else:
@@ -42,8 +45,11 @@ def save(tr: Trainer, run_dir: Path, step: int) -> Path:
             "rng": ckpt.rng_state(),
             "world_size": tr.dist.world_size,
         }
-        final = ckpt.commit(run_dir, tmp, step, state, keep=tr.cfg.keep_checkpoints)
-    distributed.barrier()
+        return ckpt.commit(run_dir, tmp, step, state, keep=tr.cfg.keep_checkpoints)
+
+    final = on_every_rank(
+        tr.reduce, write if tr.dist.is_main else lambda: root / ckpt.step_name(step)
+    )
     return final
 
 

@@ -80,9 +80,14 @@ def checkpoint_model(checkpoint: Path) -> Path:
     return adapter if adapter.is_dir() else checkpoint / "model"
 
 
+def temporary(run_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` is written before :func:`commit` renames it."""
+    return checkpoint_root(run_dir) / f".tmp-{step_name(step)}"
+
+
 def begin(run_dir: str | Path, step: int) -> Path:
-    """A fresh temporary directory for the checkpoint of ``step``."""
-    tmp = checkpoint_root(run_dir) / f".tmp-{step_name(step)}"
+    """A fresh temporary directory for the checkpoint of ``step`` (:func:`temporary`)."""
+    tmp = temporary(run_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
