@@ -4,6 +4,9 @@ PY       ?= python3
 VENV     ?= .venv
 BIN      := $(VENV)/bin
 TORCH    ?= torch==2.13.0
+# where torch comes from when PyPI's default would be a CUDA build on a CPU-only box, e.g.
+# `make TORCH_INDEX=https://download.pytorch.org/whl/cpu` (empty: pip's own index)
+TORCH_INDEX ?=
 export DS_BUILD_OPS := 0
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 PYTEST_ARGS ?=
@@ -19,7 +22,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[dev,gguf,lora]"
 	$(MAKE) --no-print-directory ds-ops
 	touch $@

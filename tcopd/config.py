@@ -118,9 +118,21 @@ def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
 
 
 def build(cls: type[C], values: Mapping[str, Any], prefix: str = "") -> C:
-    """Instantiate dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types."""
+    """Instantiate dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types.
+
+    ``cls.KEY_ALIASES`` (``{alias: key}``, optional): other names a key may be given under (one
+    name per setting across commands; the old names keep working)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    aliases: dict[str, str] = getattr(cls, "KEY_ALIASES", {})
+    if aliases:
+        renamed: dict[str, Any] = {}
+        for k, v in values.items():
+            key = aliases.get(k, k)
+            if key in renamed:
+                raise ConfigError(f"{prefix}{key!r} is given twice (also as {prefix}{k!r})")
+            renamed[key] = v
+        values = renamed
     unknown = [k for k in values if k not in fields]
     if unknown:
         raise ConfigError(

@@ -277,8 +277,8 @@ def test_cli_two_models_comparison(world, tmp_path, capsys):
         ({"max_tokens": 0}, "--max-tokens must be at least 1"),
         ({"limit": 0}, "--limit must be at least 1"),
         ({"grader_workers": 0}, "--grader-workers must be at least 1"),
-        ({"grade_timeout_s": 0.0}, "--grade-timeout must be > 0"),
-        ({"token_budget": 0}, "--token-budget must be at least 1"),
+        ({"grade_timeout_s": 0.0}, "--grade-timeout-s must be > 0"),
+        ({"token_budget": 0}, "--rollout-token-budget must be at least 1"),
         ({"tensor_parallel_size": 0}, "--tensor-parallel-size must be at least 1"),
         ({"gpu_memory_utilization": 1.5}, "--gpu-memory-utilization must be in (0, 1]"),
         ({"dtype": "int8"}, "--dtype 'int8' is not supported"),
@@ -294,7 +294,11 @@ def test_cli_has_one_flag_per_config_field_with_the_fields_help():
 
     command = typer.main.get_command(app).commands["eval"]  # type: ignore[attr-defined]
     params = {opt: p for p in command.params for opt in p.opts}
-    renamed = {"models": "--model", "grade_timeout_s": "--grade-timeout"}
+    renamed = {
+        "models": "--model",
+        "grade_timeout_s": "--grade-timeout-s",
+        "token_budget": "--rollout-token-budget",
+    }
     for f in dataclasses.fields(EvalConfig):
         if f.name == "benchmark":  # the positional argument
             assert params["benchmark"].help == help_of(EvalConfig, "benchmark")

@@ -29,7 +29,7 @@ app.add_typer(analyze_app, name="analyze")
 SamplesArg = Annotated[
     list[str],
     typer.Argument(
-        help="samples.jsonl files (from `tcopd eval` or training), or sweep directories "
+        help="samples.jsonl files (from `tcopd eval`; training writes none), or sweep directories "
         "(one column per setting, its finished runs' samples pooled over seeds)."
     ),
 ]
@@ -164,7 +164,10 @@ def curves(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="PNG path; an SVG is written next to it (default <metric>.png)."
+            "--plot",
+            "--out",
+            help="PNG path; an SVG is written next to it (default <metric>.png). "
+            "(alias: --out; --output is the table, as in every analyze command)",
         ),
     ] = None,
     smooth: Annotated[

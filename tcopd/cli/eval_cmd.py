@@ -15,18 +15,23 @@ from tcopd.config import help_of, load_config
 from tcopd.pipelines.eval import EvalConfig, EvalResult, ModelRun, run
 from tcopd.progress import Event
 
+FLAGS: dict[str, Any] = {  # also docs/eval.md's table
+    "skip": ("benchmark",),  # the positional argument
+    "flag_names": {  # train's names; the older ones stay as aliases
+        "models": "--model",
+        "grade_timeout_s": ("--grade-timeout-s", "--grade-timeout"),
+        "token_budget": ("--rollout-token-budget", "--token-budget"),
+    },
+}
+
 
 @app.command(
     "eval",
     epilog="Every flag is also a key of the --config YAML: its name with _ for - (--top-p: top_p), "
-    "except --model (models, a list) and --grade-timeout (grade_timeout_s); the argument is "
+    "except --model (models, a list); the argument is "
     "benchmark. Outputs, resume and re-grading: docs/eval.md.",
 )
-@config_flags(
-    EvalConfig,
-    skip=("benchmark",),  # the positional argument
-    flag_names={"models": "--model", "grade_timeout_s": "--grade-timeout"},
-)
+@config_flags(EvalConfig, **FLAGS)
 def eval_command(
     flags: dict[str, Any],
     benchmark: Annotated[

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from tcopd.cli.lines import LineReporter
 from tcopd.cli.main import app
-from tcopd.cli.options import ConfigOpt, SeedOpt, console, err_console
+from tcopd.cli.options import ConfigOpt, console, err_console
 from tcopd.config import load_config
 from tcopd.errors import ConfigError
 from tcopd.pipelines import import_model, merge_lora
@@ -100,7 +100,14 @@ def prepare(
             "--plain-format", help="Plain template, e.g. 'Question: {content}\\nAnswer:'."
         ),
     ] = None,
-    seed: SeedOpt = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Seed of the split and the sampler; toy: a seed other than 0 is another world, "
+            "rebuilt from its recipe (minutes; only seed 0 is shipped).",
+        ),
+    ] = None,
     force: Annotated[
         bool | None,
         typer.Option(

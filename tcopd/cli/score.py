@@ -14,13 +14,21 @@ from tcopd.pipelines import score as pipeline
 from tcopd.pipelines.score import ScoreConfig
 from tcopd.progress import Event
 
+FLAGS: dict[str, Any] = {  # also docs/score.md's table
+    "flag_names": {
+        "teachers": "--teacher",
+        "placement": ("--teacher-placement", "--placement"),  # train's names; the old ones stay
+        "token_budget": ("--score-token-budget", "--token-budget"),
+    }
+}
+
 
 @app.command(
     "score",
     epilog="Set lambda_table (per-domain λ) and served_teachers ([{name, url, lam}]) in the "
     "--config YAML. Teachers on vLLM servers: docs/serving.md.",
 )
-@config_flags(ScoreConfig, flag_names={"teachers": "--teacher"})
+@config_flags(ScoreConfig, **FLAGS)
 def score(flags: dict[str, Any], config: ConfigOpt = None) -> None:
     """Score rollouts under the student, the reference and every teacher; add reward and advantage."""
     cfg = load_config(ScoreConfig, config, flags)

@@ -29,10 +29,12 @@ from rich.table import Table
 from tcopd.cli.lines import LineReporter
 from tcopd.cli.main import app
 from tcopd.cli.options import ConfigOpt, config_flags, console, err_console
+from tcopd.config import field_defaults
 from tcopd.errors import ConfigError, TrainingError
 from tcopd.pipelines import sweep as pipeline
 from tcopd.pipelines.sweep import SweepConfig, SweepResult
 from tcopd.pipelines.train import TrainConfig
+from tcopd.pipelines.train.config import recipes_for_help
 from tcopd.progress import Event
 
 TRAIN_SKIP = ("out", "seed", "lambdas")  # set by the sweep
@@ -52,6 +54,15 @@ def _flag_fields() -> type:
     return dataclasses.make_dataclass("SweepFlags", fields)
 
 
+def _defaults() -> dict[str, Any]:
+    """The flags' defaults: the sweep's own, and each run's (train's) under the flag's name."""
+    train = {TRAIN_RENAMED.get(k, k): v for k, v in field_defaults(TrainConfig).items()}
+    return {
+        **{k: v for k, v in train.items() if k not in TRAIN_SKIP},
+        **field_defaults(SweepConfig),
+    }
+
+
 _SWEEP_NAMES = {f.name for f in dataclasses.fields(SweepConfig)}
 _TRAIN_NAMES = {
     TRAIN_RENAMED.get(f.name, f.name): f.name
@@ -61,23 +72,38 @@ _TRAIN_NAMES = {
 
 
 def _panels(command: Any) -> Any:
-    """Group ``--help`` into the sweep's flags and the train settings."""
+    """Group ``--help`` into the sweep's flags and the train settings (the generated flags only:
+    ``--config``'s option object is shared with the other commands)."""
     for p in command.__signature__.parameters.values():
         info = typing.get_args(p.annotation)[1] if typing.get_args(p.annotation) else None
-        if isinstance(info, typer.models.OptionInfo):
+        if isinstance(info, typer.models.OptionInfo) and p.name in _SWEEP_NAMES | set(_TRAIN_NAMES):
             info.rich_help_panel = TRAIN_PANEL if p.name in _TRAIN_NAMES else SWEEP_PANEL
     return command
 
 
-@app.command(
-    "sweep",
-    epilog="YAML (--config): the sweep's keys at the top (lambdas, seeds, grid: {setting: "
+_EPILOG = (
+    "YAML (--config): the sweep's keys at the top (lambdas, seeds, grid: {setting: "
     "\\[values]} or named settings: {name: {setting: value}}, eval_benchmark, eval_n, "
     "eval_options: {...}, baseline, ...) and the base train "
-    "settings under train:. Outputs, statistics and resume: docs/sweep.md.",
+    "settings under train:. Outputs, statistics and resume: docs/sweep.md."
+)
+SWEEP_FLAGS: dict[str, Any] = {"flag_names": {"eval_benchmark": "--eval"}}  # docs/sweep.md's table
+
+
+@app.command(
+    "sweep",
+    epilog=_EPILOG,
 )
 @_panels
-@config_flags(_flag_fields(), flag_names={"eval_benchmark": "--eval"})
+@config_flags(
+    _flag_fields(),
+    **SWEEP_FLAGS,
+    defaults=_defaults(),
+    recipes={
+        r: {TRAIN_RENAMED.get(k, k): v for k, v in values.items()}
+        for r, values in recipes_for_help().items()
+    },
+)
 def sweep_cmd(
     flags: dict[str, Any],
     config: ConfigOpt = None,

@@ -22,18 +22,20 @@ from tcopd.cli.options import ConfigOpt, config_flags, console, yaml_only
 from tcopd.errors import ConfigError
 from tcopd.pipelines import train as pipeline
 from tcopd.pipelines.train import TrainConfig
+from tcopd.pipelines.train.config import recipes_for_help
 from tcopd.progress import Event
 from tcopd.runtime.training.distributed import env_world
 
 _YAML_ONLY = ", ".join(yaml_only(TrainConfig))
+FLAGS: dict[str, Any] = {"recipes": recipes_for_help()}  # also docs/train.md's table
 
 
 @app.command(
     "train",
     epilog=f"Settings without a flag (set them in the --config YAML): {_YAML_ONLY}. "
-    "Recipes and every default: docs/train.md.",
+    "Every setting as a table, with the recipes: docs/train.md#every-setting.",
 )
-@config_flags(TrainConfig)
+@config_flags(TrainConfig, **FLAGS)
 def train_cmd(
     flags: dict[str, Any],
     config: ConfigOpt = None,

@@ -3,7 +3,7 @@
 Shape legend: N scored tokens (flattened over responses), H hidden size, V vocabulary, C a chunk
 of tokens. For each chunk of C rows of ``hidden_NH`` the output projection gives ``logits_CV``;
 we keep only ``logit[y] − logsumexp(logits)`` (a float32 log-softmax, gathered) and drop the chunk, so peak extra
-memory is O(C × V) whatever N is (SPEC §6). With ``checkpoint=True`` the chunk's logits are
+memory is O(C × V) whatever N is (docs/score.md). With ``checkpoint=True`` the chunk's logits are
 recomputed during backward instead of being saved, so training memory is O(C × V) as well.
 
 The logit transform, applied in this order, covers the HF architectures we know of:
@@ -11,7 +11,7 @@ The logit transform, applied in this order, covers the HF architectures we know 
     z = h · Wᵀ (+ b)                 output projection (tied or not: W is whatever lm_head uses)
     z = z · scale                    ``logit_scale`` (Cohere); Granite's ``1/logits_scaling``
     z = c · tanh(z / c)              final soft-capping, c = ``final_logit_softcapping`` (Gemma 2/3)
-    z = z / τ                        sampling temperature τ (SPEC §4: the sampler's τ)
+    z = z / τ                        sampling temperature τ (docs/eval.md: the sampler's τ)
     log p(y) = z[y] − logsumexp(z)
 """
 

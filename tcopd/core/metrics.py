@@ -1,4 +1,4 @@
-"""Evaluation metrics: mean@n, unbiased pass@k, standard error (SPEC §4). Pure functions.
+"""Evaluation metrics: mean@n, unbiased pass@k, standard error (docs/eval.md). Pure functions.
 
 P problems, problem p has n_p samples of which c_p are correct.
 

@@ -1,4 +1,4 @@
-"""The TC-OPD objective: contrastive reward, advantage, clipped policy loss (SPEC §1).
+"""The TC-OPD objective: contrastive reward, advantage, clipped policy loss (docs/algorithm.md).
 
 Shape legend (docs/algorithm.md): K teachers, B responses, T response tokens (padded),
 ``mask_BT`` is 1.0 on real response tokens and 0.0 on padding.
@@ -24,7 +24,7 @@ LOG_RATIO_CLAMP = 20.0
 
 
 def teacher_weights(lambdas: torch.Tensor, normalization: Normalization = "active") -> torch.Tensor:
-    """Per-teacher weights ``w_k = λ_k / K_eff`` of the reward (paper eq. 11, SPEC §1).
+    """Per-teacher weights ``w_k = λ_k / K_eff`` of the reward (paper eq. 11, docs/algorithm.md).
 
     ``lambdas`` is ``lam_K`` (one λ per teacher) or ``lam_BK`` (a row per response, for the
     multi-task Λ[domain, teacher] table). ``K_eff`` is, per row:
@@ -69,7 +69,7 @@ def advantage(
     beta: float = 1.0,
     outcome_B: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-token advantage ``A(t) = r(t) − β·(lp_old(t) − lp_ref(t)) [+ o_b]`` (SPEC §1).
+    """Per-token advantage ``A(t) = r(t) − β·(lp_old(t) − lp_ref(t)) [+ o_b]`` (docs/algorithm.md).
 
     Undiscounted, not normalised, detached. ``outcome_B`` (optional) is a per-response bonus
     added to every token of that response (see :func:`outcome_bonus`). Zero on padding.
@@ -81,7 +81,7 @@ def advantage(
 
 
 def outcome_bonus(correct_B: torch.Tensor, group_B: torch.Tensor, weight: float) -> torch.Tensor:
-    """``w · (R(y_b) − mean_{b' in group(b)} R(y_b'))``: the optional outcome reward (SPEC §1).
+    """``w · (R(y_b) − mean_{b' in group(b)} R(y_b'))``: the optional outcome reward (docs/algorithm.md).
 
     ``correct_B`` is 0/1 (ungraded counts as 0), ``group_B`` an integer id of the prompt each
     response was sampled for, so the baseline is the mean over that prompt's samples.
@@ -143,7 +143,7 @@ def clipped_policy_loss(
     clip_eps_high: float | None = None,
     dual_clip: float | None = 3.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token PPO clipped surrogate loss with dual-clip (SPEC §1).
+    """Per-token PPO clipped surrogate loss with dual-clip (docs/algorithm.md).
 
     ``ρ = exp(clamp(lp_θ − lp_old, ±20))`` (:data:`LOG_RATIO_CLAMP`); objective ``o = min(ρA, clip(ρ, 1−ε, 1+ε_high)A)``; for A < 0 the
     loss is further capped at ``−c·A`` (dual-clip, c = ``dual_clip``). Returns

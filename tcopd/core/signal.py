@@ -1,7 +1,7 @@
 """The training signal, in one place: scored log-probs → ``(mask, old, ref, teacher, reward, A)``.
 
 ``tcopd train``, ``tcopd score`` and the GPU check all call :func:`training_signal`, so the
-reward a run trains on is, token for token, the reward ``tcopd score`` writes (SPEC §1).
+reward a run trains on is, token for token, the reward ``tcopd score`` writes (docs/algorithm.md).
 
 Per token t of response b (shape legend in docs/algorithm.md):
 

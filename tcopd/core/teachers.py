@@ -1,4 +1,4 @@
-"""Teacher specifications: who the teachers are and with which λ (SPEC §1).
+"""Teacher specifications: who the teachers are and with which λ (docs/algorithm.md).
 
 Three ways to name teachers, combinable:
 

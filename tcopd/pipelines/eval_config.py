@@ -8,7 +8,7 @@ before any model or data is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from tcopd.config import field
 from tcopd.errors import ConfigError
@@ -35,6 +35,7 @@ IDENTITY_FIELDS = (
 
 @dataclass(frozen=True)
 class EvalConfig:
+    KEY_ALIASES: ClassVar[dict[str, str]] = {"rollout_token_budget": "token_budget"}  # train's name
     benchmark: str | None = field(
         None, help=f"Benchmark: {', '.join(BENCHMARKS)} (or give --data FILE)."
     )
@@ -100,7 +101,7 @@ class EvalConfig:
             "--max-tokens": self.max_tokens,
             "--limit": 1 if self.limit is None else self.limit,
             "--grader-workers": self.grader_workers,
-            "--token-budget": self.token_budget,
+            "--rollout-token-budget": self.token_budget,
             "--tensor-parallel-size": self.tensor_parallel_size,
         }
         for flag, value in at_least_one.items():
@@ -113,7 +114,7 @@ class EvalConfig:
         if self.top_k < 0:
             raise ConfigError(f"--top-k must be >= 0 (got {self.top_k}); 0 is off")
         if self.grade_timeout_s <= 0:
-            raise ConfigError(f"--grade-timeout must be > 0 seconds (got {self.grade_timeout_s})")
+            raise ConfigError(f"--grade-timeout-s must be > 0 seconds (got {self.grade_timeout_s})")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(
                 f"--gpu-memory-utilization must be in (0, 1] (got {self.gpu_memory_utilization})"

@@ -1,10 +1,10 @@
 """``tcopd score``: log-probs of given rollouts under the student, the reference and the teachers,
-plus the per-token teacher-contrastive reward and advantage (SPEC §1).
+plus the per-token teacher-contrastive reward and advantage (docs/algorithm.md).
 
 Algorithm choices:
 
 - Only teachers with λ ≠ 0 (for some domain) are loaded and scored (:func:`active_teachers`);
-  ``teacher_normalization`` decides K in the 1/K of the reward (SPEC §1).
+  ``teacher_normalization`` decides K in the 1/K of the reward (docs/algorithm.md).
 - The old policy is the student given (``A = r − β·(lp_student − lp_ref)``); the reference
   defaults to the student, in which case it is scored once and the numbers reused.
 - Every model's tokenizer must equal the student's (:func:`check_same_tokenizer`); text rows
@@ -28,7 +28,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -67,6 +67,12 @@ class ScoreConfig:
         None,
         help="Comma-separated λ for expert, anti_expert (and λ-less teachers), e.g. '1.5,-0.5'.",
     )
+    # the names ``tcopd train`` uses for the same settings (YAML keys, besides these)
+    KEY_ALIASES: ClassVar[dict[str, str]] = {
+        "teacher": "teachers",
+        "teacher_placement": "placement",
+        "score_token_budget": "token_budget",
+    }
     teachers: list[str] = field(
         [], help="More teachers as NAME=PATH:LAMBDA, or NAME=URL:LAMBDA for a vLLM server."
     )
@@ -216,7 +222,7 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
     seconds = time.perf_counter() - t0
     logprobs = dict(result.logprobs)
     logprobs.setdefault("reference", logprobs["student"])  # π_ref is the student
-    out_rows, signal = _rewards(config, specs, active, table, mine, logprobs)  # 4. SPEC §1
+    out_rows, signal = _rewards(config, specs, active, table, mine, logprobs)  # 4. docs/algorithm.md
     local = {
         "rows": out_rows,
         "tokens": int(signal.mask_BT.sum().item()),

@@ -23,6 +23,7 @@ from typing import Any
 from tcopd.config import build, field, field_defaults, read_yaml, to_dict
 from tcopd.core.teachers import parse_lambdas
 from tcopd.errors import ConfigError, TcopdError
+from tcopd.pipelines.benchmarks import BENCHMARKS
 from tcopd.pipelines.eval_config import EvalConfig
 from tcopd.pipelines.train import TrainConfig, load_train_config
 from tcopd.progress import Progress
@@ -68,7 +69,7 @@ class SweepConfig:
         "override it).",
     )
     eval_benchmark: str | None = field(
-        None, help="Benchmark of the final evaluation: toy, aime24, aime25, math500."
+        None, help=f"Benchmark of the final evaluation: {', '.join(BENCHMARKS)}."
     )
     eval_data: str | None = field(
         None, help="Prepared data file to evaluate on (with --eval: a local copy of it)."

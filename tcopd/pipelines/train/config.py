@@ -77,7 +77,9 @@ class TrainConfig:
     mini_batches: int = field(4, help="Optimizer steps per pass (off-policy: >1).")
     clip_eps: float = field(0.2, help="PPO clip ε.")
     clip_eps_high: float | None = field(None, help="Upper clip (default: ε).")
-    dual_clip: float | None = field(3.0, help="Dual-clip c for negative advantages (null: off).")
+    dual_clip: float | None = field(
+        3.0, help="Dual-clip c (> 1) for negative advantages; off: dual_clip: null in the YAML."
+    )
     beta: float = field(
         1.0, help="KL coefficient β in A = r − β(lp_old − lp_ref): >= 0 (sampled), > 0 (dense)."
     )
@@ -311,6 +313,13 @@ RECIPES: dict[str, dict[str, Any]] = {
 # lr 1e-3 the dense loss's final mean@4 spread over 5 seeds with SD 5.8 (OPD) / 5.7 (TC-OPD)
 # points; at 5e-4, 1.9 / 4.1, every seed higher (docs/results.md §1).
 RECIPE_LOSS: dict[tuple[str, str], dict[str, Any]] = {("toy", "dense"): {"lr": 5e-4}}
+
+
+def recipes_for_help() -> dict[str, dict[str, Any]]:
+    """Each recipe's settings, and each loss-specific addition as its own entry (``--help``)."""
+    extra = {f"{r} --loss {loss}": values for (r, loss), values in RECIPE_LOSS.items()}
+    return {**RECIPES, **extra}
+
 
 # Settings that may differ between a run and its --resume (everything else must match).
 RESUMABLE_CHANGES = {

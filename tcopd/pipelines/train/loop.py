@@ -1,4 +1,4 @@
-"""``tcopd train``'s loop: set up, then steps, evaluations and checkpoints (SPEC §1, §5).
+"""``tcopd train``'s loop: set up, then steps, evaluations and checkpoints (docs/algorithm.md, docs/train.md).
 
 The step itself is in ``step.py`` (its docstring lists the phases and their modules).
 

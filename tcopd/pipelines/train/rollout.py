@@ -1,6 +1,6 @@
 """Phase 1, rollout (and phase 6, sync): sample responses, then push new weights to the sampler.
 
-Sampling settings come from the config (every knob explicit, SPEC §4); the engine's own
+Sampling settings come from the config (every knob explicit, docs/eval.md); the engine's own
 sampling log-probs are requested when the truncated IS weight is on. Empty responses are
 dropped (there is nothing to score). The engine is woken before and put to sleep after
 generation (vLLM frees its KV cache for the update; no-ops for HF).

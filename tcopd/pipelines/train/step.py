@@ -1,4 +1,4 @@
-"""One training step, phase by phase (SPEC §1, §5):
+"""One training step, phase by phase (docs/algorithm.md, docs/train.md):
 
 1. rollout     — sample responses to this step's prompts            (rollout.py)
 2. grade       — math-verify, in worker processes, overlapping 3    (grade.py)

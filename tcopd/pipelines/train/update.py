@@ -1,4 +1,4 @@
-"""Phase 5, the update: epochs × mini-batches of optimizer steps through DeepSpeed (SPEC §1).
+"""Phase 5, the update: epochs × mini-batches of optimizer steps through DeepSpeed (docs/algorithm.md).
 
 The loss is the PPO clipped loss on the sampled tokens (``--loss sampled``, core/objective.py)
 or the dense β·KL(π_θ ‖ p*) at every position (``--loss dense``, core/dense.py).

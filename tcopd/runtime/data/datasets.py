@@ -7,7 +7,7 @@ Prepared rows are verl's row format plus a ``domain`` label (docs/internals.md "
      "reward_model": {"style": "rule", "ground_truth": str}, "extra_info": {"split", "index", ...},
      "domain"}
 
-Sources (SPEC §2). Each one loads from the Hub with ``datasets.load_dataset`` or, with
+Sources (docs/prepare.md). Each one loads from the Hub with ``datasets.load_dataset`` or, with
 ``from_path``, from a local copy in the Hub's own column layout (a file, or a directory whose
 jsonl/json/parquet/csv files are read in name order and joined):
 

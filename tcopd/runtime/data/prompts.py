@@ -4,7 +4,7 @@ Two templates (a setting everywhere a prompt is built):
 
 - ``chat``  — the tokenizer's own chat template, ``add_generation_prompt=True`` and
   ``enable_thinking=False`` (Qwen3's template reads it; templates that do not know the variable
-  ignore it). This is how G-OPD evaluates (SPEC §2).
+  ignore it). This is how G-OPD evaluates (docs/prepare.md).
 - ``plain`` — a plain-text template for base models without a chat template:
   :data:`PLAIN_FORMAT` = ``"Question: {content}\\nAnswer:"`` by default, where ``{content}`` is the
   user turn(s) joined by a blank line. The model's response follows directly (it starts with a

@@ -1,6 +1,6 @@
 """Answer extraction and grading with math-verify in worker processes.
 
-Rule (G-OPD's, SPEC §3): take the last balanced ``\\boxed{...}`` of the response (none: wrong)
+Rule (G-OPD's, docs/eval.md): take the last balanced ``\\boxed{...}`` of the response (none: wrong)
 and check ``verify(parse("\\boxed{" + gold + "}"), parse("\\boxed{" + pred + "}"))`` — gold
 first, the call is asymmetric. A plain ``parse`` of the whole response would credit unboxed
 numbers in truncated outputs.

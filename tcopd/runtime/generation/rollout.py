@@ -12,7 +12,7 @@ The trainer sees one interface (:class:`RolloutEngine`): ``generate``, ``needs_w
 (True when the engine samples from its own copy of the weights), ``update_weights``, and
 ``wake()`` / ``sleep()`` around generation (no-ops where there is nothing to free).
 
-Sampling choices (SPEC §4, §7):
+Sampling choices (docs/eval.md, docs/performance.md):
 
 - Every sampling knob is passed explicitly and the model's own ``generation_config`` is set
   aside during the call: transformers defaults to ``top_k=50``, and a checkpoint's
@@ -64,7 +64,7 @@ FinishReason = Literal["stop", "length"]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample: ``n`` responses per prompt (SPEC §4 defaults for evaluation)."""
+    """How to sample: ``n`` responses per prompt (docs/eval.md defaults for evaluation)."""
 
     n: int = 1
     temperature: float = 1.0

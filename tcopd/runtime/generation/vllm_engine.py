@@ -14,7 +14,7 @@ Choices:
 - Log-probs: ``logprobs=0`` (the sampled token only) with ``logprobs_mode="processed_logprobs"``:
   the log-prob under the distribution that was sampled (after temperature and top-k/top-p), the
   same definition as the HF engine's.
-- New weights in place, without a restart (SPEC §7): ``collective_rpc("reload_weights", ...)``.
+- New weights in place, without a restart (docs/performance.md): ``collective_rpc("reload_weights", ...)``.
   A tied model's ``lm_head.weight`` is always sent explicitly (copied from the embedding when the
   checkpoint omits it): vLLM's in-place reload otherwise leaves the output head as it was.
   With the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) a state dict goes

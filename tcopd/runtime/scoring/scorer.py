@@ -1,4 +1,4 @@
-"""The multi-teacher batched log-prob scorer (SPEC §1, §6): the hot path of every training step.
+"""The multi-teacher batched log-prob scorer (docs/algorithm.md, docs/score.md): the hot path of every training step.
 
 One model's forward (:func:`~tcopd.runtime.scoring.forward.model_response_logprobs`, no T×V logits) lives
 in ``runtime/scoring/forward.py``; :class:`Scorer` scores a batch of (prompt, response) pairs under several named models with one

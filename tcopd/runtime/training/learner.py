@@ -6,7 +6,7 @@ Choices, and why:
 
 - The optimizer is a client ``torch.optim.AdamW``: a config-named optimizer becomes FusedAdam /
   DeepSpeedCPUAdam and compiles C++ on first use (tens of seconds), which we keep out of the
-  hot path (SPEC §7).
+  hot path (docs/performance.md).
 - ``managed_gradient_accumulation: false``: micro-batches are cut by a *token budget*, so their
   number varies from mini-batch to mini-batch. The trainer calls :meth:`backward` once per
   micro-batch with a loss already normalised by the mini-batch's totals, then :meth:`step` once
