@@ -145,7 +145,9 @@ def test_every_documented_command_parses(where, line, kind, argv):
 def test_the_settings_tables_are_generated_from_the_code():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("docs_tables", REPO / "scripts" / "docs_tables.py")
+    spec = importlib.util.spec_from_file_location(
+        "docs_tables", REPO / "scripts" / "docs_tables.py"
+    )
     docs_tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(docs_tables)
     stale = docs_tables.update(check=True)
@@ -171,7 +173,9 @@ def _help_flags() -> list[tuple[str, str]]:
 
 def test_every_flag_is_explained_in_the_docs():
     text = "\n".join(p.read_text() for p in DOCS)
-    missing = [f"tcopd {c} {o}" for c, o in _help_flags() if not re.search(re.escape(o) + r"\b", text)]
+    missing = [
+        f"tcopd {c} {o}" for c, o in _help_flags() if not re.search(re.escape(o) + r"\b", text)
+    ]
     assert not missing, "flags no doc mentions:\n" + "\n".join(missing)
 
 

@@ -222,7 +222,9 @@ def run(config: ScoreConfig, progress: Progress | None = None) -> ScoreSummary:
     seconds = time.perf_counter() - t0
     logprobs = dict(result.logprobs)
     logprobs.setdefault("reference", logprobs["student"])  # π_ref is the student
-    out_rows, signal = _rewards(config, specs, active, table, mine, logprobs)  # 4. docs/algorithm.md
+    out_rows, signal = _rewards(
+        config, specs, active, table, mine, logprobs
+    )  # 4. docs/algorithm.md
     local = {
         "rows": out_rows,
         "tokens": int(signal.mask_BT.sum().item()),
