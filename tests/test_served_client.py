@@ -24,6 +24,10 @@ from tcopd.runtime.scoring import served
 from tcopd.runtime.scoring.scorer import Scorer
 
 
+def _ranked(lsm_V, order, tok):
+    return {"logprob": lsm_V[tok].item(), "rank": order.index(tok) + 1, "decoded_token": "?"}
+
+
 class FakeVLLM:
     """A stand-in for ``vllm serve MODEL``; see the module docstring.
 
@@ -52,13 +56,17 @@ class FakeVLLM:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def logprobs(self, ids):
+    def logprobs(self, ids, k=0):
+        """vLLM's prompt_logprobs: each position's own token (with its rank) and its top k."""
         with self.lock, torch.no_grad():
             lsm = torch.log_softmax(self.model(torch.tensor([ids])).logits[0, :-1], -1)
-        return [None] + [
-            {str(t): {"logprob": lsm[j, t].item(), "rank": 1, "decoded_token": "?"}}
-            for j, t in enumerate(ids[1:])
-        ]
+        out = [None]
+        for j, t in enumerate(ids[1:]):
+            order = lsm[j].argsort(descending=True).tolist()
+            row = {str(tok): _ranked(lsm[j], order, tok) for tok in order[:k]}
+            row[str(t)] = _ranked(lsm[j], order, t)
+            out.append(row)
+        return out
 
     def answer(self, path, body):
         if path == "/v1/models":
@@ -91,11 +99,12 @@ class FakeVLLM:
             time.sleep(self.delay_s)
             if failing:
                 return self.fail_status, {"error": {"message": "engine core died (fake)"}}
-            if body.get("model") != "fake" or body.get("prompt_logprobs") != 0:
+            k = body.get("prompt_logprobs")
+            if body.get("model") != "fake" or not isinstance(k, int) or k < 0:
                 return 400, {"error": {"message": f"bad request {body}"}}
             choices = [
-                {"index": k, "text": "x", "prompt_logprobs": self.logprobs(p)}
-                for k, p in enumerate(prompts)
+                {"index": c, "text": "x", "prompt_logprobs": self.logprobs(p, k)}
+                for c, p in enumerate(prompts)
             ]
             return 200, {"choices": choices[::-1]}  # the client must go by "index"
         finally:
@@ -490,3 +499,63 @@ def test_score_cli_served_refusals_are_one_line(world, tmp_path, capsys, extra, 
     assert run_cli(args) == 1
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
+
+
+# ------------------------------------------------------------------ top k (the dense loss)
+def test_top_k_rows_are_the_teachers_own(world, fake):
+    """score_top_k: each position's k most likely ids and log-probs and the own token's, equal
+    to the teacher's float64 log-softmax (the fake computes it; ties are measure-zero here)."""
+    import asyncio
+
+    t = connected(world, fake.url)
+    prompts, responses = world["prompts"], world["responses"]
+    k, V = 5, len(world["tok"])
+
+    async def run():
+        async with served._client(t.settings, 4) as client:
+            return await t.score_top_k(client, prompts, responses, k, V)
+
+    rows = asyncio.run(run())
+    model = rm.load_causal_lm(str(world["teacher"])).double().eval()
+    for p, r, row in zip(prompts, responses, rows, strict=True):
+        with torch.no_grad():
+            lsm = torch.log_softmax(model(torch.tensor([p + r])).logits[0, len(p) - 1 : -1], -1)
+        want = lsm.topk(k, dim=-1)
+        assert torch.equal(row.ids_TK, want.indices)
+        torch.testing.assert_close(row.logprobs_TK.double(), want.values, rtol=0, atol=1e-6)
+        own = lsm.gather(1, torch.tensor(r)[:, None]).squeeze(1)
+        torch.testing.assert_close(row.token_T.double(), own, rtol=0, atol=1e-6)
+
+
+def _payload(rows):
+    """A completions answer for one prompt [7, 9, 9] whose last two positions say ``rows``."""
+    return {"choices": [{"index": 0, "prompt_logprobs": [None, *rows]}]}
+
+
+def _entry(lp, rank):
+    return {"logprob": lp, "rank": rank, "decoded_token": "?"}
+
+
+GOOD = {"3": _entry(-0.5, 1), "4": _entry(-1.0, 2), "9": _entry(-3.0, 7)}
+
+
+@pytest.mark.parametrize(
+    "row, needle",
+    [
+        ({"3": _entry(-0.5, 1), "9": _entry(-3.0, 7)}, "1 entries of rank ≤ 2"),  # fewer than k
+        ({"3": _entry(-0.5, 1), "4": _entry(-1.0, 1), "9": _entry(-3.0, 7)}, "ranks [1, 1]"),
+        ({"3": _entry(-0.5, 1), "400": _entry(-1.0, 2), "9": _entry(-3.0, 7)}, "token id 400"),
+        ({"3": _entry(float("nan"), 1), "4": _entry(-1.0, 2), "9": _entry(-3.0, 7)}, "not finite"),
+        ({"3": _entry(-9999.0, 1), "4": _entry(-1.0, 2), "9": _entry(-3.0, 7)}, "not finite"),
+        ({"3": _entry(-2.0, 1), "4": _entry(-1.0, 2), "9": _entry(-3.0, 7)}, "not sorted"),
+        ({"3": _entry(-0.5, 1), "4": _entry(-1.0, 2)}, "malformed"),  # no own token
+    ],
+)
+def test_top_k_bad_answers_are_one_error_naming_the_position(row, needle):
+    ok = served.response_top_k(_payload([GOOD, GOOD]), [7, 9, 9], 2, 2, 100, "served teacher 't'")
+    assert ok.ids_TK.tolist() == [[3, 4], [3, 4]] and ok.token_T.tolist() == [-3.0, -3.0]
+    with pytest.raises(ModelError) as e:
+        served.response_top_k(
+            _payload([GOOD, row]), [7, 9, 9], 2, 2, 100, "served teacher 't'", 0, 5
+        )
+    assert "served teacher 't', response 5, position 1" in str(e.value) and needle in str(e.value)

@@ -143,6 +143,41 @@ class ServedTeacher:
                 out[i] = torch.tensor(v, dtype=torch.float32)
         return out
 
+    async def score_top_k(
+        self,
+        client: httpx.AsyncClient,
+        prompts: Sequence[list[int]],
+        responses: Sequence[list[int]],
+        k: int,
+        vocab_size: int,
+    ) -> list[TopK]:
+        """Each response position's top ``k`` (ids and log-probs, :class:`TopK`) and the
+        log-prob of the response's own token, in input order; every answer checked
+        (:func:`response_top_k`). The dense loss with served teachers uses them
+        (core/dense_support.py)."""
+        if not all(s.model for s in self.servers):
+            raise ModelError(f"served teacher {self.name!r}: not connected (call served.connect)")
+        load = Load(len(self.servers))
+        seqs = [p + r for p, r in zip(prompts, responses, strict=True)]
+        cap = min(REQUEST_TOKENS, self.settings.max_inflight_tokens)
+        groups = pack_requests([len(x) for x in seqs], cap)
+        who = f"served teacher {self.name!r}"
+
+        async def one(group: list[int]) -> list[TopK]:
+            ids = [seqs[i] for i in group]
+            payload = await self.request(client, ids, sum(len(x) for x in ids), load, k)
+            return [
+                response_top_k(payload, seqs[i], len(responses[i]), k, vocab_size, who, c, i)
+                for c, i in enumerate(group)
+            ]
+
+        answers = await asyncio.gather(*(one(g) for g in groups))
+        out: list[TopK | None] = [None] * len(prompts)
+        for group, rows in zip(groups, answers, strict=True):
+            for i, row in zip(group, rows, strict=True):
+                out[i] = row
+        return out  # type: ignore[return-value]
+
     async def _score_group(
         self,
         client: httpx.AsyncClient,
@@ -165,13 +200,15 @@ class ServedTeacher:
         ids: list[list[int]],
         cost: int,
         load: Load | None = None,
+        top_k: int = 0,
     ) -> dict:
         """POST one scoring request (token-id prompts ``ids``, ``cost`` tokens) with retries;
         the JSON answer (see the module docstring).
 
         ``load``: the calling :meth:`score`'s :class:`Load` (made in the running event loop),
         shared by the requests of one call; without it the request has a fresh one of its own
-        (nothing else in flight: the first server, unless it fails)."""
+        (nothing else in flight: the first server, unless it fails). ``top_k``: ask for each
+        position's ``top_k`` most likely tokens besides its own (``prompt_logprobs``)."""
         if load is None:
             load = Load(len(self.servers))
         last, failed = "no answer", set()
@@ -184,7 +221,9 @@ class ServedTeacher:
             k = await self._acquire(load, cost, failed)
             server = self.servers[k]
             try:
-                resp = await client.post(f"{server.url}/v1/completions", json=_body(server, ids))
+                resp = await client.post(
+                    f"{server.url}/v1/completions", json=_body(server, ids, top_k)
+                )
             except httpx.TransportError as e:
                 last = f"{type(e).__name__}: {e}".rstrip(": ")
                 failed.add(server.url)
@@ -251,12 +290,12 @@ def pack_requests(lengths: Sequence[int], max_tokens: int = REQUEST_TOKENS) -> l
     return groups
 
 
-def _body(server: _Server, ids: list[list[int]]) -> dict[str, Any]:
+def _body(server: _Server, ids: list[list[int]], top_k: int = 0) -> dict[str, Any]:
     return {
         "model": server.model,
         "prompt": ids,
         "max_tokens": 1,
-        "prompt_logprobs": 0,
+        "prompt_logprobs": top_k,
         "temperature": 0.0,  # the one generated token is thrown away: greedy, no sampling work
     }
 
@@ -292,6 +331,85 @@ def response_logprobs(
             f"{e}); is it a vLLM server?"
         ) from None
     return [-math.inf if v == _NEG_INF_SENTINEL else float(v) for v in values]
+
+
+@dataclass(frozen=True)
+class TopK:
+    """A served teacher's answer at T response positions: its ``k`` most likely tokens
+    (``ids_TK``, ``logprobs_TK``, in the server's rank order: log-probs non-increasing) and the
+    log-prob of the response's own token at each position (``token_T``)."""
+
+    ids_TK: torch.Tensor
+    logprobs_TK: torch.Tensor
+    token_T: torch.Tensor
+
+
+def response_top_k(
+    payload: Any,
+    ids: list[int],
+    n: int,
+    k: int,
+    vocab_size: int,
+    who: str,
+    choice: int = 0,
+    row: int = 0,
+) -> TopK:
+    """The last ``n`` positions of prompt ``choice``: each one's top ``k`` and own token.
+
+    vLLM's ``prompt_logprobs[j]`` maps token ids to ``{"logprob", "rank", ...}``: the ``k`` of
+    rank 1..k, plus the position's own token with its rank (which may be beyond k). Refused,
+    each as one :class:`ModelError` naming the teacher, the response (``row``) and the
+    position: fewer than ``k`` entries of rank ≤ k (or two of one rank: a duplicate), an id
+    outside the vocabulary, a log-prob that is not finite, ranks whose log-probs increase.
+    """
+    try:
+        found = [c for c in payload["choices"] if c.get("index", 0) == choice]
+        plp = found[0]["prompt_logprobs"]
+        rows = [plp[j] for j in range(len(ids) - n, len(ids))]
+    except (KeyError, IndexError, TypeError) as e:
+        raise ModelError(
+            f"{who}: the answer has no prompt_logprobs for the sent tokens ({type(e).__name__}: "
+            f"{e}); is it a vLLM server?"
+        ) from None
+    top_ids, top_lp, own = [], [], []
+    for t, entries in enumerate(rows):
+        where = f"{who}, response {row}, position {t}"
+        try:
+            mine = _finite(entries[str(ids[len(ids) - n + t])]["logprob"], where)
+            ranked = sorted(
+                (int(e["rank"]), int(tok), _finite(e["logprob"], where))
+                for tok, e in entries.items()
+                if e.get("rank") is not None and int(e["rank"]) <= k
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ModelError(f"{where}: a malformed log-prob entry ({type(e).__name__}: {e})")
+        if [r for r, _, _ in ranked] != list(range(1, k + 1)):
+            raise ModelError(
+                f"{where}: {len(ranked)} entries of rank ≤ {k}, ranks "
+                f"{[r for r, _, _ in ranked]}; need ranks 1..{k} once each (is the server's "
+                f"--max-logprobs at least {k}?)"
+            )
+        bad = [tok for _, tok, _ in ranked if not 0 <= tok < vocab_size]
+        if bad:
+            raise ModelError(f"{where}: token id {bad[0]} is outside the vocabulary ({vocab_size})")
+        values = [lp for _, _, lp in ranked]
+        if any(b > a for a, b in zip(values, values[1:])):
+            raise ModelError(f"{where}: the top {k} is not sorted by log-prob: {values}")
+        top_ids.append([tok for _, tok, _ in ranked])
+        top_lp.append(values)
+        own.append(mine)
+    return TopK(
+        torch.tensor(top_ids, dtype=torch.long).reshape(n, k),
+        torch.tensor(top_lp, dtype=torch.float32).reshape(n, k),
+        torch.tensor(own, dtype=torch.float32),
+    )
+
+
+def _finite(value: Any, where: str) -> float:
+    v = float(value)
+    if not math.isfinite(v) or v == _NEG_INF_SENTINEL:
+        raise ModelError(f"{where}: a log-prob that is not finite ({value})")
+    return v
 
 
 # --------------------------------------------------------------------------- start-time checks
