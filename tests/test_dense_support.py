@@ -64,7 +64,9 @@ def test_full_support_is_the_dense_gradient():
     loss, stats = _loss(h, z_e, z_r, z_a, eye, all_ids, targets, old)
     (got,) = torch.autograd.grad(loss.sum(), h)
     torch.testing.assert_close(got, _exact_grad(z_s, z_e, z_a, z_r, eye), rtol=0, atol=1e-12)
-    assert stats["outside"].sum() == 0 and torch.allclose(stats["student_mass"], torch.ones(N, dtype=torch.float64))
+    assert stats["outside"].sum() == 0 and torch.allclose(
+        stats["student_mass"], torch.ones(N, dtype=torch.float64)
+    )
     assert torch.allclose(stats["target_mass"], torch.ones(N, dtype=torch.float64))
     assert stats["support"].tolist() == [V] * N
 
