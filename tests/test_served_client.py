@@ -63,7 +63,9 @@ class FakeVLLM:
         out = [None]
         for j, t in enumerate(ids[1:]):
             order = lsm[j].argsort(descending=True).tolist()
-            row = {str(tok): _ranked(lsm[j], order, tok) for tok in order[:k]}
+            row = {
+                str(tok): _ranked(lsm[j], order, tok) for tok in (order if k == -1 else order[:k])
+            }
             row[str(t)] = _ranked(lsm[j], order, t)
             out.append(row)
         return out
@@ -100,7 +102,7 @@ class FakeVLLM:
             if failing:
                 return self.fail_status, {"error": {"message": "engine core died (fake)"}}
             k = body.get("prompt_logprobs")
-            if body.get("model") != "fake" or not isinstance(k, int) or k < 0:
+            if body.get("model") != "fake" or not isinstance(k, int) or k < -1:
                 return 400, {"error": {"message": f"bad request {body}"}}
             choices = [
                 {"index": c, "text": "x", "prompt_logprobs": self.logprobs(p, k)}
@@ -428,7 +430,7 @@ def test_server_command_has_the_scoring_flags_and_user_flags_win():
     assert cmd[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     line = " ".join(cmd)
     for flag in ("--model /m/code", "--port 8001", "--dtype bfloat16", "--max-model-len 4096",
-                 "--max-logprobs 1", "--no-enable-log-requests"):  # fmt: skip
+                 "--max-logprobs 64", "--no-enable-log-requests"):  # fmt: skip
         assert flag in line
     assert cmd[-2:] == ["--max-logprobs", "5"]
 
@@ -559,3 +561,42 @@ def test_top_k_bad_answers_are_one_error_naming_the_position(row, needle):
             _payload([GOOD, row]), [7, 9, 9], 2, 2, 100, "served teacher 't'", 0, 5
         )
     assert "served teacher 't', response 5, position 1" in str(e.value) and needle in str(e.value)
+
+
+def _dense_run(tmp_path, world, capsys, name, *extra):
+    from safetensors.torch import load_file
+    from train_fixtures import run_cli, tiny_args
+
+    out = tmp_path / name
+    args = tiny_args(world, out, "--loss", "dense", "--steps", "1", "--max-prompt-tokens", "64")
+    code, _, err = run_cli([*args, *extra], capsys)
+    assert code == 0, err
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    weights = load_file(next((out / "checkpoints" / "step-000001" / "model").glob("*.safetensors")))
+    return rows[-1], weights
+
+
+def test_dense_loss_with_a_served_teacher(tmp_path, capsys):
+    """tcopd train --loss dense with the anti-expert on a (fake) server: whole rows (k = -1)
+    train exactly like the local anti-expert; a top 4 trains and logs its support."""
+    from train_fixtures import make_world
+
+    world = make_world(tmp_path, tie=False)
+    fake = FakeVLLM(world.anti_expert, max_model_len=512)
+    try:
+        local_row, local = _dense_run(tmp_path, world, capsys, "local")
+        url = ["--anti-expert", fake.url]
+        full_row, full = _dense_run(tmp_path, world, capsys, "full", *url, "--served-top-k", "-1")
+        top_row, _ = _dense_run(tmp_path, world, capsys, "top4", *url, "--served-top-k", "4")
+    finally:
+        fake.stop()
+    # the same update to float rounding. Adam's first step moves a weight by lr·g/(|g| + 1e-8)
+    # (lr 1e-3): rounding in g (the server's rows are float32) shows only where |g| is ~1e-8,
+    # a handful of weights; any mistake in the served path would move nearly all of them by ~lr
+    diff = torch.cat([(full[k] - local[k]).abs().flatten() for k in local])
+    assert (diff > 1e-6).float().mean() < 1e-3 and diff.max() <= 1e-3, diff.max()
+    assert "served_support" not in local_row
+    assert full_row["served_outside"] == 0 and full_row["served_student_mass"] > 0.999
+    assert full_row["served_support"] == len(rm.load_tokenizer(str(world.tokenizer)))
+    assert 0 < top_row["served_student_mass"] < 1 and 0 < top_row["served_outside"] < 1
+    assert top_row["served_support"] <= 4 and top_row["clip_fraction"] is None

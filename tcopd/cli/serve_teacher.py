@@ -51,6 +51,14 @@ def serve_teacher(
             show_default=False,
         ),
     ] = None,
+    max_logprobs: Annotated[
+        int,
+        typer.Option(
+            "--max-logprobs",
+            help="Most log-probs per position a request may ask for: the dense loss asks for "
+            "--served-top-k (16); -1: whole rows (its exact mode, small vocabularies).",
+        ),
+    ] = 64,
 ) -> None:
     """Serve a teacher with vLLM's OpenAI-compatible server; prints the URL to pass to tcopd.
 
@@ -60,7 +68,9 @@ def serve_teacher(
     python = python or sys.executable
     served.check_server_python(python)
     served.check_port_free(host, port)
-    cmd = served.server_command(model, port, host, dtype, max_model_len, python, ctx.args)
+    cmd = served.server_command(
+        model, port, host, dtype, max_model_len, python, ctx.args, max_logprobs
+    )
     url = served.public_url(host, port)
     console.print(f"starting: {' '.join(cmd)}", highlight=False, soft_wrap=True)
     process = subprocess.Popen(cmd)

@@ -86,7 +86,7 @@ def _chunk_loss(
     served: ServedRows,
     served_coef_CK: torch.Tensor,
     targets_C: torch.Tensor,
-    old_logp_C: torch.Tensor,
+    old_logp_C: torch.Tensor | None,
     beta: float,
     temperature: float,
     vocab_size: int | None,
@@ -100,29 +100,39 @@ def _chunk_loss(
         local_CV = _local_scores(
             local_hidden, local_heads, local_coef_CM, temperature, logp_CV.detach(), vocab_size
         )
-        valid_CS = served.ids_NS >= 0
-        ids_CS = served.ids_NS.clamp(min=0)
+        # padding, and ids past the tokenizer's size (vocab_size: rows that take no part)
+        valid_CS = (served.ids_NS >= 0) & (served.ids_NS < logp_CV.shape[1])
+        ids_CS = served.ids_NS.clamp(0, logp_CV.shape[1] - 1)
+        # a sampled id past vocab_size (a padding row, possible only in an untrained model)
+        # is outside π_θ's support here: its sampled term is left out
+        y_real = targets_C < logp_CV.shape[1]
+        targets_C = targets_C.clamp(max=logp_CV.shape[1] - 1)
         served_S = (served_coef_CK.T.unsqueeze(-1) * served.logp_KNS.to(logp_CV.dtype)).sum(0)
         served_y = (served_coef_CK.T * served.logp_y_KN.to(logp_CV.dtype)).sum(0)
         s_CS = local_CV.gather(1, ids_CS) + served_S  # s_t on the support
         s_C = local_CV.gather(1, targets_C[:, None]).squeeze(1) + served_y  # and at y_t
         logp_det = logp_CV.detach()
+        old_C = (  # on policy (None): π_old is π_θ, the ratio is 1 in value
+            logp_det.gather(1, targets_C[:, None]).squeeze(1)
+            if old_logp_C is None
+            else old_logp_C.to(logp_det.dtype)
+        )
         g_CS = logp_det.gather(1, ids_CS) - s_CS
         g_C = logp_det.gather(1, targets_C[:, None]).squeeze(1) - s_C
         p_CS = logp_det.gather(1, ids_CS).exp() * valid_CS
         mass = p_CS.sum(-1)
         b_C = torch.where(mass > 0, (p_CS * g_CS).sum(-1) / mass.clamp(min=1e-30), 0.0)
-        outside_C = ~(valid_CS & (ids_CS == targets_C[:, None])).any(-1)
+        outside_C = ~(valid_CS & (ids_CS == targets_C[:, None])).any(-1) & y_real
         # p*'s mass on S (for the logs): Σ_S e^s / Z, with Z = Σ_S e^s + Σ_{v∉S} e^s(v) and the
         # second sum estimated from the sampled token, e^s(y)/π_old(y) when y ∉ S (unbiased for
         # Z; the ratio is an estimate, exactly 1 when S_t = V)
         lse_S = torch.logsumexp(s_CS.masked_fill(~valid_CS, -torch.inf), -1)
-        rest = torch.exp(s_C - old_logp_C.to(s_C.dtype) - lse_S) * outside_C
+        rest = torch.exp(s_C - old_C - lse_S) * outside_C
         target_mass = 1.0 / (1.0 + rest)
     pi_CS = logp_CV.gather(1, ids_CS).exp() * valid_CS
     support = (pi_CS * (g_CS - b_C[:, None])).sum(-1)
     y_logp = logp_CV.gather(1, targets_C[:, None]).squeeze(1)
-    ratio = torch.exp(y_logp - old_logp_C.to(y_logp.dtype))
+    ratio = torch.exp(y_logp - old_C)
     tail = outside_C * ratio * (g_C - b_C)
     return beta * (support + tail), mass, target_mass, outside_C.to(mass.dtype)
 
@@ -136,7 +146,7 @@ def support_dense_loss(
     served: ServedRows,
     served_coef_NK: torch.Tensor,
     targets_N: torch.Tensor,
-    old_logp_N: torch.Tensor,
+    old_logp_N: torch.Tensor | None,
     beta: float = 1.0,
     temperature: float = 1.0,
     chunk_size: int = 512,
@@ -150,11 +160,16 @@ def support_dense_loss(
     ``local_hidden`` / ``local_heads``: the models scored here (π_ref and local teachers), with
     coefficients ``local_coef_NM`` (``1 − Σ_k w_k/β`` for π_ref, ``w_k/β`` for a teacher);
     ``served``: the served teachers' support rows, coefficients ``served_coef_NK``; ``targets_N``
-    the sampled tokens y_t, ``old_logp_N`` their log-probs under π_old at temperature τ. Each
+    the sampled tokens y_t, ``old_logp_N`` their log-probs under π_old at temperature τ (None:
+    on policy, π_old = π_θ). Each
     chunk of ``chunk_size`` positions is checkpointed when autograd records.
     """
     N = student_hidden_NH.shape[0]
-    if served.ids_NS.shape[0] != N or targets_N.shape[0] != N or old_logp_N.shape[0] != N:
+    if (
+        served.ids_NS.shape[0] != N
+        or targets_N.shape[0] != N
+        or (old_logp_N is not None and old_logp_N.shape[0] != N)
+    ):
         raise ValueError(f"served rows, targets and old log-probs must have N = {N} rows")
     if not beta > 0:
         raise ValueError(f"beta must be > 0 (the target divides by it), got {beta}")
@@ -174,7 +189,7 @@ def support_dense_loss(
             served.rows(s, e),
             served_coef_NK[s:e],
             targets_N[s:e],
-            old_logp_N[s:e],
+            None if old_logp_N is None else old_logp_N[s:e],
             float(beta),
             float(temperature),
             vocab_size,
@@ -191,6 +206,27 @@ def support_dense_loss(
         "student_mass": mass,
         "target_mass": target_mass,
         "outside": outside,
-        "support": (served.ids_NS >= 0).sum(-1).to(mass.dtype),
+        "support": (served.ids_NS >= 0).sum(-1).to(mass.dtype),  # as the servers gave it
     }
     return loss, stats
+
+
+def common_support(
+    ids_KTk: torch.Tensor, logp_KTk: torch.Tensor, logp_y_KT: torch.Tensor
+) -> ServedRows:
+    """The served teachers' common support at T positions: ``S_t`` = the intersection of their
+    top-k id sets (in the first teacher's rank order, padded with ``-1`` to k columns), each
+    teacher's log-probs there, and theirs at the sampled token. ``ids_KTk`` / ``logp_KTk``: each
+    teacher's top k; no teacher's entry is ever filled in for a token it did not return."""
+    K, T, k = ids_KTk.shape
+    first = ids_KTk[0]
+    keep = torch.ones(T, k, dtype=torch.bool)
+    logp = torch.zeros(K, T, k, dtype=logp_KTk.dtype)
+    for j in range(K):
+        match = first[:, :, None] == ids_KTk[j][:, None, :]  # T × k × k
+        keep &= match.any(-1)
+        logp[j] = logp_KTk[j].gather(1, match.to(torch.int8).argmax(-1))
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # kept ids first
+    ids = torch.where(keep, first, -1).gather(1, order)
+    logp = logp.gather(2, order.expand(K, T, k)).masked_fill(ids[None] < 0, 0.0)
+    return ServedRows(ids, logp, logp_y_KT)

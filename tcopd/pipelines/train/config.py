@@ -160,6 +160,12 @@ class TrainConfig:
         65536,
         help="Tokens in flight per teacher server (prompt + response of unanswered requests).",
     )
+    served_top_k: int = field(
+        16,
+        help="--loss dense with served teachers: each server gives its top k per position; the "
+        "loss is exact on their common top k and sampled outside it, unbiased at every k "
+        "(docs/algorithm.md). -1: whole rows (exact; small vocabularies, --max-logprobs -1).",
+    )
     train_token_budget: int = field(16384, help="Tokens per training micro-batch (padded).")
     score_token_budget: int = field(32768, help="Tokens per scoring micro-batch.")
     rollout_token_budget: int = field(
@@ -201,6 +207,10 @@ class TrainConfig:
             raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.teacher_timeout_s <= 0 or self.teacher_retries < 0:
             raise ConfigError("teacher_timeout_s must be > 0 and teacher_retries >= 0")
+        if self.served_top_k == 0 or self.served_top_k < -1:
+            raise ConfigError(
+                f"--served-top-k must be ≥ 1 or -1 (whole rows), got {self.served_top_k}"
+            )
         if self.teacher_max_inflight_tokens < 1:
             raise ConfigError("teacher_max_inflight_tokens must be at least 1")
         if self.dual_clip is not None and self.dual_clip <= 1:

@@ -53,6 +53,8 @@ def step_row(
         "clip_fraction": update["clip_fraction"],
         "approx_kl_old": update["approx_kl"],
         "grad_norm": update["grad_norm"],
+        # --loss dense with served teachers: the support's statistics (update.SERVED_STATS)
+        **{k: v for k, v in update.items() if k.startswith("served_")},
         **_is_weight_stats(s, peak, is_BT is not None),
         # device memory vLLM's sleep freed for scoring and the update (sleep mode on only)
         "rollout_sleep_freed_gb": peak["freed"] / 1e9 if _sleeps(tr) else None,

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 import torch
 
 from tcopd.core.dense import Head
+from tcopd.core.dense_support import ServedRows, common_support
 from tcopd.pipelines.train.config import TrainConfig
 from tcopd.pipelines.train.rollout import Rollouts
 from tcopd.pipelines.train.setup import Trainer
 from tcopd.runtime.models.lora import reference_forward
+from tcopd.runtime.scoring import served as served_lib
 from tcopd.runtime.scoring.forward import batched_response_logprobs
 
 
@@ -41,6 +43,9 @@ class Scores:
     models: dict[str, list[torch.Tensor]]  # each teacher, and "reference" unless π_ref cancels
     hidden: dict[str, list[torch.Tensor]] | None = None  # dense: T_i × H per response and model
     heads: dict[str, Head] | None = None  # dense: each model's output head (on the device)
+    # dense with served teachers: per response, their common top-k support (core/dense_support)
+    served: list[ServedRows] | None = None
+    served_names: tuple[str, ...] = ()
 
     @property
     def teachers(self) -> dict[str, list[torch.Tensor]]:
@@ -68,15 +73,40 @@ def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
     else:
         old = entropy = None
     own = tr.contexts.batch(batch.messages) if tr.contexts is not None else None
+    rows, names = None, ()
     if cfg.loss == "dense":
-        hidden, heads = _hidden_states(tr, batch, own)
+        servers = tr.scorer.servers
+        background = None
+        if servers:  # the servers answer while the local models run
+            k = cfg.served_top_k
+            top_k = (k, tr.head_rows)
+            mine = {n: p for n, p in (own or {}).items() if n in servers}
+            background = served_lib.Background(servers, batch.prompts, batch.responses, mine, top_k)
+        try:
+            hidden, heads = _hidden_states(tr, batch, own)
+        except BaseException:
+            if background is not None:
+                background.close()
+            raise
         scored = {n: _sampled_logprobs(hidden[n], heads[n], batch, cfg) for n in hidden}
+        if background is not None:
+            tops = background.result()
+            names = tuple(tops)
+            rows = [
+                common_support(
+                    torch.stack([tops[n][i].ids_TK for n in names]),
+                    torch.stack([tops[n][i].logprobs_TK for n in names]),
+                    torch.stack([tops[n][i].token_T for n in names]),
+                )
+                for i in range(len(batch.responses))
+            ]
+            scored.update({n: [t.token_T for t in tops[n]] for n in names})
     else:
         hidden = heads = None
         scored = dict(tr.scorer.score(batch.prompts, batch.responses, prompts_of=own).logprobs)
     if tr.adapter_reference is not None:
         _score_adapter_reference(tr, batch, scored, hidden, heads)
-    return Scores(old, entropy, scored, hidden, heads)
+    return Scores(old, entropy, scored, hidden, heads, rows, names)
 
 
 def _score_adapter_reference(
@@ -104,7 +134,8 @@ def _score_adapter_reference(
 def _hidden_states(
     tr: Trainer, batch: Rollouts, own: dict[str, list[list[int]]] | None
 ) -> tuple[dict[str, list[torch.Tensor]], dict[str, Head]]:
-    hidden, raw = tr.scorer.hidden_states(batch.prompts, batch.responses, tr.scorer.names, own)
+    local = [n for n in tr.scorer.names if n not in tr.scorer.servers]
+    hidden, raw = tr.scorer.hidden_states(batch.prompts, batch.responses, local, own)
     heads = {n: Head(h.weight, h.bias, h.scale, h.softcap) for n, h in raw.items()}
     return hidden, heads
 

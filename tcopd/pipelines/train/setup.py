@@ -95,14 +95,16 @@ class Trainer:
     # the tokenizer's size when the output heads have more rows (a padded vocabulary): the
     # dense loss leaves the rows past it out (core/dense.py)
     vocab_size: int | None = None
+    head_rows: int = 0  # the student's output head's rows (dense loss: served top-k ids below it)
 
 
 def teachers_of(cfg: TrainConfig) -> tuple[list[TeacherSpec], dict, list[TeacherSpec]]:
     """``(all specs, validated λ table, active specs)`` of a config (cheap: no model loaded).
 
     Served teachers (URLs) are refused here, before anything loads, where they cannot be scored
-    correctly: at a rollout temperature ≠ 1 (a server's log-probs are raw, τ = 1), with the dense
-    loss (it needs hidden states); ``teacher_placement: server`` needs every teacher served.
+    correctly: at a rollout temperature ≠ 1 (a server's log-probs are raw, τ = 1);
+    ``teacher_placement: server`` needs every teacher served. With the dense loss a served
+    teacher gives its top ``served_top_k`` per position (core/dense_support.py).
     """
     specs = build_teacher_specs(
         cfg.expert,
@@ -119,11 +121,6 @@ def teachers_of(cfg: TrainConfig) -> tuple[list[TeacherSpec], dict, list[Teacher
         raise ConfigError(
             f"served teacher {remote[0]!r} gives log-probs at temperature 1, the rollouts use "
             f"{cfg.temperature:g}: use --temperature 1 or a local teacher (docs/serving.md)"
-        )
-    if remote and cfg.loss == "dense":
-        raise ConfigError(
-            f"--loss dense needs hidden states, a served teacher ({remote[0]!r}) gives log-probs "
-            "only: use --loss sampled or a local teacher"
         )
     contexts = contexts_of(cfg, specs)
     if contexts and cfg.teacher_placement == "shard":
@@ -171,10 +168,12 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
     scorer, renderer = _scorer_and_contexts(
         cfg, dist, tokenizer, student, (specs, active), dtype, skip_ref or shared_ref
     )
-    vocab = None
+    vocab, rows = None, 0
     if cfg.loss == "dense":
         check_dense(cfg, dist, student, scorer, extra_models=int(shared_ref))
         vocab = _real_vocabulary(tokenizer, student)
+        found = output_head(student)
+        rows = found[1].weight.shape[0] if found is not None else 0
     separate = cfg.engine == "hf" and cfg.zero_stage == 3  # see the module docstring
     rollout_copy = copy.deepcopy(student).requires_grad_(False) if separate else None
     emit("starting DeepSpeed")
@@ -209,6 +208,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         lora_student=adapted,
         adapter_reference=_adapter_reference(cfg, dist, policy) if shared_ref else None,
         vocab_size=vocab,
+        head_rows=rows,
     )
 
 
@@ -313,7 +313,8 @@ def _scorer(
         cfg.teacher_timeout_s, cfg.teacher_retries, cfg.teacher_max_inflight_tokens
     )
     servers = {s.name: served.ServedTeacher(s.name, s.urls, settings) for s in active if s.served}
-    served.connect(servers, tokenizer, _longest_teacher_sequence(cfg, servers, contexts))
+    top_k = cfg.served_top_k if cfg.loss == "dense" else 0
+    served.connect(servers, tokenizer, _longest_teacher_sequence(cfg, servers, contexts), top_k)
     placement = "local" if cfg.teacher_placement == "server" else cfg.teacher_placement
     models: dict[str, torch.nn.Module] = {}
     if with_reference and cfg.reference:

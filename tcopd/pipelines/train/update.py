@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ import torch
 
 from tcopd.core.batching import plan_padded
 from tcopd.core.dense import Head, dense_kl
+from tcopd.core.dense_support import ServedRows, support_dense_loss
 from tcopd.core.objective import PPOLoss, aggregate, truncated_is_weight
 from tcopd.core.signal import OpenSignal, pad_right
 from tcopd.errors import TrainingError
@@ -83,6 +85,10 @@ class DenseTargets:
     w_BK: torch.Tensor
     beta: float
     vocab_size: int | None = None  # the tokenizer's size: head rows past it take no part
+    # served teachers (a subset of names): per response their common top-k support; the loss is
+    # then core/dense_support.py's (exact on the support, sampled outside it)
+    served: list[ServedRows] | None = None
+    served_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -143,7 +149,14 @@ def update(
     if tr.cfg.loss == "dense":
         assert scores.hidden is not None and scores.heads is not None
         dense = DenseTargets(
-            signal.names, scores.hidden, scores.heads, signal.w_BK, tr.cfg.beta, tr.vocab_size
+            signal.names,
+            scores.hidden,
+            scores.heads,
+            signal.w_BK,
+            tr.cfg.beta,
+            tr.vocab_size,
+            scores.served,
+            scores.served_names,
         )
     stats = ppo_update(
         tr.learner,
@@ -196,8 +209,8 @@ def ppo_update(
             )
             if stats is None:  # fewer responses than mini-batches: nothing to update on
                 continue
-            for k in sums:
-                sums[k] += stats[k]
+            for k in stats:
+                sums[k] = sums.get(k, 0.0) + stats[k]
             updates += 1
     out: dict[str, float | None] = {k: v / max(updates, 1) for k, v in sums.items()}
     if batch.dense is not None:
@@ -221,6 +234,8 @@ def _mini_batch(
     plan = [[mb[j] for j in g] for g in plan_padded(lengths, settings.token_budget)] if mb else []
     n_micro = learner.max_over_ranks(len(plan))
     local = {"loss": 0.0, "clip": 0.0, "kl": 0.0}
+    if batch.dense is not None and batch.dense.served is not None:  # the same keys on every rank
+        local |= {k: 0.0 for k in SERVED_STATS}
     for k in range(n_micro):
         real = k < len(plan)
         idx = plan[k] if real else (plan[0] if plan else [0])
@@ -234,6 +249,9 @@ def _mini_batch(
             local["loss"] += loss.item() / reduce.world_size
             local["clip"] += st["clip_fraction"].item() * ntok
             local["kl"] += st["approx_kl"].item() * ntok
+            for k in SERVED_STATS:
+                if k in st:
+                    local[k] += float(st[k])
     grad_norm = learner.step()
     if grad_norm is not None and not math.isfinite(grad_norm):
         raise TrainingError(
@@ -247,7 +265,7 @@ def _mini_batch(
         "clip_fraction": total["clip"] / n,
         "approx_kl": total["kl"] / n,
         "grad_norm": grad_norm if grad_norm is not None else float("nan"),
-    }
+    } | {k: total[k] / n for k in SERVED_STATS if k in total}
 
 
 def _micro_batch_loss(
@@ -323,7 +341,8 @@ def _dense_micro_batch_loss(
     settings: UpdateSettings,
     totals: dict[str, float],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
-    """``aggregate(β·KL(π_θ ‖ p*))`` over the positions of responses ``idx`` (core/dense.py)."""
+    """``aggregate(β·KL(π_θ ‖ p*))`` over the positions of responses ``idx`` (core/dense.py), or
+    with served teachers its unbiased surrogate (core/dense_support.py)."""
     d = batch.dense
     assert d is not None
     responses = [batch.response_ids[i] for i in idx]
@@ -341,7 +360,37 @@ def _dense_micro_batch_loss(
     lengths = [len(r) for r in responses]
     rows = lambda name: torch.cat([d.hidden[name][i] for i in idx]).to(dev)  # noqa: E731
     w_NK = torch.cat([d.w_BK[i].expand(n, -1) for i, n in zip(idx, lengths)]).to(dev)
-    kl_N = dense_kl(
+    extra: dict[str, torch.Tensor] = {}
+    if d.served is not None:
+        kl_N, extra = _support_loss(batch, idx, hidden_NH, student, responses, w_NK, rows, settings)
+    else:
+        kl_N = _dense_kl(d, hidden_NH, student, w_NK, rows, settings)
+    T = max(lengths)
+    mask = batch.mask_BT[idx, :T].to(dev)
+    kl_BT = torch.zeros(len(idx), T, dtype=kl_N.dtype, device=dev)
+    kl_BT[mask.bool()] = kl_N  # row-major: response by response, position by position
+    loss = aggregate(kl_BT, mask, loss_fn.aggregation, totals["tokens"], totals["seqs"])
+    if batch.on_policy is not None:  # π_old for the metrics, from this forward
+        _fill_old_from_hidden(batch.on_policy, idx, T, hidden_NH, student, responses, settings)
+    zero = torch.zeros((), device=dev)
+    return loss, {"clip_fraction": zero, "approx_kl": zero, **extra}, float(mask.sum())
+
+
+Rows = Callable[[str], torch.Tensor]
+# what the dense loss with served teachers logs per step: means over the response tokens
+SERVED_STATS = (
+    "served_student_mass",  # π_θ's mass on the support S_t
+    "served_target_mass",  # p*'s (estimated from the sampled token)
+    "served_outside",  # the fraction of sampled tokens outside S_t
+    "served_support",  # |S_t|
+)
+
+
+def _dense_kl(
+    d: DenseTargets, hidden_NH: torch.Tensor, student: Head, w_NK: torch.Tensor, rows: Rows,
+    settings: UpdateSettings,
+) -> torch.Tensor:  # fmt: skip
+    return dense_kl(
         hidden_NH,
         student,
         [rows(n) for n in d.names],
@@ -354,15 +403,50 @@ def _dense_micro_batch_loss(
         settings.chunk_size,
         vocab_size=d.vocab_size,
     )
-    T = max(lengths)
-    mask = batch.mask_BT[idx, :T].to(dev)
-    kl_BT = torch.zeros(len(idx), T, dtype=kl_N.dtype, device=dev)
-    kl_BT[mask.bool()] = kl_N  # row-major: response by response, position by position
-    loss = aggregate(kl_BT, mask, loss_fn.aggregation, totals["tokens"], totals["seqs"])
-    if batch.on_policy is not None:  # π_old for the metrics, from this forward
-        _fill_old_from_hidden(batch.on_policy, idx, T, hidden_NH, student, responses, settings)
-    zero = torch.zeros((), device=dev)
-    return loss, {"clip_fraction": zero, "approx_kl": zero}, float(mask.sum())
+
+
+def _support_loss(
+    batch: UpdateBatch,
+    idx: list[int],
+    hidden_NH: torch.Tensor,
+    student: Head,
+    responses: list[list[int]],
+    w_NK: torch.Tensor,
+    rows: Rows,
+    settings: UpdateSettings,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The dense loss's surrogate with served teachers (core/dense_support.py) for the positions
+    of responses ``idx``, and the sums of its statistics (``SERVED_STATS``)."""
+    d = batch.dense
+    assert d is not None and d.served is not None
+    dev = hidden_NH.device
+    coef_NK = w_NK / d.beta
+    local = [n for n in d.names if n not in d.served_names]
+    hidden = [rows(n) for n in local]
+    heads = [d.heads[n] for n in local]
+    coef = [coef_NK[:, d.names.index(n)] for n in local]
+    if "reference" in d.hidden:  # 1 − Σ_k w_k/β over every active teacher, served included
+        hidden, heads = [rows("reference"), *hidden], [d.heads["reference"], *heads]
+        coef = [1.0 - coef_NK.sum(-1), *coef]
+    local_coef = torch.stack(coef, -1) if coef else coef_NK[:, :0]
+    served = ServedRows(
+        torch.cat([d.served[i].ids_NS for i in idx]).to(dev),
+        torch.cat([d.served[i].logp_KNS for i in idx], dim=1).to(dev),
+        torch.cat([d.served[i].logp_y_KN for i in idx], dim=1).to(dev),
+    )
+    served_coef = coef_NK[:, [d.names.index(n) for n in d.served_names]]
+    targets = torch.tensor([t for r in responses for t in r], device=dev)
+    old = None
+    if batch.on_policy is None:
+        assert batch.old_logp_BT is not None
+        T = max(len(r) for r in responses)
+        old = batch.old_logp_BT[idx, :T][batch.mask_BT[idx, :T].bool()].to(dev)
+    loss_N, stats = support_dense_loss(
+        hidden_NH, student, hidden, heads, local_coef, served, served_coef, targets, old,
+        d.beta, settings.temperature, settings.chunk_size, d.vocab_size,
+    )  # fmt: skip
+    names = {"student_mass": 0, "target_mass": 1, "outside": 2, "support": 3}
+    return loss_N, {SERVED_STATS[i]: stats[k].sum().detach() for k, i in names.items()}
 
 
 def _fill_old_from_hidden(

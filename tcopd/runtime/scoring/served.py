@@ -153,7 +153,8 @@ class ServedTeacher:
     ) -> list[TopK]:
         """Each response position's top ``k`` (ids and log-probs, :class:`TopK`) and the
         log-prob of the response's own token, in input order; every answer checked
-        (:func:`response_top_k`). The dense loss with served teachers uses them
+        (:func:`response_top_k`; ids below ``vocab_size``, the model's rows). ``k = -1``: whole
+        rows (``vocab_size`` entries). The dense loss with served teachers uses them
         (core/dense_support.py)."""
         if not all(s.model for s in self.servers):
             raise ModelError(f"served teacher {self.name!r}: not connected (call served.connect)")
@@ -166,8 +167,9 @@ class ServedTeacher:
         async def one(group: list[int]) -> list[TopK]:
             ids = [seqs[i] for i in group]
             payload = await self.request(client, ids, sum(len(x) for x in ids), load, k)
+            width = vocab_size if k == -1 else k
             return [
-                response_top_k(payload, seqs[i], len(responses[i]), k, vocab_size, who, c, i)
+                response_top_k(payload, seqs[i], len(responses[i]), width, vocab_size, who, c, i)
                 for c, i in enumerate(group)
             ]
 
@@ -450,6 +452,7 @@ async def _check_server(
     server: _Server,
     tokenizer: Any,
     need_tokens: int,
+    top_k: int = 0,
 ) -> None:
     who = f"served teacher {teacher.name!r} at {server.url}"
     models = await _get(client, teacher, server, "/v1/models")
@@ -478,6 +481,16 @@ async def _check_server(
     values = response_logprobs(payload, ids, len(ids) - 1, who)
     if not all(math.isfinite(v) for v in values):
         raise ModelError(f"{who}: the probe's log-probs are not finite ({values[:4]}...)")
+    if top_k:
+        try:
+            await _get(client, teacher, server, "/v1/completions", _body(server, [ids], top_k))
+        except ModelError as e:
+            what = "whole rows" if top_k == -1 else f"each position's top {top_k}"
+            need = "-1" if top_k == -1 else f"{top_k} or more"
+            raise ConfigError(
+                f"{who} does not give {what} ({e}); restart it with --max-logprobs {need} "
+                f"(tcopd serve-teacher --max-logprobs {top_k}), or lower --served-top-k"
+            ) from None
 
 
 async def _check_vocabulary(
@@ -535,8 +548,11 @@ def _client(settings: ServerSettings, n_requests: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=timeout, limits=limits)
 
 
-def connect(teachers: Mapping[str, ServedTeacher], tokenizer: Any, need_tokens: int) -> None:
-    """Check every server of every teacher (concurrently); see the module docstring."""
+def connect(
+    teachers: Mapping[str, ServedTeacher], tokenizer: Any, need_tokens: int, top_k: int = 0
+) -> None:
+    """Check every server of every teacher (concurrently); see the module docstring.
+    ``top_k`` (the dense loss): each server must also answer ``prompt_logprobs=top_k``."""
     if not teachers:
         return
 
@@ -544,7 +560,7 @@ def connect(teachers: Mapping[str, ServedTeacher], tokenizer: Any, need_tokens: 
         first = next(iter(teachers.values()))
         async with _client(first.settings, 16) as client:
             await asyncio.gather(*(
-                _check_server(client, t, s, tokenizer, need_tokens)
+                _check_server(client, t, s, tokenizer, need_tokens, top_k)
                 for t in teachers.values() for s in t.servers
             ))  # fmt: skip
 
@@ -556,12 +572,15 @@ def score_all(
     prompts: Sequence[list[int]],
     responses: Sequence[list[int]],
     prompts_of: Mapping[str, Sequence[list[int]]] | None = None,
-) -> dict[str, list[torch.Tensor]]:
+    top_k: tuple[int, int] | None = None,
+) -> dict[str, list[Any]]:
     """Every served teacher's log-probs of every response, all requests concurrent;
-    ``prompts_of[name]``: a context teacher's own prompts (instead of ``prompts``)."""
+    ``prompts_of[name]``: a context teacher's own prompts (instead of ``prompts``).
+    ``top_k = (k, vocab_size)``: each teacher's :class:`TopK` rows instead
+    (:meth:`ServedTeacher.score_top_k`)."""
     if not teachers or not prompts:
         return {name: [] for name in teachers}
-    return asyncio.run(_score_all(teachers, prompts, responses, prompts_of))
+    return asyncio.run(_score_all(teachers, prompts, responses, prompts_of, top_k))
 
 
 async def _score_all(
@@ -569,15 +588,20 @@ async def _score_all(
     prompts: Sequence[list[int]],
     responses: Sequence[list[int]],
     prompts_of: Mapping[str, Sequence[list[int]]] | None = None,
-) -> dict[str, list[torch.Tensor]]:
+    top_k: tuple[int, int] | None = None,
+) -> dict[str, list[Any]]:
     if not teachers or not prompts:
         return {name: [] for name in teachers}
     own = prompts_of or {}
     first = next(iter(teachers.values()))
+
+    def call(client: httpx.AsyncClient, name: str, t: ServedTeacher) -> Any:
+        if top_k is None:
+            return t.score(client, own.get(name, prompts), responses)
+        return t.score_top_k(client, own.get(name, prompts), responses, *top_k)
+
     async with _client(first.settings, len(prompts) * len(teachers)) as client:
-        results = await asyncio.gather(
-            *(t.score(client, own.get(n, prompts), responses) for n, t in teachers.items())
-        )
+        results = await asyncio.gather(*(call(client, n, t) for n, t in teachers.items()))
     return dict(zip(teachers, results, strict=True))
 
 
@@ -595,15 +619,16 @@ class Background:
         prompts: list,
         responses: list,
         prompts_of: Mapping[str, list] | None = None,
+        top_k: tuple[int, int] | None = None,
     ):
-        self._out: dict[str, list[torch.Tensor]] = {}
+        self._out: dict[str, list[Any]] = {}
         self._error: BaseException | None = None
         self._lock = threading.Lock()  # guards _closed, _loop and _task
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(teachers, prompts, responses, prompts_of), daemon=True
+            target=self._run, args=(teachers, prompts, responses, prompts_of, top_k), daemon=True
         )
         self._thread.start()
 
@@ -613,14 +638,14 @@ class Background:
         except BaseException as e:  # re-raised in the caller's thread by result()
             self._error = e
 
-    async def _main(self, *args: Any) -> dict[str, list[torch.Tensor]]:
+    async def _main(self, *args: Any) -> dict[str, list[Any]]:
         with self._lock:
             if self._closed:  # closed before the thread got here: send nothing
                 raise asyncio.CancelledError
             self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
         return await _score_all(*args)
 
-    def result(self) -> dict[str, list[torch.Tensor]]:
+    def result(self) -> dict[str, list[Any]]:
         """Every served teacher's log-probs (see :func:`score_all`); waits for the thread."""
         self._thread.join()
         if self._error is not None:
@@ -659,16 +684,20 @@ def server_command(
     max_model_len: int | None = None,
     python: str | None = None,
     extra: Sequence[str] = (),
+    max_logprobs: int = 64,
 ) -> list[str]:
     """The command line of a vLLM server fit to score teachers.
 
-    ``--max-logprobs 1``: scoring asks for ``prompt_logprobs=0`` (the prompt's own token), so
-    no top-k lists are ever needed. ``--no-enable-log-requests`` (vLLM ≥ 0.11; request logging
+    ``--max-logprobs`` (default 64): log-prob scoring asks for ``prompt_logprobs=0`` (the
+    prompt's own token), the dense loss for each position's top ``--served-top-k`` (16 by
+    default, at most this); ``-1`` allows whole rows (the dense loss's exact mode, for small
+    vocabularies). ``--no-enable-log-requests`` (vLLM ≥ 0.11; request logging
     is off by default there, said explicitly) and ``--disable-uvicorn-access-log``: prompts are
     training data, not log lines. ``extra`` comes last, so the user's flags win.
     """
     cmd = [python or sys.executable, "-m", VLLM_MODULE, "--model", model]
-    cmd += ["--host", host, "--port", str(port), "--dtype", dtype, "--max-logprobs", "1"]
+    cmd += ["--host", host, "--port", str(port), "--dtype", dtype]
+    cmd += ["--max-logprobs", str(max_logprobs)]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
     cmd += ["--no-enable-log-requests", "--disable-uvicorn-access-log"]
