@@ -600,3 +600,5 @@ def test_dense_loss_with_a_served_teacher(tmp_path, capsys):
     assert full_row["served_support"] == len(rm.load_tokenizer(str(world.tokenizer)))
     assert 0 < top_row["served_student_mass"] < 1 and 0 < top_row["served_outside"] < 1
     assert top_row["served_support"] <= 4 and top_row["clip_fraction"] is None
+    # whole rows of ~100 log-probs cost more per position than a top 4 (JSON: ~40 bytes each)
+    assert full_row["served_bytes_per_position"] > 10 * top_row["served_bytes_per_position"] > 0

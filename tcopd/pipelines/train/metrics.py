@@ -55,6 +55,7 @@ def step_row(
         "grad_norm": update["grad_norm"],
         # --loss dense with served teachers: the support's statistics (update.SERVED_STATS)
         **{k: v for k, v in update.items() if k.startswith("served_")},
+        **_served_bytes(tr, scores, signal),
         **_is_weight_stats(s, peak, is_BT is not None),
         # device memory vLLM's sleep freed for scoring and the update (sleep mode on only)
         "rollout_sleep_freed_gb": peak["freed"] / 1e9 if _sleeps(tr) else None,
@@ -64,6 +65,14 @@ def step_row(
         "tokens_per_s": s["tokens"] / times["step"],
         "peak_mem_gb": peak_memory(tr),
     }
+
+
+def _served_bytes(tr: Trainer, scores: Scores, signal: Signal) -> dict[str, float]:
+    """Bytes the servers sent per scored position (all ranks), with served teachers' top k."""
+    if scores.served is None:
+        return {}
+    s = tr.reduce.sum({"bytes": scores.served_bytes, "positions": float(signal.mask_BT.sum())})
+    return {"served_bytes_per_position": s["bytes"] / max(s["positions"], 1.0)}
 
 
 def _local_sums(

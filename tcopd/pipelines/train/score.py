@@ -46,6 +46,7 @@ class Scores:
     # dense with served teachers: per response, their common top-k support (core/dense_support)
     served: list[ServedRows] | None = None
     served_names: tuple[str, ...] = ()
+    served_bytes: int = 0  # the servers' answers' bytes (this rank's)
 
     @property
     def teachers(self) -> dict[str, list[torch.Tensor]]:
@@ -73,7 +74,7 @@ def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
     else:
         old = entropy = None
     own = tr.contexts.batch(batch.messages) if tr.contexts is not None else None
-    rows, names = None, ()
+    rows, names, wire = None, (), 0
     if cfg.loss == "dense":
         servers = tr.scorer.servers
         background = None
@@ -101,12 +102,13 @@ def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
                 for i in range(len(batch.responses))
             ]
             scored.update({n: [t.token_T for t in tops[n]] for n in names})
+            wire = sum(t.bytes for n in names for t in tops[n])
     else:
         hidden = heads = None
         scored = dict(tr.scorer.score(batch.prompts, batch.responses, prompts_of=own).logprobs)
     if tr.adapter_reference is not None:
         _score_adapter_reference(tr, batch, scored, hidden, heads)
-    return Scores(old, entropy, scored, hidden, heads, rows, names)
+    return Scores(old, entropy, scored, hidden, heads, rows, names, wire)
 
 
 def _score_adapter_reference(

@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -63,6 +63,7 @@ REQUEST_TOKENS = 8192  # per scoring request (a longer sequence goes alone)
 REQUEST_SEQUENCES = 64
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 _NEG_INF_SENTINEL = -9999.0  # vLLM's JSON stand-in for a -inf log-prob
+_BYTES = "_tcopd_bytes"  # added to a scoring answer: its size on the wire (the dense loss's logs)
 
 
 @dataclass(frozen=True)
@@ -168,10 +169,13 @@ class ServedTeacher:
             ids = [seqs[i] for i in group]
             payload = await self.request(client, ids, sum(len(x) for x in ids), load, k)
             width = vocab_size if k == -1 else k
-            return [
+            rows = [
                 response_top_k(payload, seqs[i], len(responses[i]), width, vocab_size, who, c, i)
                 for c, i in enumerate(group)
             ]
+            size = payload.get(_BYTES, 0) if isinstance(payload, dict) else 0
+            positions = max(sum(len(responses[i]) for i in group), 1)
+            return [replace(r, bytes=round(size * len(r.token_T) / positions)) for r in rows]
 
         answers = await asyncio.gather(*(one(g) for g in groups))
         out: list[TopK | None] = [None] * len(prompts)
@@ -241,7 +245,10 @@ class ServedTeacher:
                     f"served teacher {self.name!r} at {server.url} refused a scoring request "
                     f"(HTTP {resp.status_code}): {server_message(resp)}"
                 )
-            return _json(resp, f"served teacher {self.name!r} at {server.url}")
+            payload = _json(resp, f"served teacher {self.name!r} at {server.url}")
+            if isinstance(payload, dict):
+                payload[_BYTES] = len(resp.content)
+            return payload
         tries = self.settings.retries + 1
         raise ModelError(
             f"served teacher {self.name!r} at {server.url}: no answer after {tries} tries "
@@ -344,6 +351,7 @@ class TopK:
     ids_TK: torch.Tensor
     logprobs_TK: torch.Tensor
     token_T: torch.Tensor
+    bytes: int = 0  # of the answer this response came in, its share by positions (the logs)
 
 
 def response_top_k(
