@@ -31,11 +31,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tcopd.runtime import served  # noqa: E402
 from tcopd.runtime.models.loading import load_causal_lm, load_tokenizer  # noqa: E402
+from tcopd.runtime.scoring import served  # noqa: E402
 from tcopd.runtime.scoring.scorer import Scorer  # noqa: E402
+from tcopd.runtime.toy.build import default_root  # noqa: E402
 
-TOY = Path.home() / ".cache" / "tcopd" / "toy"
+TOY = default_root()  # the shipped toy world ($TCOPD_TOY_DIR honoured)
 
 
 def free_port() -> int:
@@ -44,10 +45,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, python: str, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model: Path, python: str, log: Path, extra: list[str] | None = None
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "tcopd", "serve-teacher", str(model), "--port", str(port),
-           "--host", "127.0.0.1", "--dtype", "float32", "--python", python, "--enforce-eager"]  # fmt: skip
+           "--host", "127.0.0.1", "--dtype", "float32", "--python", python, "--enforce-eager",
+           *(extra or [])]  # fmt: skip
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_TARGET_DEVICE": "cpu"}
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)  # fmt: skip

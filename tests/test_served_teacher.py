@@ -52,7 +52,8 @@ class Server:
         self.starts += 1
         self.log = self.log_dir / f"server-{self.starts}.log"
         cmd = [sys.executable, "-m", "tcopd", "serve-teacher", str(model), "--port", str(self.port),
-               "--host", "127.0.0.1", "--dtype", "float32", "--enforce-eager"]  # fmt: skip
+               "--host", "127.0.0.1", "--dtype", "float32", "--enforce-eager",
+               "--max-logprobs", "-1"]  # whole rows allowed: the dense loss's exact mode  # fmt: skip
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_TARGET_DEVICE": "cpu"}
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -174,6 +175,29 @@ def test_train_with_served_anti_expert_matches_a_local_run(server, tmp_path, cap
     assert a["logratio/expert"] == pytest.approx(b["logratio/expert"], abs=1e-6)  # same rollouts
     saved = (served_run / "config.yaml").read_text()
     assert server.url in saved
+
+
+def test_dense_loss_with_the_served_anti_expert_whole_rows_and_top_k(server, tmp_path, capsys):
+    """--loss dense: with whole rows from the server the support is every token and the step's
+    rollouts and anti-expert scores are the local run's (within the server's fp32 tolerance;
+    the update itself is checked exactly against the fake server in test_served_client.py); a
+    top 16 trains and logs its support."""
+    dense = ("--loss", "dense", "--steps", "1", "--lr", "5e-4")
+    runs = {}
+    for name, anti, extra in (
+        ("local", str(TOY / "anti_expert"), ()),
+        ("rows", server.url, ("--served-top-k", "-1")),
+        ("top16", server.url, ("--served-top-k", "16")),
+    ):
+        code, _, err = run_cli(train_args(tmp_path / name, anti, *dense, *extra), capsys)
+        assert code == 0, err[-3000:]
+        runs[name] = metrics(tmp_path / name)[0]
+    local, rows, top = runs["local"], runs["rows"], runs["top16"]
+    assert rows["logratio/anti_expert"] == pytest.approx(local["logratio/anti_expert"], abs=TOL)
+    assert rows["served_outside"] == 0 and rows["served_support"] == 139
+    assert rows["served_student_mass"] == pytest.approx(1.0, abs=1e-6)
+    assert 0 < top["served_support"] <= 16 and 0 <= top["served_outside"] < 1
+    assert rows["served_bytes_per_position"] > top["served_bytes_per_position"] > 0
 
 
 @pytest.mark.parametrize(
