@@ -15,8 +15,14 @@ gradient (summed over positions, N × V) is compared with the exact one: cosine 
 π_θ's mass on it. The served rows here are the teachers' own log-softmax rows cut to their top
 k: what a server returns (tests/test_served_client.py checks the two agree).
 
-    .venv/bin/python benchmarks/bench_served_topk.py               # ~1 min on 2 cores
+``--world smollm2``: SmolLM2-135M-Instruct (V = 49,152; ``tcopd prepare smollm2``) as student
+and teachers, the teachers being its own weights behind a prompt (docs/results.md §7: a concise
+few-shot expert, examples/smollm2/concise.yaml, and a verbose anti-expert, verbose.yaml), the
+toy-math questions in SmolLM2's chat template; 8 prompts × 64 tokens by default.
+
+    .venv/bin/python benchmarks/bench_served_topk.py               # ~15 s on 2 cores
     .venv/bin/python benchmarks/bench_served_topk.py --lambdas 1   # OPD (the expert alone)
+    .venv/bin/python benchmarks/bench_served_topk.py --world smollm2
 """
 
 from __future__ import annotations
@@ -41,41 +47,62 @@ def logits_at_responses(model, prompt, response) -> torch.Tensor:
     """The model's logits at the positions that predict each response token (T × V)."""
     with torch.no_grad():
         out = model(torch.tensor([prompt + response])).logits[0]
-    return out[len(prompt) - 1 : len(prompt) + len(response) - 1].double()
+    return out[len(prompt) - 1 : len(prompt) + len(response) - 1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--world", choices=("toy", "smollm2"), default="toy")
     ap.add_argument("--lambdas", default="1.5,-0.5")
-    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--prompts", type=int, default=None, help="default: toy 32, smollm2 8")
+    ap.add_argument("--tokens", type=int, default=None, help="default: toy 96, smollm2 64")
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--ks", default="1,4,16,64,-1")
     a = ap.parse_args()
     torch.manual_seed(0)
-    world = ensure_toy()
-    tok = load_tokenizer(world.student)
-    student = load_causal_lm(world.student).eval()
-    teachers = [load_causal_lm(world.expert).eval(), load_causal_lm(world.anti_expert).eval()]
     lams = [float(x) for x in a.lambdas.split(",")]
-    teachers = teachers[: len(lams)]
-    data = load_prompts(str(world.train_files["math"]), tok, "plain", 256)
+    toy = ensure_toy()
+    if a.world == "toy":
+        tok = load_tokenizer(toy.student)
+        student = load_causal_lm(toy.student).eval()
+        teachers = [load_causal_lm(toy.expert).eval(), load_causal_lm(toy.anti_expert).eval()]
+        teachers = teachers[: len(lams)]
+        data = load_prompts(str(toy.train_files["math"]), tok, "plain", 256)
+        n_prompts, n_tokens = a.prompts or 32, a.tokens or 96
+        own = {k: data.ids for k in range(len(teachers))}
+    else:
+        from tcopd.runtime.scoring.contexts import ContextRenderer, load_contexts
+
+        smol = Path.home() / ".cache" / "tcopd" / "smollm2"
+        tok = load_tokenizer(smol)
+        student = load_causal_lm(smol).eval()
+        teachers = [student] * len(lams)  # the same weights, each behind its own prompt
+        data = load_prompts(str(toy.train_files["math"]), tok, "chat", 128)
+        n_prompts, n_tokens = a.prompts or 8, a.tokens or 64
+        names = ["expert", "anti_expert"][: len(lams)]
+        files = ["examples/smollm2/concise.yaml", "examples/smollm2/verbose.yaml"]
+        contexts = load_contexts([f"{n}={f}" for n, f in zip(names, files)], names)
+        renderer = ContextRenderer(contexts, {n: tok for n in names}, "chat")
+        rendered = renderer.batch(data.messages[:n_prompts])
+        own = {k: rendered[n] for k, n in enumerate(names)}
     z_s, z_t, z_r = [], [[] for _ in teachers], []
-    for ids in data.ids[: a.prompts]:
+    for i, ids in enumerate(data.ids[:n_prompts]):
         with torch.no_grad():
             out = student.generate(
                 torch.tensor([ids]), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                max_new_tokens=96, pad_token_id=tok.pad_token_id,
+                max_new_tokens=n_tokens, pad_token_id=tok.pad_token_id,
             )  # fmt: skip
         response = out[0, len(ids) :].tolist()
         z_s.append(logits_at_responses(student, ids, response))
         z_r.append(z_s[-1])  # π_ref: the student's initial weights (step 1)
         for k, t in enumerate(teachers):
-            z_t[k].append(logits_at_responses(t, ids, response))
-    zs, zr = torch.cat(z_s), torch.cat(z_r)
-    zt = [torch.cat(x) for x in z_t]
+            z_t[k].append(logits_at_responses(t, own[k][i], response))
+    dtype = torch.float64 if a.world == "toy" else torch.float32  # (49,152 columns: memory)
+    zs, zr = torch.cat(z_s).to(dtype), torch.cat(z_r).to(dtype)
+    zt = [torch.cat(x).to(dtype) for x in z_t]
     N, V = zs.shape
     K = len(teachers)
-    w = torch.tensor([lam / K for lam in lams], dtype=torch.float64)  # "all": the paper's 1/K
+    w = torch.tensor([lam / K for lam in lams], dtype=dtype)  # "all": the paper's 1/K
     beta = 1.0
     c_ref = 1.0 - float(w.sum()) / beta
     lsm = [torch.log_softmax(z, -1) for z in zt]
@@ -85,25 +112,26 @@ def main() -> None:
     p = logp_s.exp()
     kl = (p * (logp_s - logp_star)).sum(-1, keepdim=True)
     exact = beta * p * (logp_s - logp_star - kl)  # ∂kl_t/∂z_t, N × V
-    eye = Head(torch.eye(V, dtype=torch.float64))
-    print(f"toy world: {N} positions of {a.prompts} responses, V = {V}, λ = {lams}, β = {beta}")
+    eye = Head(lambda h_CH: h_CH)  # the hidden states are the logits (a callable projection)
+    print(f"{a.world}: {N} positions of {n_prompts} responses, V = {V}, λ = {lams}, β = {beta}")
     print("| estimator | k | cosine | ‖est − exact‖/‖exact‖ | mean |S_t| | π_θ mass on S_t |")
     print("|---|---:|---:|---:|---:|---:|")
     g = torch.Generator().manual_seed(1)
     draws = [torch.multinomial(p, 1, generator=g).squeeze(1) for _ in range(a.draws)]
 
-    def compare(grads: list[torch.Tensor]) -> tuple[str, str]:
-        cos = [float(torch.nn.functional.cosine_similarity(x.flatten(), exact.flatten(), 0))
-               for x in grads]  # fmt: skip
-        rel = [float((x - exact).norm() / exact.norm()) for x in grads]
+    def summary(cos: list[float], rel: list[float]) -> tuple[str, str]:
         se = lambda v: statistics.stdev(v) / len(v) ** 0.5  # noqa: E731
         return (f"{statistics.mean(cos):.3f} ± {se(cos):.3f}",
                 f"{statistics.mean(rel):.2f} ± {se(rel):.2f}")  # fmt: skip
 
+    def against_exact(grad: torch.Tensor, cos: list[float], rel: list[float]) -> None:
+        cos.append(float(torch.nn.functional.cosine_similarity(grad.flatten(), exact.flatten(), 0)))
+        rel.append(float((grad - exact).norm() / exact.norm()))
+
     for k in [int(x) for x in a.ks.split(",")]:
         width = V if k == -1 else k
         top = [z.topk(width, -1) for z in lsm]
-        grads, sizes, masses = [], [], []
+        cos, rel, sizes, masses = [], [], [], []
         for y in draws:
             rows = common_support(
                 torch.stack([t.indices for t in top]),
@@ -111,27 +139,29 @@ def main() -> None:
                 torch.stack([x.gather(1, y[:, None]).squeeze(1) for x in lsm]),
             )
             h = zs.clone().requires_grad_(True)
-            local_coef = torch.full((N, 1), c_ref, dtype=torch.float64)
-            served_coef = (w / beta).expand(N, K)
+            local_coef = torch.full((N, 1), c_ref, dtype=zs.dtype)
+            served_coef = (w / beta).to(zs.dtype).expand(N, K)
             loss, stats = support_dense_loss(
-                h, eye, [zr], [eye], local_coef, rows,
-                served_coef, y, None, beta, chunk_size=4096,
+                h, eye, [zr], [eye], local_coef, rows, served_coef, y, None, beta,
+                chunk_size=1024,
             )  # fmt: skip
             (grad,) = torch.autograd.grad(loss.sum(), h)
-            grads.append(grad)
+            against_exact(grad, cos, rel)
             sizes.append(float(stats["support"].mean()))
             masses.append(float(stats["student_mass"].mean()))
-        cos, rel = compare(grads)
+            del rows, grad, loss
+        c, r = summary(cos, rel)
         label = "V (whole rows)" if k == -1 else str(k)
-        print(f"| served top k | {label} | {cos} | {rel} | {statistics.mean(sizes):.1f} | "
-              f"{statistics.mean(masses):.3f} |")  # fmt: skip
-    sampled = []
+        print(f"| served top k | {label} | {c} | {r} | {statistics.mean(sizes):.1f} | "
+              f"{statistics.mean(masses):.3f} |", flush=True)  # fmt: skip
+        del top
+    cos, rel = [], []
     for y in draws:
         adv = beta * (s.gather(1, y[:, None]) - logp_s.gather(1, y[:, None]))  # N × 1
-        onehot = torch.nn.functional.one_hot(y, V).double()
-        sampled.append(-adv * (onehot - p))
-    cos, rel = compare(sampled)
-    print(f"| sampled (paper) | — | {cos} | {rel} | 0 | 0 |")
+        onehot = torch.nn.functional.one_hot(y, V).to(zs.dtype)
+        against_exact(-adv * (onehot - p), cos, rel)
+    c, r = summary(cos, rel)
+    print(f"| sampled (paper) | — | {c} | {r} | 0 | 0 |")
 
 
 if __name__ == "__main__":

@@ -220,12 +220,14 @@ def common_support(
     teacher's top k; no teacher's entry is ever filled in for a token it did not return."""
     K, T, k = ids_KTk.shape
     first = ids_KTk[0]
+    V = int(ids_KTk.max()) + 1 if ids_KTk.numel() else 1
     keep = torch.ones(T, k, dtype=torch.bool)
     logp = torch.zeros(K, T, k, dtype=logp_KTk.dtype)
-    for j in range(K):
-        match = first[:, :, None] == ids_KTk[j][:, None, :]  # T × k × k
-        keep &= match.any(-1)
-        logp[j] = logp_KTk[j].gather(1, match.to(torch.int8).argmax(-1))
+    for j in range(K):  # each teacher's row over the ids it returned (O(T·V), not O(T·k²))
+        has = torch.zeros(T, V, dtype=torch.bool).scatter_(1, ids_KTk[j], True)
+        row = torch.zeros(T, V, dtype=logp_KTk.dtype).scatter_(1, ids_KTk[j], logp_KTk[j])
+        keep &= has.gather(1, first)
+        logp[j] = row.gather(1, first)
     order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices  # kept ids first
     ids = torch.where(keep, first, -1).gather(1, order)
     logp = logp.gather(2, order.expand(K, T, k)).masked_fill(ids[None] < 0, 0.0)
