@@ -48,7 +48,7 @@ def update(check: bool) -> list[str]:
         if not pattern.search(text):
             stale.append(f"{name} (no markers in {doc})")
             continue
-        new = pattern.sub(lambda _: block(name, table), text)
+        new = pattern.sub(lambda _, text_=block(name, table): text_, text)
         if new != text:
             stale.append(name)
             if not check:
