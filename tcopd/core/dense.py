@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
@@ -208,6 +209,33 @@ def _chunk_kl(
     return _ReverseKL.apply(z_CV, logq_CV.to(z_CV.dtype), beta)  # consumes logq_CV
 
 
+def records_grad(hidden_NH: torch.Tensor, head: Head) -> bool:
+    """Whether autograd records through the student's hidden states or head (checkpoint then)."""
+    w = head.weight_VH
+    return torch.is_grad_enabled() and (
+        hidden_NH.requires_grad
+        or callable(w)
+        or w.requires_grad
+        or (head.bias_V is not None and head.bias_V.requires_grad)
+    )
+
+
+def over_chunks(
+    fn: Callable[..., Any],
+    N: int,
+    chunk_size: int,
+    grad: bool,
+    args_at: Callable[[int, int], tuple],
+) -> list[Any]:
+    """``fn(*args_at(s, e))`` for each chunk ``[s, e)`` of ``N`` positions, each checkpointed when
+    ``grad`` (backward recomputes it: extra memory is one chunk's, whatever N is)."""
+    out = []
+    for s in range(0, N, chunk_size):
+        args = args_at(s, s + chunk_size)
+        out.append(_checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
+    return out
+
+
 def _vocab_and_hidden(head: Head) -> tuple[int, int] | None:
     w = head.weight_VH
     return None if callable(w) else (w.shape[0], w.shape[1])
@@ -318,18 +346,12 @@ def dense_kl(
         chunk_size,
         vocab_size,
     )
-    w = student_head.weight_VH
-    grad = torch.is_grad_enabled() and (
-        student_hidden_NH.requires_grad
-        or callable(w)
-        or w.requires_grad
-        or (student_head.bias_V is not None and student_head.bias_V.requires_grad)
-    )
-    N = student_hidden_NH.shape[0]
-    kls = []
-    for s in range(0, N, chunk_size):
-        e = s + chunk_size
-        args = (
+    kls = over_chunks(
+        _chunk_kl,
+        student_hidden_NH.shape[0],
+        chunk_size,
+        records_grad(student_hidden_NH, student_head),
+        lambda s, e: (
             student_hidden_NH[s:e],
             student_head,
             tuple(h[s:e] for h in teacher_hidden),
@@ -340,11 +362,8 @@ def dense_kl(
             float(beta),
             float(temperature),
             vocab_size,
-        )
-        if grad:
-            kls.append(_checkpoint(_chunk_kl, *args, use_reentrant=False))
-        else:
-            kls.append(_chunk_kl(*args))
+        ),
+    )
     if not kls:
         dtype = torch.promote_types(student_hidden_NH.dtype, torch.float32)
         return student_hidden_NH.new_zeros((0,), dtype=dtype)

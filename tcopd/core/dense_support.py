@@ -41,9 +41,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from tcopd.core.dense import Head
+from tcopd.core.dense import Head, over_chunks, records_grad
 
 
 @dataclass(frozen=True)
@@ -173,14 +172,12 @@ def support_dense_loss(
         raise ValueError(f"served rows, targets and old log-probs must have N = {N} rows")
     if not beta > 0:
         raise ValueError(f"beta must be > 0 (the target divides by it), got {beta}")
-    w = student_head.weight_VH
-    grad = torch.is_grad_enabled() and (
-        student_hidden_NH.requires_grad or callable(w) or w.requires_grad
-    )
-    parts = []
-    for s in range(0, N, chunk_size):
-        e = s + chunk_size
-        args = (
+    parts = over_chunks(
+        _chunk_loss,
+        N,
+        chunk_size,
+        records_grad(student_hidden_NH, student_head),
+        lambda s, e: (
             student_hidden_NH[s:e],
             student_head,
             tuple(h[s:e] for h in local_hidden),
@@ -193,11 +190,8 @@ def support_dense_loss(
             float(beta),
             float(temperature),
             vocab_size,
-        )
-        if grad:
-            parts.append(_checkpoint(_chunk_loss, *args, use_reentrant=False))
-        else:
-            parts.append(_chunk_loss(*args))
+        ),
+    )
     if not parts:
         empty = student_hidden_NH.new_zeros((0,), dtype=torch.float32)
         return empty, {k: empty for k in ("student_mass", "target_mass", "outside", "support")}
