@@ -14,10 +14,10 @@ kill_at = int(sys.argv[1])
 real_save = checkpointing.save
 
 
-def save_or_die(tr, run_dir, step):
+def save_or_die(tr, run_dir, step, *rest):
     if step == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
-    return real_save(tr, run_dir, step)
+    return real_save(tr, run_dir, step, *rest)
 
 
 loop.checkpointing.save = save_or_die  # loop calls checkpointing.save through the module

@@ -118,6 +118,12 @@ class TrainConfig:
         True,
         help="Put vLLM to sleep during scoring and the update (frees its KV cache; CUDA only).",
     )
+    max_staleness: int = field(
+        0,
+        help="0: generate, score and update one after another; 1: generate the next batch while "
+        "this one is scored and trained on (one step off, corrected by the truncated IS weight; "
+        "docs/train.md).",
+    )
     zero_stage: int = field(2, help="DeepSpeed ZeRO stage (0-3).")
     offload_optimizer: bool = field(False, help="ZeRO optimizer state offload to CPU.")
     offload_params: bool = field(False, help="ZeRO-3 parameter offload to CPU.")
@@ -265,11 +271,20 @@ class TrainConfig:
             raise ConfigError("--outcome-weight applies to the sampled loss only (--loss sampled)")
         if self.outcome_weight and not self.grade:
             raise ConfigError("outcome_weight needs graded rollouts: drop --no-grade")
+        self._check_staleness()
         if self.lora and self.loss == "dense" and self.zero_stage == 3:
             # ZeRO-3 does not re-gather the frozen head inside the dense loss's checkpointed chunks
             raise ConfigError(
                 "--lora with --loss dense and --zero-stage 3 is not supported yet: use ZeRO 0-2 "
                 "(docs/lora.md)"
+            )
+
+    def _check_staleness(self) -> None:
+        """``--max-staleness``: 0 or 1, and what one step off needs."""
+        if self.max_staleness not in (0, 1):
+            raise ConfigError(
+                f"--max-staleness {self.max_staleness}: 0 (synchronous) or 1 (one step off); one "
+                "engine generates one batch at a time, so a batch is never more than one step stale"
             )
 
 

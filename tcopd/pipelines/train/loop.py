@@ -12,6 +12,8 @@ Choices:
 - Multi-process: each rank takes ``batch_size / world`` prompts; metrics are summed over ranks.
   A failure on one rank stops every rank with the same error (step.py), and the process group
   is shut down cleanly; the last checkpoint is kept.
+- ``--max-staleness 1``: the next batch is generated while this one trains (ahead.py); a
+  checkpoint holds that batch, so a resumed run trains on what the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +33,12 @@ import torch
 from tcopd.config import build, read_yaml, to_dict, write_resolved
 from tcopd.errors import ConfigError
 from tcopd.pipelines.train import checkpointing
+from tcopd.pipelines.train.ahead import Ahead
 from tcopd.pipelines.train.config import TrainConfig, resume_conflicts
 from tcopd.pipelines.train.evaluate import evaluate
 from tcopd.pipelines.train.metrics import timer
+from tcopd.pipelines.train.rollout import rollout
+from tcopd.pipelines.train.score import start_served
 from tcopd.pipelines.train.setup import Trainer, build_trainer, teachers_of
 from tcopd.pipelines.train.step import train_step
 from tcopd.progress import Event, Progress
@@ -145,15 +151,18 @@ def run(
             "world_size": dist.world_size,
         }
         write_resolved(resolved, run_dir / "config.yaml")
-    start = checkpointing.restore(tr, run_dir) if resume else 0
+    ahead = _ahead(tr) if cfg.max_staleness else None
+    start = checkpointing.restore(tr, run_dir, ahead) if resume else 0
     together = False  # every rank stops with the same error (distributed.RankFailed)
     try:
-        row = _loop(tr, run_dir, start)
+        row = _loop(tr, run_dir, start, ahead)
     except distributed.RankFailed:
         together = True
         raise
     finally:
         try:
+            if ahead is not None:
+                ahead.close()
             if tr.grader is not None:
                 tr.grader.close()
         finally:
@@ -168,7 +177,13 @@ def run(
     return TrainResult(run_dir, cfg.steps, row, model, digest)
 
 
-def _loop(tr: Trainer, run_dir: Path, start: int) -> dict[str, Any]:
+def _ahead(tr: Trainer) -> Ahead:
+    """``--max-staleness 1``: generation runs ahead in a thread; as soon as a batch exists the
+    served teachers start scoring it."""
+    return Ahead(tr.reduce, partial(rollout, tr), partial(start_served, tr))
+
+
+def _loop(tr: Trainer, run_dir: Path, start: int, ahead: Ahead | None) -> dict[str, Any]:
     """Steps ``start..steps-1``: metrics row, evaluation and checkpoint when due."""
     cfg = tr.cfg
     metrics_path = run_dir / "metrics.jsonl"
@@ -180,7 +195,7 @@ def _loop(tr: Trainer, run_dir: Path, start: int) -> dict[str, Any]:
     saving = 0.0  # the last checkpoint's write time, reported in the next row
     with JsonlAppender(metrics_path) if tr.dist.is_main else _Nothing() as appender:
         for step in range(start, cfg.steps):
-            row = train_step(tr, step) | {"time_checkpoint_s": saving}
+            row = train_step(tr, step, ahead) | {"time_checkpoint_s": saving}
             last = step + 1 == cfg.steps
             if tr.eval_data is not None and (_due(cfg.eval_every, step) or last):
                 times: dict[str, float] = {}
@@ -196,7 +211,7 @@ def _loop(tr: Trainer, run_dir: Path, start: int) -> dict[str, Any]:
             saving = 0.0
             if _due(cfg.save_every, step) or last:
                 t0 = time.perf_counter()
-                checkpointing.save(tr, run_dir, step + 1)
+                checkpointing.save(tr, run_dir, step + 1, ahead)
                 saving = time.perf_counter() - t0
     return row
 

@@ -6,6 +6,7 @@ divided once. Times are this rank's (rank 0 writes the row). ``timer`` records p
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tcopd.core.signal import Signal
+from tcopd.core.signal import Signal, pad_right
 from tcopd.pipelines.train.grade import Grades
 from tcopd.pipelines.train.rollout import Rollouts
 from tcopd.pipelines.train.score import Scores
@@ -57,6 +58,7 @@ def step_row(
         **{k: v for k, v in update.items() if k.startswith("served_")},
         **_served_bytes(tr, scores, signal),
         **_is_weight_stats(s, peak, is_BT is not None),
+        **_staleness(tr, step, batch, s),
         # device memory vLLM's sleep freed for scoring and the update (sleep mode on only)
         "rollout_sleep_freed_gb": peak["freed"] / 1e9 if _sleeps(tr) else None,
         **_rollout_stats(s, peak, grades.graded),
@@ -95,9 +97,31 @@ def _local_sums(
         "correct": float(grades.correct_B.sum()),
         "truncated": float(sum(c.finish_reason == "length" for c in batch.completions)),
         "ungraded": float(grades.ungraded),
-        "is_weight": float((is_BT * m).sum()) if is_BT is not None else 0.0,
+        **_sampler_sums(tr, batch, signal, is_BT),
         **{f"logratio/{k}": float(v) for k, v in signal.logratio_sums().items()},
         **_domain_sums(tr, batch, grades, m),
+    }
+
+
+def _sampler_sums(
+    tr: Trainer, batch: Rollouts, signal: Signal, is_BT: torch.Tensor | None
+) -> dict[str, float]:
+    """The IS weight's sums (w, w², tokens past the cap) and ``Σ lp_μ − lp_old`` over the
+    tokens, when the engine gave its sampling log-probs μ (else zeros)."""
+    comps = batch.completions
+    if any(c.logprobs is None for c in comps):
+        return {"is_weight": 0.0, "is_weight_sq": 0.0, "is_capped": 0.0, "sampler_kl": 0.0}
+    m = signal.mask_BT
+    mu_BT = pad_right([c.logprobs for c in comps], m.shape[1])
+    log_ratio_BT = (signal.old_BT - mu_BT) * m
+    out = {"sampler_kl": float(-log_ratio_BT.sum())}
+    if is_BT is None:
+        return out | {"is_weight": 0.0, "is_weight_sq": 0.0, "is_capped": 0.0}
+    capped = (log_ratio_BT > math.log(tr.cfg.is_cap)) & m.bool()
+    return out | {
+        "is_weight": float((is_BT * m).sum()),
+        "is_weight_sq": float((is_BT.square() * m).sum()),
+        "is_capped": float(capped.sum()),
     }
 
 
@@ -130,11 +154,33 @@ def _signal_means(
 def _is_weight_stats(
     s: dict[str, float], peak: dict[str, float], has_is: bool
 ) -> dict[str, float | None]:
-    """Token mean, max and min of the truncated IS weight (null when it is off)."""
+    """Token mean, max and min of the truncated IS weight, the fraction of tokens at its cap,
+    and its effective sample size as a fraction of the tokens, (Σw)² / (N·Σw²) (null when the
+    weight is off)."""
+    if not has_is:
+        keys = "mean max min capped_fraction ess".split()
+        return {f"is_weight_{k}": None for k in keys}
+    n = s["tokens"]
     return {
-        "is_weight_mean": s["is_weight"] / s["tokens"] if has_is else None,
-        "is_weight_max": peak["is"] if has_is else None,
-        "is_weight_min": -peak["neg_is"] if has_is else None,
+        "is_weight_mean": s["is_weight"] / n,
+        "is_weight_max": peak["is"],
+        "is_weight_min": -peak["neg_is"],
+        "is_weight_capped_fraction": s["is_capped"] / n,
+        "is_weight_ess": s["is_weight"] ** 2 / (n * s["is_weight_sq"])
+        if s["is_weight_sq"]
+        else None,
+    }
+
+
+def _staleness(tr: Trainer, step: int, batch: Rollouts, s: dict[str, float]) -> dict[str, Any]:
+    """The weights the batch was sampled with (their number of updates), how many steps old
+    they are (the same on every rank), and KL(μ ‖ π_old) estimated on the sampled tokens,
+    ``mean(lp_μ − lp_old)`` (null without the engine's log-probs μ)."""
+    has_mu = all(c.logprobs is not None for c in batch.completions)
+    return {
+        "policy_version": batch.version,
+        "staleness": step - batch.version,
+        "kl_sampler_old": s["sampler_kl"] / s["tokens"] if has_mu else None,
     }
 
 

@@ -3,7 +3,9 @@
 Sampling settings come from the config (every knob explicit, docs/eval.md); the engine's own
 sampling log-probs are requested when the truncated IS weight is on. Empty responses are
 dropped (there is nothing to score). The engine is woken before and put to sleep after
-generation (vLLM frees its KV cache for the update; no-ops for HF).
+generation (vLLM frees its KV cache for the update; no-ops for HF). With ``--max-staleness 1``
+``rollout`` runs in a background thread (ahead.py) while the trainer works on the previous
+batch; ``sync`` then runs only after that generation has finished.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Rollouts:
     golds: list[str]
     domains: list[str | None]
     messages: list[list[dict[str, Any]]]  # each response's conversation (context teachers)
+    version: int = 0  # the weights it was sampled with: the number of updates they had had
 
     @property
     def prompts(self) -> list[list[int]]:
@@ -55,8 +58,9 @@ def sampling_params(tr: Trainer, step: int) -> SamplingParams:
     )
 
 
-def rollout(tr: Trainer, step: int) -> Rollouts:
-    """Sample ``samples_per_prompt`` responses to each of this rank's prompts of ``step``."""
+def rollout(tr: Trainer, step: int, version: int | None = None) -> Rollouts:
+    """Sample ``samples_per_prompt`` responses to each of this rank's prompts of ``step``, with
+    the engine's weights, which have had ``version`` updates (default ``step``: synchronous)."""
     cfg = tr.cfg
     idx = step_prompts(len(tr.data), cfg.batch_size, cfg.seed, step)
     idx = rank_share(idx, tr.dist.rank, tr.dist.world_size)
@@ -71,6 +75,7 @@ def rollout(tr: Trainer, step: int) -> Rollouts:
         [tr.data.golds[idx[c.prompt_index]] for c in comps],
         [tr.data.domains[idx[c.prompt_index]] for c in comps],
         [tr.data.messages[idx[c.prompt_index]] for c in comps],
+        step if version is None else version,
     )
 
 

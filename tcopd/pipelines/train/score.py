@@ -58,9 +58,41 @@ class Scores:
         return self.models.get("reference")
 
 
-def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
+def start_served(tr: Trainer, batch: Rollouts) -> served_lib.Background | None:
+    """The served teachers' scoring of ``batch``, started in their own thread (None: no served
+    teacher). :func:`score` starts it itself, or takes it already started (``--max-staleness
+    1`` starts it as soon as the batch exists, while the previous batch trains)."""
+    servers = tr.scorer.servers
+    if not servers:
+        return None
+    own = tr.contexts.batch(batch.messages) if tr.contexts is not None else None
+    mine = {n: p for n, p in (own or {}).items() if n in servers}
+    top_k = (tr.cfg.served_top_k, tr.head_rows) if tr.cfg.loss == "dense" else None
+    return served_lib.Background(servers, batch.prompts, batch.responses, mine, top_k)
+
+
+def score(
+    tr: Trainer,
+    batch: Rollouts,
+    with_old: bool = True,
+    started: served_lib.Background | None = None,
+) -> Scores:
     """``with_old=False`` (on-policy): π_old comes from the update's forward (update.py), and
-    ``old`` / ``entropy`` stay None here."""
+    ``old`` / ``entropy`` stay None here. ``started``: :func:`start_served` of this batch
+    (else it starts here, first: the servers answer while the local models run)."""
+    if started is None:
+        started = start_served(tr, batch)
+    try:
+        return _score(tr, batch, with_old, started)
+    except BaseException:
+        if started is not None:
+            started.close()  # no requests left running into the next step
+        raise
+
+
+def _score(
+    tr: Trainer, batch: Rollouts, with_old: bool, started: served_lib.Background | None
+) -> Scores:
     cfg = tr.cfg
     if with_old:
         old, entropy = batched_response_logprobs(
@@ -76,22 +108,10 @@ def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
     own = tr.contexts.batch(batch.messages) if tr.contexts is not None else None
     rows, names, wire = None, (), 0
     if cfg.loss == "dense":
-        servers = tr.scorer.servers
-        background = None
-        if servers:  # the servers answer while the local models run
-            k = cfg.served_top_k
-            top_k = (k, tr.head_rows)
-            mine = {n: p for n, p in (own or {}).items() if n in servers}
-            background = served_lib.Background(servers, batch.prompts, batch.responses, mine, top_k)
-        try:
-            hidden, heads = _hidden_states(tr, batch, own)
-        except BaseException:
-            if background is not None:
-                background.close()
-            raise
+        hidden, heads = _hidden_states(tr, batch, own)
         scored = {n: _sampled_logprobs(hidden[n], heads[n], batch, cfg) for n in hidden}
-        if background is not None:
-            tops = background.result()
+        if started is not None:
+            tops = started.result()
             names = tuple(tops)
             rows = [
                 common_support(
@@ -105,7 +125,10 @@ def score(tr: Trainer, batch: Rollouts, with_old: bool = True) -> Scores:
             wire = sum(t.bytes for n in names for t in tops[n])
     else:
         hidden = heads = None
-        scored = dict(tr.scorer.score(batch.prompts, batch.responses, prompts_of=own).logprobs)
+        result = tr.scorer.score(
+            batch.prompts, batch.responses, prompts_of=own, served_started=started
+        )
+        scored = dict(result.logprobs)
     if tr.adapter_reference is not None:
         _score_adapter_reference(tr, batch, scored, hidden, heads)
     return Scores(old, entropy, scored, hidden, heads, rows, names, wire)

@@ -16,8 +16,9 @@ Choices:
   before a step and the clip fraction would measure dropout noise (verl and TRL do the same).
 - The HF rollout engine samples with the training module itself (nothing to sync) — except
   under ZeRO-3, where the module's parameters are partitioned and every forward is a
-  collective: it then samples from a full copy that is synced after every step. vLLM always
-  holds its own copy (``needs_weight_sync``).
+  collective: it then samples from a full copy that is synced after every step — and with
+  ``--max-staleness 1``, where it generates the next batch while the module trains (ahead.py).
+  vLLM always holds its own copy (``needs_weight_sync``).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Trainer:
     specs: list[TeacherSpec]  # every configured teacher
     table: dict[str, dict[str, float]]  # the per-domain λ table, validated
     learner: Learner
-    policy: torch.nn.Module  # the weights the rollouts come from (π_old is scored on it)
+    policy: torch.nn.Module  # π_old is scored on it: the training module (its copy under ZeRO-3)
     scorer: Scorer  # π_ref (unless it cancels) and the active teachers
     contexts: ContextRenderer | None  # the context teachers' own prompts (--teacher-prompt)
     grader: Grader | None  # None: --no-grade and nothing to evaluate
@@ -121,6 +122,12 @@ def teachers_of(cfg: TrainConfig) -> tuple[list[TeacherSpec], dict, list[Teacher
         raise ConfigError(
             f"served teacher {remote[0]!r} gives log-probs at temperature 1, the rollouts use "
             f"{cfg.temperature:g}: use --temperature 1 or a local teacher (docs/serving.md)"
+        )
+    if remote and cfg.loss == "dense" and cfg.max_staleness:
+        # its sampled-token term would need the weight π_old/μ too (docs/algorithm.md)
+        raise ConfigError(
+            f"--max-staleness 1 with --loss dense and served teacher {remote[0]!r} is not "
+            "supported: use a local teacher, --loss sampled, or --max-staleness 0"
         )
     contexts = contexts_of(cfg, specs)
     if contexts and cfg.teacher_placement == "shard":
@@ -174,11 +181,13 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         vocab = _real_vocabulary(tokenizer, student)
         found = output_head(student)
         rows = found[1].weight.shape[0] if found is not None else 0
-    separate = cfg.engine == "hf" and cfg.zero_stage == 3  # see the module docstring
+    # see the module docstring
+    separate = cfg.engine == "hf" and (cfg.zero_stage == 3 or cfg.max_staleness > 0)
     rollout_copy = copy.deepcopy(student).requires_grad_(False) if separate else None
     emit("starting DeepSpeed")
     learner = _learner(cfg, student, dtype)
-    policy = rollout_copy if rollout_copy is not None else learner.module
+    # π_old is scored with the copy under ZeRO-3 only (the module's parameters are partitioned)
+    policy = rollout_copy if rollout_copy is not None and cfg.zero_stage == 3 else learner.module
     grade = cfg.grade or eval_data is not None
     return Trainer(
         cfg=cfg,
@@ -192,7 +201,9 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         policy=policy,
         scorer=scorer,
         contexts=renderer,
-        rollout=rollout_engine(cfg, dist, tokenizer, policy, separate, dtype),
+        rollout=rollout_engine(
+            cfg, dist, tokenizer, rollout_copy if separate else policy, separate, dtype
+        ),
         grader=Grader(cfg.grader_workers, timeout_s=cfg.grade_timeout_s) if grade else None,
         data=data,
         eval_data=eval_data,

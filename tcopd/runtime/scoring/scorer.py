@@ -153,8 +153,12 @@ class Scorer:
         names: Sequence[str] | None = None,
         progress: Progress | None = None,
         prompts_of: Mapping[str, Sequence[Ids]] | None = None,
+        served_started: served_lib.Background | None = None,
     ) -> ScoreResult:
         """Log-probs of each response under each of ``names`` (default: all); see the class doc.
+
+        ``served_started``: the served teachers' scoring of these responses, already started
+        (``--max-staleness 1`` starts it as soon as the batch exists); else it starts here.
 
         ``prompts_of[name]``: that model's own prompt ids for each response (a context teacher,
         :mod:`tcopd.runtime.scoring.contexts`), used instead of ``prompt_ids``; the response ids are the
@@ -179,7 +183,9 @@ class Scorer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        background = served_lib.Background(served, prompts, responses, own) if served else None
+        background = served_started
+        if background is None and served:
+            background = served_lib.Background(served, prompts, responses, own)
         self._stats = {"model_tokens": 0, "processed": 0, "real": 0, "micro_batches": 0}
         self._stats["token_budget"] = self.token_budget
         out: dict[str, list[torch.Tensor]] = {}
