@@ -372,6 +372,45 @@ def test_cost_hand_worked(tmp_path):
         assert t.value(label, "gopd") == (v if v is None else pytest.approx(v, rel=1e-12)), label
 
 
+# A one-step-off run (--max-staleness 1), 3 steps, by hand:
+#   step 1 (its own batch): rollout 4, scoring 2, update 3, sync 1, step 10; trainer idle 4
+#     (it waited for its rollout), engine idle 3 (busy 4 + 3 ahead of 10)
+#   steps 2, 3 (batch generated ahead): rollout 6 (overlapped), scoring 2, update 3, sync 1,
+#     step 7; trainer idle 1, engine idle 1 (step 3: 7, nothing left to generate ahead)
+#   ideal = mean(max(4, 5) + 1, max(6, 5) + 1, max(6, 5) + 1) = 20/3; measured 24/3 = 8
+#   other % = 100·(24 − (4 + 1 + 1) − 6 − 9 − 3)/24 = 0; engine idle 100·11/24; trainer 100·6/24
+COST_AHEAD = [
+    {"step": 1, "time_rollout_s": 4, "time_scoring_s": 2, "time_update_s": 3, "time_sync_s": 1,
+     "time_step_s": 10, "time_trainer_idle_s": 4, "time_engine_idle_s": 3, "staleness": 0},
+    {"step": 2, "time_rollout_s": 6, "time_scoring_s": 2, "time_update_s": 3, "time_sync_s": 1,
+     "time_step_s": 7, "time_trainer_idle_s": 1, "time_engine_idle_s": 1, "staleness": 1},
+    {"step": 3, "time_rollout_s": 6, "time_scoring_s": 2, "time_update_s": 3, "time_sync_s": 1,
+     "time_step_s": 7, "time_trainer_idle_s": 1, "time_engine_idle_s": 7, "staleness": 1},
+]  # fmt: skip
+
+
+def test_cost_shows_the_overlap(tmp_path):
+    a = write_run(tmp_path / "ahead", COST_AHEAD, {"teachers": TEACHERS[:1]})
+    b = write_run(tmp_path / "sync", COST_TCOPD, {"teachers": TEACHERS[:1]})
+    t = cost.run(cost.CostConfig(runs=[str(a), str(b)])).table
+    want = {
+        "step s (measured)": 8.0,
+        "step s (ideal, one step off)": 20 / 3,
+        "other %": 0.0,
+        "engine idle %": 100 * 11 / 24,
+        "trainer idle %": 100 * 6 / 24,
+        "staleness max": 1,
+    }
+    for label, v in want.items():
+        assert t.value(label, "ahead") == pytest.approx(v, rel=1e-12), label
+    # a synchronous run logged before the idle fields: ideal = mean(max(5, 3) + 1,
+    # max(10, 6) + 1, max(15, 9) + 1) = 11; the idle shares and staleness are empty
+    assert t.value("step s (ideal, one step off)", "sync") == pytest.approx(11.0, rel=1e-12)
+    assert t.value("step s (measured)", "sync") == pytest.approx(20.0, rel=1e-12)
+    for label in ("engine idle %", "trainer idle %", "staleness max"):
+        assert t.value(label, "sync") is None, label
+
+
 def test_cost_errors(tmp_path):
     bad = [{**COST_TCOPD[0]}, {k: v for k, v in COST_TCOPD[1].items() if k != "time_sync_s"}]
     d = write_run(tmp_path / "r", bad, {"teachers": TEACHERS})

@@ -6,7 +6,15 @@ Algorithm choices:
 - Devices = the config's ``world_size`` when it has one, else the number of devices that report
   peak memory; device hours = wall hours × devices (GPU-hours on a GPU run).
 - Phase share (%) = 100 · Σ time_<phase>_s / Σ time_step_s, for rollout, scoring, update and
-  sync; "other" is what is left (logging, checkpoints, evaluation between steps).
+  sync; "other" is what is left (logging, checkpoints, evaluation between steps) after the
+  trainer's own phases — with the rollout counted as the time the trainer waited for it
+  (``time_trainer_idle_s``; in a synchronous run that is the rollout itself).
+- The overlap (``--max-staleness 1``, docs/train.md): "step s (measured)" = mean
+  ``time_step_s``; "step s (ideal, one step off)" = mean over steps of max(rollout, scoring +
+  update) + sync, what a step costs when generation hides behind scoring and the update (in a
+  synchronous run: what one step off could reach); "engine idle %" and "trainer idle %" =
+  100 · Σ ``time_engine_idle_s`` (``time_trainer_idle_s``) / Σ time_step_s; "staleness max" =
+  the largest ``staleness``. Runs logged before these fields existed show them empty.
 - Peak memory per device = max over steps of ``peak_mem_gb[device]``; "peak mem max" is the
   largest of those. Tokens/s = mean of the per-step ``tokens_per_s``.
 - Teachers come from the resolved ``config.yaml``: every configured teacher with its λ;
@@ -113,6 +121,8 @@ def run_cost(run: Run) -> dict[str, Any]:
         float(row["tokens_per_s"]) for _, row in run.metrics if is_number(row.get("tokens_per_s"))
     ]
     wall_h = step_s / 3600.0
+    rows = [row for _, row in run.metrics]
+    waited = sum(_first_number(row, "time_trainer_idle_s", "time_rollout_s") for row in rows)
     out: dict[str, Any] = {
         "teachers": teachers,
         "# teachers": n_teachers,
@@ -124,10 +134,36 @@ def run_cost(run: Run) -> dict[str, Any]:
     }
     for p in PHASES:
         out[f"{p} %"] = 100.0 * phase_s[p] / step_s if step_s > 0 else None
-    out["other %"] = 100.0 * (step_s - sum(phase_s.values())) / step_s if step_s > 0 else None
+    trainer = waited + sum(phase_s[p] for p in PHASES if p != "rollout")
+    out["other %"] = 100.0 * (step_s - trainer) / step_s if step_s > 0 else None
+    out |= _overlap(rows, step_s)
     out["tokens/s mean"] = sum(tps) / len(tps) if tps else None
     out["peak mem max (GB)"] = max(peak.values()) if peak else None
     out["peak"] = peak
+    return out
+
+
+def _first_number(row: dict[str, Any], *keys: str) -> float:
+    return next(float(row[k]) for k in keys if is_number(row.get(k)))
+
+
+def _overlap(rows: list[dict[str, Any]], step_s: float) -> dict[str, Any]:
+    """The measured and the ideal one-step-off step time, idle shares, the largest staleness."""
+    n = len(rows)
+    ideal = [
+        max(r["time_rollout_s"], r["time_scoring_s"] + r["time_update_s"]) + r["time_sync_s"]
+        for r in rows
+    ]
+    out: dict[str, Any] = {
+        "step s (measured)": step_s / n if n else None,
+        "step s (ideal, one step off)": sum(ideal) / n if n else None,
+    }
+    for who in ("engine", "trainer"):
+        key = f"time_{who}_idle_s"
+        have = rows and all(is_number(r.get(key)) for r in rows) and step_s > 0
+        out[f"{who} idle %"] = 100.0 * sum(r[key] for r in rows) / step_s if have else None
+    stale = [r["staleness"] for r in rows if is_number(r.get("staleness"))]
+    out["staleness max"] = int(max(stale)) if stale else None
     return out
 
 
@@ -145,6 +181,8 @@ def run(config: CostConfig) -> CostResult:
     }
     fmts["device hours"] = ".4f"
     fmts.update({f"{p} %": ".1f" for p in (*PHASES, "other")})
+    fmts.update({"step s (measured)": ".2f", "step s (ideal, one step off)": ".2f"})
+    fmts.update({"engine idle %": ".1f", "trainer idle %": ".1f", "staleness max": "d"})
     fmts.update({"tokens/s mean": ".1f", "peak mem max (GB)": ".2f"})
     rows = [Row(label, tuple(s[label] for s in stats), fmt) for label, fmt in fmts.items()]
     devices = sorted({d for s in stats for d in s["peak"]})
@@ -153,5 +191,6 @@ def run(config: CostConfig) -> CostResult:
     ]
     notes = (
         "wall hours = Σ time_step_s; device hours = wall hours × devices; phase % of Σ time_step_s",
+        "ideal step (one step off) = mean of max(rollout, scoring + update) + sync",
     )
     return CostResult(Table("Training cost", tuple(names), tuple(rows), notes=notes))
