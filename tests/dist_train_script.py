@@ -44,6 +44,7 @@ def main() -> None:
         "save_every",
         "zero_stage",
         "lora_rank",
+        "max_staleness",
     ):
         if k in flags:
             flags[k] = int(flags[k])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -45,7 +46,8 @@ def _run(tmp_path: Path, *extra: str) -> dict[str, str]:
     assert p.returncode == 0, p.stderr[-3000:]
     digests = dict(re.findall(r"RANK (\d) DIGEST ([0-9a-f]+)", p.stdout))
     assert set(digests) == {"0", "1"}, p.stdout
-    assert (tmp_path / "run" / "checkpoints" / "step-000001" / "model").is_dir()
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    assert (tmp_path / "run" / "checkpoints" / latest / "model").is_dir()
     return digests
 
 
@@ -64,3 +66,18 @@ def test_sharded_teachers_train_exactly_like_local_ones(tmp_path):
     local = _run(tmp_path, "--teacher-placement", "local")
     shard = _run(tmp_path, "--teacher-placement", "shard")
     assert local["0"] == local["1"] == shard["0"] == shard["1"]
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_two_ranks_one_step_off(tmp_path, zero_stage):
+    """--max-staleness 1 on two ranks (HF engine: each rank samples from its own copy, ZeRO-3
+    scores π_old on it too): identical replicas, staleness 0 then 1."""
+    make_world(tmp_path)
+    extra = ("--steps", "3", "--max-staleness", "1", "--zero-stage", str(zero_stage))
+    digests = _run(tmp_path, *extra)
+    assert digests["0"] == digests["1"]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["staleness"] for r in rows] == [0, 1, 1]
+    assert rows[0]["is_weight_max"] == pytest.approx(1.0, abs=1e-4)
+    assert rows[0]["is_weight_min"] == pytest.approx(1.0, abs=1e-4)

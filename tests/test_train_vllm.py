@@ -118,6 +118,19 @@ def test_two_ranks_one_engine_each_identical_weights_and_resume(world):
     _check_is_weights(rows)
 
 
+def test_two_ranks_one_step_off_with_vllm(world):
+    """--max-staleness 1: each rank's engine generates the next batch in its own processes while
+    the rank trains; batch 1 is fresh (IS ≈ 1), later ones one update stale (IS ≠ 1)."""
+    out = world.student.parent.parent / "ahead"
+    extra = ("--steps", "3", "--max-staleness", "1", "--lr", "0.05")
+    digests = _torchrun(world, "ahead", *extra)
+    assert digests["0"] == digests["1"]
+    rows = _rows(out)
+    assert [r["staleness"] for r in rows] == [0, 1, 1]
+    _check_is_weights(rows[:1])
+    assert all(r["is_weight_max"] > 1.01 or r["is_weight_min"] < 0.99 for r in rows[1:]), rows
+
+
 def test_engine_that_cannot_start_is_one_line_and_no_checkpoint(
     world, tmp_path, capsys, monkeypatch
 ):
