@@ -424,6 +424,14 @@ def test_response_parsing_rejects_a_non_vllm_answer():
     assert values[0] == -1.5 and values[1] == float("-inf")  # vLLM's stand-in for -inf
 
 
+def test_server_env_bounds_the_cpu_kv_cache_unless_told():
+    assert served.server_env({}, cuda=False)["VLLM_CPU_KVCACHE_SPACE"] == "4"
+    assert served.server_env({"VLLM_CPU_KVCACHE_SPACE": "1"}, cuda=False) == {
+        "VLLM_CPU_KVCACHE_SPACE": "1"
+    }
+    assert served.server_env({"A": "b"}, cuda=True) == {"A": "b"}
+
+
 def test_server_command_has_the_scoring_flags_and_user_flags_win():
     cmd = served.server_command("/m/code", 8001, dtype="bfloat16", max_model_len=4096,
                                 python="/venv/bin/python", extra=["--max-logprobs", "5"])  # fmt: skip

@@ -1,13 +1,16 @@
 """``tcopd serve-teacher``: a vLLM server fit to score a teacher (docs/serving.md).
 
 Optional: any ``vllm serve`` started with the same flags works. This one adds what scoring
-needs (:func:`tcopd.runtime.scoring.served.server_command`), checks the Python and the port first,
+needs (:func:`tcopd.runtime.scoring.served.server_command`), a KV cache of 4 GiB on a machine
+without CUDA unless ``VLLM_CPU_KVCACHE_SPACE`` says otherwise (:func:`served.server_env`),
+checks the Python and the port first,
 prints the URL to pass as ``--teacher NAME=URL:LAMBDA`` once the server answers, and stops the
 server on Ctrl-C.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Annotated
@@ -72,8 +75,13 @@ def serve_teacher(
         model, port, host, dtype, max_model_len, python, ctx.args, max_logprobs
     )
     url = served.public_url(host, port)
-    console.print(f"starting: {' '.join(cmd)}", highlight=False, soft_wrap=True)
-    process = subprocess.Popen(cmd)
+    import torch  # (here: --help should not wait for it)
+
+    env = served.server_env(os.environ, torch.cuda.is_available())
+    added = {k: v for k, v in env.items() if k not in os.environ}
+    kv = "".join(f"{k}={v} " for k, v in added.items())
+    console.print(f"starting: {kv}{' '.join(cmd)}", highlight=False, soft_wrap=True)
+    process = subprocess.Popen(cmd, env=env)
     try:
         local = f"http://{_loopback(host)}:{port}"
         seconds = served.wait_until_ready(local, process)
