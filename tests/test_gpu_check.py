@@ -17,7 +17,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from gpu_check import driver, part_dist, part_scorer, part_tests  # noqa: E402
+from gpu_check import driver, part_ahead, part_dist, part_scorer, part_tests  # noqa: E402
 
 STATUSES = set(driver.STATUSES)
 ENV_CHECKS = [
@@ -115,6 +115,12 @@ def test_tiny_run_reports_every_row(tmp_path):
         grad_norm = float(upd["note"].split("grad norm ")[1].split(",")[0])
         assert math.isfinite(grad_norm) and grad_norm > 0
     assert results["parts"]["step"]["info"]["zero_stage"] == 3
+
+    # ahead: staleness 0 then 1 on the tiny world, batch 1 fresh and later ones one step stale
+    for c in part_ahead.ROWS:
+        assert rows[("ahead", c)]["status"] == "ok", rows[("ahead", c)]
+    assert rows[("ahead", "staleness 1")]["data"]["staleness"] == [0, 1, 1]
+    assert rows[("ahead", "staleness 0")]["data"]["staleness"] == [0, 0, 0]
 
     # dist: 2 ranks of `tcopd train`, ZeRO-2, over gloo on CPU (NCCL with 2 GPUs)
     for c in part_dist.ROWS:

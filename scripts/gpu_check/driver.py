@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpu_check import part_dist, part_scorer, part_step, part_tests, part_vllm
+from gpu_check import part_ahead, part_dist, part_scorer, part_step, part_tests, part_vllm
 
 REPO = Path(__file__).resolve().parents[2]
 PARTS = {
@@ -39,15 +39,17 @@ PARTS = {
     "step": part_step,
     "dist": part_dist,
     "vllm": part_vllm,
+    "ahead": part_ahead,
 }
-# 750 s in all; --budget-s (480) caps the whole, so a late part gets what is left (docs/gpu.md).
-LIMITS_S = {"tests": 60, "scorer": 150, "step": 240, "dist": 120, "vllm": 180}
+# 930 s in all; --budget-s (600) caps the whole, so a late part gets what is left (docs/gpu.md).
+LIMITS_S = {"tests": 60, "scorer": 150, "step": 240, "dist": 120, "vllm": 180, "ahead": 180}
 NEEDS = {
     "tests": ["torch", "pytest"],
     "scorer": ["torch", "transformers"],
     "step": ["torch", "transformers", "deepspeed", "pyyaml"],
     "dist": ["torch", "transformers", "deepspeed", "pyyaml"],
     "vllm": [],
+    "ahead": ["torch", "transformers", "deepspeed", "pyyaml"],
 }
 GPU_ONLY = {"scorer", "step"}  # at full size; with --tiny they run on CPU too
 # dist needs 2 CUDA devices (part_dist.skip_reason); with --tiny it runs on CPU over gloo.
@@ -403,8 +405,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--budget-s",
         type=float,
-        default=480.0,
-        help="wall-clock budget of all parts together (default 480)",
+        default=600.0,
+        help="wall-clock budget of all parts together (default 600)",
     )
     ap.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
@@ -539,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             res = skipped_part(part, "global budget spent", f"--budget-s {a.budget_s:.0f}")
         else:
             limit = min(a.limits[part], left)
-            part_python = a.vllm_python if part == "vllm" and a.vllm_python else python
+            part_python = a.vllm_python if part in ("vllm", "ahead") and a.vllm_python else python
             log.say(f"part {part} (limit {limit:.0f} s)")
             res = run_part(part, part_python, dict(opts, limit_s=limit), env, limit, out, log)
             log.say(

@@ -24,6 +24,7 @@ PART_MODULES = {
     "step": "gpu_check.part_step",
     "dist": "gpu_check.part_dist",
     "vllm": "gpu_check.part_vllm",
+    "ahead": "gpu_check.part_ahead",
 }
 
 
