@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -226,3 +227,38 @@ def test_staleness_settings_are_checked(world, tmp_path, capsys):
         capsys,
     )  # fmt: skip
     assert code == 1 and err.startswith("error: --max-staleness 1 with --loss dense and served")
+
+
+def test_served_teachers_score_a_batch_as_soon_as_it_exists(world, tmp_path, capsys, monkeypatch):
+    """One step off with the anti-expert on a (fake) server: the served scoring of batch n+1
+    starts in the generating thread, during step n; step n+1's scoring gets it started."""
+    from test_served_client import FakeVLLM
+
+    from tcopd.pipelines.train import loop
+    from tcopd.pipelines.train import step as step_mod
+
+    started_in: list[str] = []
+    given: list[bool] = []
+    real_start, real_score = loop.start_served, step_mod.score
+
+    def start_served(tr, batch):
+        started_in.append(threading.current_thread().name)
+        return real_start(tr, batch)
+
+    def score(tr, batch, with_old=True, started=None):
+        given.append(started is not None)
+        return real_score(tr, batch, with_old=with_old, started=started)
+
+    monkeypatch.setattr(loop, "start_served", start_served)
+    monkeypatch.setattr(step_mod, "score", score)
+    fake = FakeVLLM(world.anti_expert, max_model_len=512)
+    try:
+        args = tiny_args(world, tmp_path / "r", "--steps", "3", "--max-staleness", "1")
+        args += ["--max-prompt-tokens", "64"]
+        code, _, err = run_cli([*args, "--anti-expert", fake.url, "--no-grade"], capsys)
+    finally:
+        fake.stop()
+    assert code == 0, err
+    assert given == [False, True, True]  # batch 1 is scored where it was made
+    assert len(started_in) == 2 and all(n.startswith("tcopd-ahead") for n in started_in)
+    assert [r["staleness"] for r in _rows(tmp_path / "r")] == [0, 1, 1]
