@@ -51,5 +51,5 @@ if [[ "$run_tests" == 1 ]]; then
   export TORCH_EXTENSIONS_DIR=${VLLM_TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions_vllm}
   export VLLM_TARGET_DEVICE=${VLLM_TARGET_DEVICE:-cpu}
   "$VENV/bin/python" -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-  exec "$VENV/bin/python" -m pytest -q -m vllm -p no:cacheprovider "$@" tests
+  exec "$VENV/bin/python" -m pytest -q -m vllm -p no:cacheprovider --durations=20 "$@" tests
 fi
