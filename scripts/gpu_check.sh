@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU readiness check (issue 8): proves the paper-scale path on one GPU in ≤ 8 minutes.
+# GPU readiness check (issue 8): proves the paper-scale path on one GPU in ≤ 10 minutes.
 #
 #   scripts/gpu_check.sh                 # on the GPU machine (results under $OUT, else ./gpu_check_out)
 #   scripts/gpu_check.sh --tiny          # every part at a tiny shape, on CPU, in well under a minute
