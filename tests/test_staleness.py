@@ -227,6 +227,9 @@ def test_staleness_settings_are_checked(world, tmp_path, capsys):
         capsys,
     )  # fmt: skip
     assert code == 1 and err.startswith("error: --max-staleness 1 with --loss dense and served")
+    args = ["--max-staleness", "1", "--lora", "--zero-stage", "3"]
+    code, _, err = run_cli(tiny_args(world, tmp_path / "r2", *args), capsys)
+    assert code == 1 and "needs --reference" in err and err.startswith("error: --max-staleness 1")
 
 
 def test_served_teachers_score_a_batch_as_soon_as_it_exists(world, tmp_path, capsys, monkeypatch):

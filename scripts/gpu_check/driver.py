@@ -41,8 +41,8 @@ PARTS = {
     "vllm": part_vllm,
     "ahead": part_ahead,
 }
-# 930 s in all; --budget-s (600) caps the whole, so a late part gets what is left (docs/gpu.md).
-LIMITS_S = {"tests": 60, "scorer": 150, "step": 240, "dist": 120, "vllm": 180, "ahead": 180}
+# 990 s in all; --budget-s (600) caps the whole, so a late part gets what is left (docs/gpu.md).
+LIMITS_S = {"tests": 60, "scorer": 150, "step": 240, "dist": 120, "vllm": 180, "ahead": 240}
 NEEDS = {
     "tests": ["torch", "pytest"],
     "scorer": ["torch", "transformers"],

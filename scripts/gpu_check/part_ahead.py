@@ -3,7 +3,7 @@
 Does generating the next batch while this one is scored and trained on make a step shorter on
 a GPU, and by how much of what the schedule allows? A random Qwen3 of ~0.2 B parameters (16
 layers, hidden 1024, the test suite's word-level tokenizer: random weights rarely stop, so
-responses run to their length) is the student; two random teachers of the same shape; 20 steps
+responses run to their length) is the student; two random teachers of the same shape; 12 steps
 of 16 prompts × 4 samples × 256 tokens, bf16, vLLM for rollouts when it imports (else the HF
 engine), ``--no-grade``. The same run at ``--max-staleness 0`` and ``1``; step 1 of each (warm
 up, and one step off its batch is generated in place) is left out of the means.
@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def run(opts: dict[str, Any], rec) -> None:
     shutil.rmtree(root, ignore_errors=True)
     vllm = cuda and importlib.util.find_spec("vllm") is not None
     world = make_world(root / "world", n_prompts=64, **({} if tiny else MODEL))
-    steps = 3 if tiny else 20
+    steps = 3 if tiny else 12
     extra = ["--steps", str(steps), "--save-every", "0", "--no-grade"]
     if not tiny:
         extra += ["--batch-size", "16", "--samples-per-prompt", "4"]
@@ -72,19 +73,25 @@ def run(opts: dict[str, Any], rec) -> None:
         left = limit - (time.perf_counter() - t_start) - 5.0
         run_dir = root / f"s{staleness}"
         args = tiny_args(world, run_dir, *extra, "--max-staleness", str(staleness))
+        # its own session: on a timeout the whole group goes (vLLM's engine processes included,
+        # which would otherwise keep GPU memory from the next run)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "tcopd", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         try:
-            p = subprocess.run(
-                [sys.executable, "-m", "tcopd", *args],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=max(left, 1.0),
-            )
+            _, stderr = p.communicate(timeout=max(left, 1.0))
         except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
             rec.row(check, "timeout", f"no exit within {left:.0f} s", "")
             continue
         if p.returncode != 0:
-            last = (p.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+            last = (stderr.strip().splitlines() or ["(no output)"])[-1][:300]
             rec.row(check, "failed", f"exit {p.returncode}", last)
             continue
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

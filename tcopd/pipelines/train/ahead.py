@@ -22,7 +22,9 @@ staleness stays 1. A checkpoint without the file (the run was synchronous) start
 batch (staleness 0).
 
 Errors: what the background thread raised is re-raised where the batch is collected, under
-``on_every_rank`` (every rank stops together), naming the step whose batch it was.
+``on_every_rank`` (every rank stops together), naming the step whose batch it was. The thread
+is a daemon: a run that stops while a generation is in flight waits for it a short while
+(``CLOSE_WAIT_S``, so the engine is not closed under it), then exits without it.
 """
 
 from __future__ import annotations
@@ -31,14 +33,19 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from tcopd.errors import TrainingError
+import torch
+
+from tcopd.errors import TcopdError, TrainingError
 from tcopd.pipelines.train.rollout import Rollouts
 from tcopd.runtime.generation.rollout import Completion
 from tcopd.runtime.training.distributed import Reduce, on_every_rank
+
+CLOSE_WAIT_S = 30.0  # how long a stopping run waits for a generation in flight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +76,11 @@ class Ahead:
         self._reduce = reduce
         self._generate = generate
         self._early = early
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tcopd-ahead")
         self._future: Future[Generated] | None = None
+        self._thread: threading.Thread | None = None
         self._step = -1  # the step whose batch is ahead (in flight or done)
         self._done: Generated | None = None
-        self.busy: list[tuple[float, float]] = []  # the engine's generation intervals
+        self.busy: list[tuple[float, float]] = []  # the engine's last generation intervals
 
     # -- the schedule --------------------------------------------------------------------------
 
@@ -81,14 +88,25 @@ class Ahead:
         """Begin generating step ``step``'s batch in the background (nothing may be ahead)."""
         assert self._future is None and self._done is None, "one batch ahead at most"
         self._step = step
-        self._future = self._pool.submit(self._run, step, version)
+        future: Future[Generated] = Future()
+        self._future = future
+        device = self._reduce.info.device
+        self._thread = threading.Thread(
+            target=self._run, args=(future, step, version, device), name="tcopd-ahead", daemon=True
+        )
+        self._thread.start()
 
-    def _run(self, step: int, version: int) -> Generated:
-        t0 = time.perf_counter()
-        batch = self._generate(step, version)
-        t1 = time.perf_counter()
-        early = self._early(batch) if self._early is not None else None
-        return Generated(batch, t0, t1, early)
+    def _run(self, future: Future, step: int, version: int, device: torch.device) -> None:
+        if device.type == "cuda":  # the current CUDA device is per thread
+            torch.cuda.set_device(device)
+        try:
+            t0 = time.perf_counter()
+            batch = self._generate(step, version)
+            t1 = time.perf_counter()
+            early = self._early(batch) if self._early is not None else None
+            future.set_result(Generated(batch, t0, t1, early))
+        except BaseException as e:  # re-raised where the batch is collected
+            future.set_exception(e)
 
     def wait(self) -> None:
         """Wait until the batch ahead exists (every rank agrees that it does)."""
@@ -100,11 +118,11 @@ class Ahead:
         def collect() -> Generated:
             try:
                 return future.result()
-            except TrainingError as e:
+            except TcopdError as e:
                 raise type(e)(f"generating step {step + 1}'s batch ahead: {e}") from e
 
         self._done = on_every_rank(self._reduce, collect)
-        self.busy.append((self._done.started, self._done.ended))
+        self.busy = [*self.busy[-1:], (self._done.started, self._done.ended)]
 
     def take(self, step: int) -> Generated | None:
         """The batch of ``step`` if it was generated ahead (then it is no longer held)."""
@@ -119,15 +137,16 @@ class Ahead:
         return sum(max(0.0, min(e, until) - max(s, since)) for s, e in self.busy)
 
     def close(self) -> None:
-        """Stop: abandon what is in flight (a served scoring is closed; the thread finishes its
-        generation and exits)."""
+        """Stop: wait up to ``CLOSE_WAIT_S`` for a generation in flight (the caller closes the
+        engine next), then abandon it; a served scoring started on a batch is closed."""
         future, self._future = self._future, None
         if future is not None:
             future.add_done_callback(_close_early)
+            if self._thread is not None:
+                self._thread.join(CLOSE_WAIT_S)
         if self._done is not None and self._done.early is not None:
             self._done.early.close()
         self._done = None
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- checkpoints ---------------------------------------------------------------------------
 

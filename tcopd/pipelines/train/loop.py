@@ -152,9 +152,9 @@ def run(
         }
         write_resolved(resolved, run_dir / "config.yaml")
     ahead = _ahead(tr) if cfg.max_staleness else None
-    start = checkpointing.restore(tr, run_dir, ahead) if resume else 0
     together = False  # every rank stops with the same error (distributed.RankFailed)
     try:
+        start = checkpointing.restore(tr, run_dir, ahead) if resume else 0
         row = _loop(tr, run_dir, start, ahead)
     except distributed.RankFailed:
         together = True

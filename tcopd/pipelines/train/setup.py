@@ -183,6 +183,12 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         rows = found[1].weight.shape[0] if found is not None else 0
     # see the module docstring
     separate = cfg.engine == "hf" and (cfg.zero_stage == 3 or cfg.max_staleness > 0)
+    if separate and cfg.zero_stage == 3 and cfg.max_staleness and shared_ref:
+        # π_ref would be scored on the engine's copy, adapters off, while it samples the next batch
+        raise ConfigError(
+            "--max-staleness 1 with --engine hf, --zero-stage 3 and --lora needs --reference "
+            "(π_ref is otherwise the sampler's own weights with adapters off); or use ZeRO 0-2"
+        )
     rollout_copy = copy.deepcopy(student).requires_grad_(False) if separate else None
     emit("starting DeepSpeed")
     learner = _learner(cfg, student, dtype)

@@ -72,9 +72,14 @@ def _phases(tr: Trainer, step: int, ahead: Ahead | None) -> dict[str, Any]:
         else:  # generated during the previous step, with the weights before its update
             batch, early = got.batch, got.early
             times["rollout"] = got.ended - got.started
-        if ahead is not None and step + 1 < tr.cfg.steps:
-            ahead.start(step + 1, step)  # with θ_step, the weights this batch trains from
-        grade.submit(tr.grader, batch, tr.cfg.grade)
+        try:
+            if ahead is not None and step + 1 < tr.cfg.steps:
+                ahead.start(step + 1, step)  # with θ_step, the weights this batch trains from
+            grade.submit(tr.grader, batch, tr.cfg.grade)
+        except BaseException:
+            if early is not None:
+                early.close()  # (score() closes it from here on)
+            raise
         tr.emit("scoring", step=step)
         with timer("scoring", times):
             scores = together(score, tr, batch, with_old=not on_policy, started=early)
