@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Callable
-import threading
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
