@@ -33,6 +33,9 @@ pytestmark = [
 
 TOY = default_root()  # the shipped toy world, where tcopd keeps it ($TCOPD_TOY_DIR honoured)
 TOL = 2e-3  # served fp32 (vLLM CPU kernels) vs float64 reference, as in test_vllm.py
+# the dense loss and its gradient norm, served whole rows against the local teacher: each
+# position's target moves by the server's fp32 log-prob error (≲ TOL), far below the loss
+DENSE_TOL = 1e-2
 
 
 class Server:
@@ -177,25 +180,49 @@ def test_train_with_served_anti_expert_matches_a_local_run(server, tmp_path, cap
     assert server.url in saved
 
 
-def test_dense_loss_with_the_served_anti_expert_whole_rows_and_top_k(server, tmp_path, capsys):
-    """--loss dense: with whole rows from the server the support is every token and the step's
-    rollouts and anti-expert scores are the local run's (within the server's fp32 tolerance;
-    the update itself is checked exactly against the fake server in test_served_client.py); a
-    top 16 trains and logs its support."""
-    dense = ("--loss", "dense", "--steps", "1", "--lr", "5e-4")
+def opd_args(out: Path, expert: str, *extra: str) -> list[str]:
+    """OPD (one teacher, λ = 1) against the model at ``expert`` (here: the anti-expert's weights,
+    the one the server holds: OPD toward any teacher is the same computation)."""
+    return [
+        "train", "--toy", "--student", str(TOY / "student"), "--expert", expert, "--lambdas", "1",
+        "--data", str(TOY / "data" / "train_math.parquet"), "--out", str(out),
+        "--steps", "1", "--batch-size", "4", "--samples-per-prompt", "2",
+        "--max-response-tokens", "32", "--max-prompt-tokens", "160", "--no-grade",
+        "--save-every", "1", "--seed", "0", *extra,
+    ]  # fmt: skip
+
+
+def test_dense_loss_with_the_served_teacher_whole_rows_and_top_k(server, tmp_path, capsys):
+    """--loss dense, TC-OPD (1.5, −0.5) with the anti-expert served and OPD toward the served
+    model: with whole rows the support is every token, and the step's loss and gradient norm
+    are the local run's within the server's fp32 tolerance (the same rollouts; the update is
+    checked weight by weight against the fake server in test_served_client.py); a top 16
+    trains and logs its support."""
+    dense = ("--loss", "dense", "--lr", "5e-4")
+    local_anti = str(TOY / "anti_expert")
     runs = {}
-    for name, anti, extra in (
-        ("local", str(TOY / "anti_expert"), ()),
-        ("rows", server.url, ("--served-top-k", "-1")),
-        ("top16", server.url, ("--served-top-k", "16")),
-    ):
-        code, _, err = run_cli(train_args(tmp_path / name, anti, *dense, *extra), capsys)
+    for name, args in (
+        ("local", train_args(tmp_path / "local", local_anti, *dense, "--steps", "1")),
+        ("rows", train_args(tmp_path / "rows", server.url, *dense, "--steps", "1",
+                            "--served-top-k", "-1")),
+        ("top16", train_args(tmp_path / "top16", server.url, *dense, "--steps", "1",
+                             "--served-top-k", "16")),
+        ("opd-local", opd_args(tmp_path / "opd-local", local_anti, *dense)),
+        ("opd-rows", opd_args(tmp_path / "opd-rows", server.url, *dense, "--served-top-k", "-1")),
+    ):  # fmt: skip
+        code, _, err = run_cli(args, capsys)
         assert code == 0, err[-3000:]
         runs[name] = metrics(tmp_path / name)[0]
-    local, rows, top = runs["local"], runs["rows"], runs["top16"]
-    assert rows["logratio/anti_expert"] == pytest.approx(local["logratio/anti_expert"], abs=TOL)
-    assert rows["served_outside"] == 0 and rows["served_support"] == 139
-    assert rows["served_student_mass"] == pytest.approx(1.0, abs=1e-6)
+    for local, rows, teacher in (
+        (runs["local"], runs["rows"], "anti_expert"),
+        (runs["opd-local"], runs["opd-rows"], "expert"),
+    ):
+        assert rows[f"logratio/{teacher}"] == pytest.approx(local[f"logratio/{teacher}"], abs=TOL)
+        assert rows["loss"] == pytest.approx(local["loss"], rel=DENSE_TOL, abs=DENSE_TOL)
+        assert rows["grad_norm"] == pytest.approx(local["grad_norm"], rel=DENSE_TOL)
+        assert rows["served_outside"] == 0 and rows["served_support"] == 139
+        assert rows["served_student_mass"] == pytest.approx(1.0, abs=1e-6)
+    top, rows = runs["top16"], runs["rows"]
     assert 0 < top["served_support"] <= 16 and 0 <= top["served_outside"] < 1
     assert rows["served_bytes_per_position"] > top["served_bytes_per_position"] > 0
 
