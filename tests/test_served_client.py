@@ -610,3 +610,64 @@ def test_dense_loss_with_a_served_teacher(tmp_path, capsys):
     assert top_row["served_support"] <= 4 and top_row["clip_fraction"] is None
     # whole rows of ~100 log-probs cost more per position than a top 4 (JSON: ~40 bytes each)
     assert full_row["served_bytes_per_position"] > 10 * top_row["served_bytes_per_position"] > 0
+
+
+@pytest.mark.parametrize("k", [1, 4, 16, -1])
+def test_served_and_local_copies_of_a_teacher_give_the_same_loss(world, fake, k):
+    """The dense loss with served teachers (core/dense_support.py) at top k: the fake server's
+    answers and the same teacher's own float64 log-softmax, cut to its top k here, give the
+    same loss and gradient (k = -1: whole rows)."""
+    import asyncio
+
+    from tcopd.core.dense import Head
+    from tcopd.core.dense_support import ServedRows, common_support, support_dense_loss
+
+    t = connected(world, fake.url)
+    prompts, responses = world["prompts"], world["responses"]
+    V = len(world["tok"])
+    kk = V if k == -1 else k
+
+    async def run():
+        async with served._client(t.settings, 4) as client:
+            return await t.score_top_k(client, prompts, responses, k, V)
+
+    answers = asyncio.run(run())
+    model = rm.load_causal_lm(str(world["teacher"])).double().eval()
+    own_rows, served_rows = [], []
+    for p, r, row in zip(prompts, responses, answers, strict=True):
+        with torch.no_grad():
+            lsm = torch.log_softmax(model(torch.tensor([p + r])).logits[0, len(p) - 1 : -1], -1)
+        top = lsm.topk(kk, dim=-1)
+        own = lsm.gather(1, torch.tensor(r)[:, None]).squeeze(1)
+        own_rows.append(common_support(top.indices[None], top.values[None], own[None]))
+        served_rows.append(
+            common_support(
+                row.ids_TK[None], row.logprobs_TK[None].double(), row.token_T[None].double()
+            )
+        )
+
+    def cat(rows: list[ServedRows]) -> ServedRows:
+        return ServedRows(
+            torch.cat([x.ids_NS for x in rows]),
+            torch.cat([x.logp_KNS for x in rows], dim=1),
+            torch.cat([x.logp_y_KN for x in rows], dim=1),
+        )
+
+    targets = torch.tensor([tok for r in responses for tok in r])
+    N, H = len(targets), 8
+    g = torch.Generator().manual_seed(0)
+    student = Head(torch.randn(V, H, generator=g, dtype=torch.float64))
+    losses, grads = [], []
+    for rows in (cat(own_rows), cat(served_rows)):
+        h = torch.randn(N, H, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        h.requires_grad_(True)
+        loss_N, _ = support_dense_loss(
+            h, student, [], [], torch.zeros(N, 0, dtype=torch.float64), rows,
+            torch.ones(N, 1, dtype=torch.float64), targets, None,
+        )  # fmt: skip
+        loss_N.sum().backward()
+        losses.append(loss_N.detach())
+        grads.append(h.grad)
+    assert (cat(own_rows).ids_NS >= 0).sum() > 0  # a support to compare on
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
