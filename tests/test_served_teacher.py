@@ -33,8 +33,8 @@ pytestmark = [
 
 TOY = default_root()  # the shipped toy world, where tcopd keeps it ($TCOPD_TOY_DIR honoured)
 TOL = 2e-3  # served fp32 (vLLM CPU kernels) vs float64 reference, as in test_vllm.py
-# the dense loss and its gradient norm, served whole rows against the local teacher: each
-# position's target moves by the server's fp32 log-prob error (≲ TOL), far below the loss
+# the dense loss's gradient norm, served whole rows against the local teacher: each position's
+# target moves by the server's fp32 log-prob error (≲ TOL)
 DENSE_TOL = 1e-2
 
 
@@ -194,8 +194,8 @@ def opd_args(out: Path, expert: str, *extra: str) -> list[str]:
 
 def test_dense_loss_with_the_served_teacher_whole_rows_and_top_k(server, tmp_path, capsys):
     """--loss dense, TC-OPD (1.5, −0.5) with the anti-expert served and OPD toward the served
-    model: with whole rows the support is every token, and the step's loss and gradient norm
-    are the local run's within the server's fp32 tolerance (the same rollouts; the update is
+    model: with whole rows the support is every token, and the step's gradient norm is the
+    local run's within the server's fp32 tolerance (the same rollouts; the update is
     checked weight by weight against the fake server in test_served_client.py); a top 16
     trains and logs its support."""
     dense = ("--loss", "dense", "--lr", "5e-4")
@@ -218,7 +218,9 @@ def test_dense_loss_with_the_served_teacher_whole_rows_and_top_k(server, tmp_pat
         (runs["opd-local"], runs["opd-rows"], "expert"),
     ):
         assert rows[f"logratio/{teacher}"] == pytest.approx(local[f"logratio/{teacher}"], abs=TOL)
-        assert rows["loss"] == pytest.approx(local["loss"], rel=DENSE_TOL, abs=DENSE_TOL)
+        # the served path's loss is a surrogate centred by its baseline: its value is 0 with
+        # whole rows; its gradient is the dense loss's
+        assert local["loss"] > 0.01 and abs(rows["loss"]) < 1e-5
         assert rows["grad_norm"] == pytest.approx(local["grad_norm"], rel=DENSE_TOL)
         assert rows["served_outside"] == 0 and rows["served_support"] == 139
         assert rows["served_student_mass"] == pytest.approx(1.0, abs=1e-6)
