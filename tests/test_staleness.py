@@ -160,11 +160,14 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _same_weights(a: Path, b: Path) -> None:
+def _same_weights(a: Path, b: Path, exact: bool = True) -> None:
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys()
     for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+        if exact:
+            assert torch.equal(wa[k], wb[k]), k
+        else:
+            torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-7, msg=k)
 
 
 # what differs between two runs of the same computation: wall times and memory
@@ -195,9 +198,19 @@ def test_one_step_off_staleness_resume_and_weights(world, tmp_path, capsys):
     for rows in (rf, rk):
         assert [r["staleness"] for r in rows] == [0, 1, 1, 1]
         assert [r["policy_version"] for r in rows] == [0, 0, 1, 2]
-    # the resumed run trained on the very batches of the uninterrupted one
-    assert [_untimed(r) for r in rf] == [_untimed(r) for r in rk]
-    _same_weights(full, killed)
+    # the resumed run trained on the very batches of the uninterrupted one: the same rows and
+    # weights, to float rounding (the batch ahead of the checkpoint was generated in the killed
+    # process: its μ may differ in the last bits; under load CI saw one such difference). A
+    # regenerated or different batch moves every value by far more.
+    for a, b in zip(rf, rk, strict=True):
+        ua, ub = _untimed(a), _untimed(b)
+        assert ua.keys() == ub.keys()
+        for k in ua:
+            want = (
+                ua[k] if not isinstance(ua[k], float) else pytest.approx(ua[k], rel=1e-5, abs=1e-7)
+            )
+            assert ub[k] == want, (a["step"], k)
+    _same_weights(full, killed, exact=False)
     # a checkpoint holds the batch generated ahead (after 3 steps: the 4th's, index 3), the
     # last one none
     ckpts = full / "checkpoints"

@@ -31,6 +31,7 @@ class _OneRank:
 
 def _trainer(domains, scores_reference=True, sleep=True):
     return SimpleNamespace(
+        cfg=SimpleNamespace(is_cap=5.0),
         reduce=_OneRank(),
         scores_reference=scores_reference,
         rollout=SimpleNamespace(freed_bytes=2.5e9, sleep_enabled=sleep),
@@ -39,15 +40,19 @@ def _trainer(domains, scores_reference=True, sleep=True):
     )
 
 
-def _batch():
+def _batch(sampler=True):
+    """Two responses sampled with the weights of version 3; ``sampler``: with the engine's
+    log-probs μ (lp_old − lp_μ = [0, −1] and [0, 2, 0] against ``_signal``'s lp_old)."""
+    mu = ([-1.0, -1.0], [-0.5, -2.5, -1.0]) if sampler else (None, None)
     completions = [
-        SimpleNamespace(response_ids=[5, 6], finish_reason="stop"),
-        SimpleNamespace(response_ids=[7, 8, 9], finish_reason="length"),
+        SimpleNamespace(response_ids=[5, 6], finish_reason="stop", logprobs=mu[0]),
+        SimpleNamespace(response_ids=[7, 8, 9], finish_reason="length", logprobs=mu[1]),
     ]
     return SimpleNamespace(
         completions=completions,
         responses=[c.response_ids for c in completions],
         domains=["math", "code"],
+        version=3,
     )
 
 
@@ -114,6 +119,14 @@ def test_step_row_matches_a_hand_worked_batch():
         "is_weight_mean": (1.0 + 0.5 + 2.0 + 1.0 + 1.5) / 5,
         "is_weight_max": 2.0,
         "is_weight_min": 0.5,
+        # the token whose lp_old − lp_μ = 2 > log 5 is at the cap: 1 of 5
+        "is_weight_capped_fraction": 1 / 5,
+        # (Σw)² / (N·Σw²) = 6² / (5 · (1 + 0.25 + 4 + 1 + 2.25))
+        "is_weight_ess": 36 / (5 * 8.5),
+        "policy_version": 3,
+        "staleness": 4 - 3,
+        # mean(lp_μ − lp_old) = −(0 − 1 + 0 + 2 + 0) / 5
+        "kl_sampler_old": -1 / 5,
         "rollout_sleep_freed_gb": 2.5,
         "response_len_mean": 2.5,
         "response_len_max": 3.0,
@@ -140,7 +153,7 @@ def test_step_row_nulls_without_is_grading_reference_or_sleep():
     row = metrics.step_row(
         _trainer(["math"], scores_reference=False, sleep=False),
         0,
-        _batch(),
+        _batch(sampler=False),
         _scores(),
         Grades(torch.zeros(2), 0, graded=False),
         _signal(),
@@ -153,6 +166,9 @@ def test_step_row_nulls_without_is_grading_reference_or_sleep():
         "is_weight_mean",
         "is_weight_max",
         "is_weight_min",
+        "is_weight_capped_fraction",
+        "is_weight_ess",
+        "kl_sampler_old",
         "rollout_sleep_freed_gb",
         "rollout_accuracy",
     ):

@@ -220,7 +220,7 @@ def test_non_finite_gradient_norm_is_an_error_naming_the_step(monkeypatch):
     with pytest.raises(TrainingError, match="non-finite gradient norm"):
         ppo_update(_NanEngine(_tiny_model()), _batch(), PPOLoss(), UpdateSettings(), 0, Reduce())
 
-    def failing(tr, step):
+    def failing(tr, step, ahead):
         raise TrainingError("non-finite gradient norm (nan) in a PPO update")
 
     monkeypatch.setattr(step_module, "_phases", failing)
