@@ -259,8 +259,8 @@ def test_server_killed_mid_run_then_resume(server, tmp_path, capsys, monkeypatch
 
     real_save = checkpointing.save
 
-    def save_then_kill(tr, run_dir, step):
-        real_save(tr, run_dir, step)
+    def save_then_kill(tr, run_dir, step, *rest):
+        real_save(tr, run_dir, step, *rest)
         if step == 1:
             server.kill()  # the teacher's node goes down after step 1's checkpoint
 
