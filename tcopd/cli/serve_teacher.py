@@ -75,12 +75,8 @@ def serve_teacher(
         model, port, host, dtype, max_model_len, python, ctx.args, max_logprobs
     )
     url = served.public_url(host, port)
-    import torch  # (here: --help should not wait for it)
-
-    env = served.server_env(os.environ, torch.cuda.is_available())
-    added = {k: v for k, v in env.items() if k not in os.environ}
-    kv = "".join(f"{k}={v} " for k, v in added.items())
-    console.print(f"starting: {kv}{' '.join(cmd)}", highlight=False, soft_wrap=True)
+    env, added = _environment()
+    console.print(f"starting: {added}{' '.join(cmd)}", highlight=False, soft_wrap=True)
     process = subprocess.Popen(cmd, env=env)
     try:
         local = f"http://{_loopback(host)}:{port}"
@@ -101,6 +97,14 @@ def serve_teacher(
                 process.kill()
     if process.returncode not in (0, -15, None):
         raise typer.Exit(process.returncode)
+
+
+def _environment() -> tuple[dict[str, str], str]:
+    """The server's environment (:func:`served.server_env`) and what it adds, as ``K=V `` text."""
+    import torch  # (here: --help should not wait for it)
+
+    env = served.server_env(os.environ, torch.cuda.is_available())
+    return env, "".join(f"{k}={v} " for k, v in env.items() if k not in os.environ)
 
 
 def _loopback(host: str) -> str:

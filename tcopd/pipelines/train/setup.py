@@ -183,12 +183,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         rows = found[1].weight.shape[0] if found is not None else 0
     # see the module docstring
     separate = cfg.engine == "hf" and (cfg.zero_stage == 3 or cfg.max_staleness > 0)
-    if separate and cfg.zero_stage == 3 and cfg.max_staleness and shared_ref:
-        # π_ref would be scored on the engine's copy, adapters off, while it samples the next batch
-        raise ConfigError(
-            "--max-staleness 1 with --engine hf, --zero-stage 3 and --lora needs --reference "
-            "(π_ref is otherwise the sampler's own weights with adapters off); or use ZeRO 0-2"
-        )
+    _check_shared_copy(cfg, separate, shared_ref)
     rollout_copy = copy.deepcopy(student).requires_grad_(False) if separate else None
     emit("starting DeepSpeed")
     learner = _learner(cfg, student, dtype)
@@ -227,6 +222,16 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         vocab_size=vocab,
         head_rows=rows,
     )
+
+
+def _check_shared_copy(cfg: TrainConfig, separate: bool, shared_ref: bool) -> None:
+    """Under ZeRO-3 π_old and a shared π_ref are scored on the HF engine's copy; one step off
+    it samples the next batch meanwhile, and π_ref's adapters-off forward would change it."""
+    if separate and cfg.zero_stage == 3 and cfg.max_staleness and shared_ref:
+        raise ConfigError(
+            "--max-staleness 1 with --engine hf, --zero-stage 3 and --lora needs --reference "
+            "(π_ref is otherwise the sampler's own weights with adapters off); or use ZeRO 0-2"
+        )
 
 
 def _real_vocabulary(tokenizer: Any, student: torch.nn.Module) -> int | None:
