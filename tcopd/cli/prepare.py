@@ -41,7 +41,7 @@ def prepare(
     name: Annotated[
         str,
         typer.Argument(
-            help="deepmath, gopd-math, aime24, aime25, math500, file, toy; or a model to "
+            help="deepmath, gopd-math, aime24, aime25, math500, file, toy, arith; or a model to "
             "import: model (--gguf FILE), smollm2; merge-lora (--adapter DIR): a LoRA "
             "adapter merged into its base model."
         ),
@@ -145,6 +145,16 @@ def prepare(
         Path | None,
         typer.Option("--adapter", help="merge-lora: the adapter directory (tcopd train --lora)."),
     ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task", help="arith: which task (add20, add-2d1d, sub20, larger, next, double)."
+        ),
+    ] = None,
+    test_size: Annotated[
+        int | None,
+        typer.Option("--test-size", help="arith: held-out problems (default 200; the rest train)."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Write NAME as parquet + JSONL in verl's row format (or build the toy world, import a
@@ -155,6 +165,7 @@ def prepare(
         "--domain": domain, "--instruction": instruction, "--template": template,
         "--tokenizer": tokenizer, "--plain-format": plain_format, "--seed": seed,
         "--rebuild": rebuild, "--small": small, "--multitask": multitask_world or None,
+        "--task": task, "--test-size": test_size,
     }  # fmt: skip
     if name == "merge-lora":
         model_only = {"--gguf": gguf, "--from": from_path, "--config": config}
@@ -192,6 +203,8 @@ def prepare(
         force=force,
         small=small,
         rebuild=rebuild,
+        task=task,
+        test_size=test_size,
     )
     cfg = load_config(pipeline.PrepareConfig, config, overrides)
     if cfg.source != "toy":  # a dataset loads in seconds; datasets shows its own download bars

@@ -8,11 +8,20 @@ Algorithm choices:
   file in the prepared (verl) format. The
   prompt is the row's ``prompt`` messages rendered with ``template`` (``chat``: the tokenizer's
   chat template with ``enable_thinking=False``; ``plain``; ``auto``: chat when the tokenizer has
-  a template, else plain). The gold answer is ``reward_model.ground_truth``.
+  a template, else plain). The gold answer is ``reward_model.ground_truth``; the response's
+  answer is read as the rows' ``reward_model.answer_format`` says (default: the last box).
+- ``context``: a file of chat messages (a teacher prompt, docs/train.md) placed before every
+  problem's own messages, rendered as a context teacher's prompt is in training
+  (``runtime.scoring.contexts``): the model behind that prompt is what is evaluated.
 - Generation is one engine call per problem (all n samples of one prompt — no padding), with the
   sampler seeded from ``(seed, problem position)``. So a problem's samples do not depend on
-  which other problems ran before it, which is what makes resuming exact.
-- Grading (``runtime.evaluation.grading.Grader``: last ``\\boxed{}``, math-verify in worker processes with
+  which other problems ran before it, which is what makes resuming exact. With
+  ``problems_per_call`` K > 1 the kept problems are taken in fixed groups of K (positions
+  [gK, (g+1)K)), one padded call per group seeded from its first problem, the response budget
+  clamped to the group's tightest context: many times faster for short answers on a CPU, other
+  samples than K = 1, and still exact on resume (a group with a missing sample is regenerated
+  whole and only its missing rows are written).
+- Grading (``runtime.evaluation.grading.Grader``: last ``\\boxed{}`` or last number, math-verify in worker processes with
   a per-sample wall-clock limit) overlaps with generation: a problem's samples are submitted as
   soon as they exist and rows are appended to ``samples.jsonl`` (fsynced) as verdicts arrive.
 - Resume: re-running the same command reads ``samples.jsonl``, keeps the finished
@@ -35,8 +44,8 @@ Algorithm choices:
 
 Progress (``tcopd.progress.Event``), per model: ``Event("eval", done, total, detail=name)`` when
 it starts (``done``: samples already in the file on resume), ``Event("warning", detail=message)``,
-``Event("generated", done, total, detail="N tok/s")`` after each problem's generate call (in
-problems) and ``Event("graded", done, total, detail=name)`` per verdict (in samples).
+``Event("generated", done, total, detail="N tok/s")`` after each generate call (in calls: one
+per problem, or per group of ``problems_per_call``) and ``Event("graded", done, total, detail=name)`` per verdict (in samples).
 
 The steps of one model: ``_plan`` (prompts, resume) → ``_sample_and_grade`` → ``_write_summary``.
 """
@@ -66,8 +75,9 @@ from tcopd.progress import Progress, report
 from tcopd.runtime import toy
 from tcopd.runtime.data import datasets, io
 from tcopd.runtime.data.prompts import render_prompt
-from tcopd.runtime.evaluation.grading import Grader, extract_boxed
+from tcopd.runtime.evaluation.grading import Grader, extract_answer
 from tcopd.runtime.models import loading as model_io
+from tcopd.runtime.scoring.contexts import Context, load_context_messages, plain_context
 
 __all__ = [
     "BENCHMARKS",
@@ -104,6 +114,7 @@ class Problem:
     messages: list[dict[str, Any]]
     gold: str
     domain: str | None = None
+    answer_format: str = "boxed"  # reward_model.answer_format
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -127,7 +138,8 @@ def _rows_to_problems(rows: Sequence[dict[str, Any]], source: str) -> list[Probl
             raise DataError(
                 f"{source}: row {i + 1} lacks prompt or reward_model.ground_truth (prepared format)"
             ) from None
-        problems.append(Problem(i, pid, messages, str(gold), row.get("domain")))
+        fmt = row["reward_model"].get("answer_format") or "boxed"
+        problems.append(Problem(i, pid, messages, str(gold), row.get("domain"), fmt))
     return problems
 
 
@@ -139,6 +151,7 @@ def load_problems(config: EvalConfig) -> tuple[str, list[Problem]]:
     else:
         rows = datasets.load_prepared(config.data)  # type: ignore[arg-type]
         label, source = Path(config.data).stem, config.data  # type: ignore[arg-type]
+    datasets.answer_format_of(rows, str(source))  # one format per file
     problems = _rows_to_problems(rows, str(source))
     if config.limit is not None:
         problems = problems[: config.limit]
@@ -182,6 +195,7 @@ class _Plan:
     context: int | None  # the model's context length (None: unknown)
     kept: list[str]  # problem ids whose prompt fits the context
     todo: list[tuple[Problem, str, list[int]]]  # (problem, prompt text, ids) with samples missing
+    rendered: list[tuple[Problem, str, list[int]]]  # the same for every kept problem, in order
     done: set[tuple[str, int]]  # (problem_id, sample_index) already in samples.jsonl
     skipped: int  # prompts longer than the context
     total: int  # samples the summary will count
@@ -233,10 +247,11 @@ def _plan(config: EvalConfig, model: str, problems: list[Problem], out_dir: Path
     rows = io.read_jsonl_tolerant(out_dir / "samples.jsonl")
     done = {(str(r["problem_id"]), int(r["sample_index"])) for r in rows}
     context = model_io.max_positions(model_io.load_config(model))
-    plan = _Plan(template, context, [], [], done, skipped=0, total=0, finished=0)
+    plan = _Plan(template, context, [], [], [], done, skipped=0, total=0, finished=0)
     plan.domains = {p.problem_id: p.domain for p in problems}
+    behind = _context(config)
     for prob in problems:
-        text = render_prompt(prob.messages, tokenizer, template)
+        text = _render(prob.messages, tokenizer, template, behind)
         ids = tokenizer(text, add_special_tokens=(template == "plain"))["input_ids"]
         if context is not None and len(ids) >= context:
             if config.too_long == "fail":
@@ -247,6 +262,7 @@ def _plan(config: EvalConfig, model: str, problems: list[Problem], out_dir: Path
             plan.skipped += 1
             continue
         plan.kept.append(prob.problem_id)
+        plan.rendered.append((prob, text, ids))
         if any((prob.problem_id, s) not in done for s in range(config.n)):
             plan.todo.append((prob, text, ids))
     plan.total = len(plan.kept) * config.n
@@ -254,9 +270,28 @@ def _plan(config: EvalConfig, model: str, problems: list[Problem], out_dir: Path
     return plan
 
 
+def _context(config: EvalConfig) -> Context | None:
+    """``--context FILE`` as a teacher context (its checks and one-line errors), or None."""
+    if config.context is None:
+        return None
+    return Context("eval", config.context, load_context_messages(config.context))
+
+
+def _render(
+    messages: list[dict[str, Any]], tokenizer: Any, template: str, context: Context | None
+) -> str:
+    """A problem's prompt text, behind ``context`` as a context teacher's prompt is rendered."""
+    if context is None:
+        return render_prompt(messages, tokenizer, template)
+    if template == "plain":
+        return plain_context(context) + render_prompt(messages, None, "plain")
+    return render_prompt(context.as_messages() + list(messages), tokenizer, "chat")
+
+
 def _sample_row(prob: Problem, prompt: str, completion: Any) -> dict[str, Any]:
-    """A samples.jsonl row (SAMPLE_FIELDS) awaiting its verdict."""
-    return {
+    """A samples.jsonl row (SAMPLE_FIELDS) awaiting its verdict (``answer_format`` only when it
+    is not the default box)."""
+    row = {
         "problem_id": prob.problem_id,
         "sample_index": completion.sample_index,
         "prompt": prompt,
@@ -264,10 +299,13 @@ def _sample_row(prob: Problem, prompt: str, completion: Any) -> dict[str, Any]:
         "num_tokens": completion.num_tokens,
         "finish_reason": completion.finish_reason,
         "gold": prob.gold,
-        "extracted": extract_boxed(completion.text),
+        "extracted": extract_answer(completion.text, prob.answer_format),
         "correct": None,
         "domain": prob.domain,
     }
+    if prob.answer_format != "boxed":
+        row["answer_format"] = prob.answer_format
+    return row
 
 
 class _Grading:
@@ -288,7 +326,8 @@ class _Grading:
     def submit(self, row: dict[str, Any]) -> None:
         key = (row["problem_id"], row["sample_index"])
         self.pending[key] = row
-        self.grader.submit(key, row["gold"], row["response"])
+        fmt = row.get("answer_format", "boxed")
+        self.grader.submit(key, row["gold"], row["response"], answer_format=fmt)
 
     def drain(self, block: bool) -> None:
         for key, verdict in self.grader.as_completed(block=block):
@@ -339,6 +378,16 @@ def _sampling(config: EvalConfig, prob: Problem, room: int | None) -> Any:
     )
 
 
+def _calls(plan: _Plan, per_call: int) -> list[list[tuple[Problem, str, list[int]]]]:
+    """The generate calls still to make: each problem with a missing sample alone (K = 1), or
+    every fixed group of K kept problems that has one (see the module docstring)."""
+    if per_call == 1:
+        return [[t] for t in plan.todo]
+    missing = {prob.problem_id for prob, _, _ in plan.todo}
+    groups = [plan.rendered[i : i + per_call] for i in range(0, len(plan.rendered), per_call)]
+    return [g for g in groups if any(prob.problem_id in missing for prob, _, _ in g)]
+
+
 def _sample_and_grade(
     config: EvalConfig, model: str, plan: _Plan, out_dir: Path, progress: Progress | None
 ) -> tuple[int, float]:
@@ -353,17 +402,22 @@ def _sample_and_grade(
         io.JsonlAppender(out_dir / "samples.jsonl") as out,
     ):
         grading = _Grading(grader, out, plan, progress, _display_name(model))
-        for i, (prob, text, ids) in enumerate(plan.todo):
-            room = None if plan.context is None else plan.context - len(ids)
+        calls = _calls(plan, config.problems_per_call)
+        for i, group in enumerate(calls):
+            longest = max(len(ids) for _, _, ids in group)
+            room = None if plan.context is None else plan.context - longest
             t0 = time.monotonic()
-            completions = engine.generate([ids], _sampling(config, prob, room))
+            completions = engine.generate(
+                [ids for _, _, ids in group], _sampling(config, group[0][0], room)
+            )
             seconds += time.monotonic() - t0
             tokens += sum(c.num_tokens for c in completions)
             for c in completions:
+                prob, text, _ = group[c.prompt_index]
                 if (prob.problem_id, c.sample_index) not in plan.done:
                     grading.submit(_sample_row(prob, text, c))
             rate = f"{tokens / seconds:.0f} tok/s" if seconds > 0 else ""
-            report(progress, "generated", done=i + 1, total=len(plan.todo), detail=rate)
+            report(progress, "generated", done=i + 1, total=len(calls), detail=rate)
             grading.drain(block=False)
         grading.drain(block=True)
     return tokens, seconds

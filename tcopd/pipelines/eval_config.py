@@ -30,6 +30,8 @@ IDENTITY_FIELDS = (
     "dtype",
     "token_budget",
     "limit",
+    "context",
+    "problems_per_call",
 )
 
 
@@ -64,6 +66,11 @@ class EvalConfig:
         help="Prompt template: chat (tokenizer's), plain, or auto (chat if the tokenizer has one).",
     )
     tokenizer: str | None = field(None, help="Tokenizer path (default: each model's own).")
+    context: str | None = field(
+        None,
+        help="Chat messages (JSON/YAML, a --teacher-prompt file) placed before every problem: "
+        "evaluates the model behind that prompt.",
+    )
     device: str | None = field(
         None, help="HF engine device: cpu, cuda, cuda:N (default: cuda if available, else cpu)."
     )
@@ -79,6 +86,11 @@ class EvalConfig:
         "skip", help="A prompt longer than the model's context: skip (counted) or fail."
     )
     limit: int | None = field(None, help="Evaluate only the first N problems.")
+    problems_per_call: int = field(
+        1,
+        help="Problems per generate call (1: each alone, the default; K > 1: fixed groups of K, "
+        "padded; faster for short answers, other samples).",
+    )
     from_samples: str | None = field(
         None, help="Re-grade this samples.jsonl instead of generating (no model needed)."
     )
@@ -103,6 +115,7 @@ class EvalConfig:
             "--grader-workers": self.grader_workers,
             "--rollout-token-budget": self.token_budget,
             "--tensor-parallel-size": self.tensor_parallel_size,
+            "--problems-per-call": self.problems_per_call,
         }
         for flag, value in at_least_one.items():
             if value < 1:

@@ -23,7 +23,8 @@ from tcopd.core import metrics
 from tcopd.errors import DataError
 from tcopd.progress import Progress, report
 from tcopd.runtime.data import io
-from tcopd.runtime.evaluation.grading import Grader, extract_boxed
+from tcopd.runtime.data.rows import ANSWER_FORMATS
+from tcopd.runtime.evaluation.grading import Grader, extract_answer
 
 SAMPLE_FIELDS = (
     "problem_id",
@@ -159,9 +160,16 @@ def grade_rows(
     detail: str = "",
 ) -> list[dict[str, Any]]:
     """Every row graded again: SAMPLE_FIELDS first (defaults filled in), then the row's other keys."""
+    for lineno, row in rows:
+        if (row.get("answer_format") or "boxed") not in ANSWER_FORMATS:
+            raise DataError(
+                f"line {lineno}: answer_format {row['answer_format']!r} is not one of "
+                f"{', '.join(ANSWER_FORMATS)}"
+            )
     with Grader(workers, timeout_s) as grader:
         for i, (_, row) in enumerate(rows):
-            grader.submit(i, str(row["gold"]), str(row["response"]))
+            fmt = row.get("answer_format") or "boxed"
+            grader.submit(i, str(row["gold"]), str(row["response"]), answer_format=fmt)
         verdicts = {}
         for k, v in grader.as_completed():
             verdicts[k] = v
@@ -172,7 +180,7 @@ def grade_rows(
         new.update({k: v for k, v in row.items() if k not in new})
         new["num_tokens"] = row.get("num_tokens", 0) or 0
         new["finish_reason"] = row.get("finish_reason", "stop") or "stop"
-        new["extracted"] = extract_boxed(str(row["response"]))
+        new["extracted"] = extract_answer(str(row["response"]), row.get("answer_format") or "boxed")
         new["correct"] = verdicts[i]
         graded.append(new)
     return graded

@@ -1,8 +1,9 @@
 """``tcopd prepare``: write training/evaluation data in verl's row format (+ ``domain``).
 
 Sources: the paper's datasets by name (deepmath, gopd-math, aime24, aime25, math500; from the
-Hub or ``from_path`` in the Hub's column layout), any local file (``file``), and the toy world
-(``toy``: data *and* models, see :mod:`tcopd.runtime.toy`).
+Hub or ``from_path`` in the Hub's column layout), any local file (``file``), the toy world
+(``toy``: data *and* models, see :mod:`tcopd.runtime.toy`) and small arithmetic tasks for real
+models (``arith --task NAME``: :mod:`tcopd.runtime.data.arith`, answers read as the last number).
 
 Choices:
 - Rows keep the prompt as chat messages (verl's format); the template is applied where the
@@ -24,8 +25,9 @@ from typing import Any, Literal
 from tcopd.config import field as setting
 from tcopd.errors import ConfigError
 from tcopd.progress import Progress
+from tcopd.runtime.data import arith
 from tcopd.runtime.data import datasets as ds
-from tcopd.runtime.data.io import write_jsonl, write_parquet
+from tcopd.runtime.data.io import tcopd_cache_dir, write_jsonl, write_parquet
 from tcopd.runtime.data.prompts import (
     DEFAULT_INSTRUCTION,
     PLAIN_FORMAT,
@@ -37,13 +39,13 @@ from tcopd.runtime.toy import default_root, ensure_toy
 from tcopd.runtime.toy.build import read_manifest
 from tcopd.runtime.toy.shipped import shipped_table
 
-NAMES = (*ds.SOURCES, "file", "toy")
+NAMES = (*ds.SOURCES, "file", "toy", "arith")
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
     source: str = setting(
-        help="What to prepare: deepmath, gopd-math, aime24, aime25, math500, file, toy."
+        help="What to prepare: deepmath, gopd-math, aime24, aime25, math500, file, toy, arith."
     )
     out: str | None = setting(
         None, help="Output directory (toy: the world's directory, default under the user cache)."
@@ -85,6 +87,10 @@ class PrepareConfig:
         "(default out: the cache directory + '-rebuild').",
     )
     small: bool = setting(False, help="toy: build the small, seconds-fast world (for tests).")
+    task: str = setting(
+        "add20", help=f"arith: which task ({', '.join(arith.TASKS)}; docs/prepare.md)."
+    )
+    test_size: int = setting(200, help="arith: held-out problems (the rest are training prompts).")
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,8 @@ def run(config: PrepareConfig, progress: Progress | None = None) -> PrepareResul
         raise ConfigError(f"unknown dataset {config.source!r}; choose one of {', '.join(NAMES)}")
     if config.source == "toy":
         return _run_toy(config, progress)
+    if config.source == "arith":
+        return _run_arith(config)
     if config.out is None:
         raise ConfigError(f"tcopd prepare {config.source} needs --out DIR")
     if config.template == "plain":
@@ -158,6 +166,20 @@ def run(config: PrepareConfig, progress: Progress | None = None) -> PrepareResul
     write_jsonl(files[1], rows)
     return PrepareResult(
         config.source, files, len(rows), report.read, report.repaired, list(report.notes), example
+    )
+
+
+def _run_arith(config: PrepareConfig) -> PrepareResult:
+    """One arith task's train and test rows (default out: the cache's ``arith/<task>``)."""
+    out = Path(config.out).expanduser() if config.out else tcopd_cache_dir() / "arith" / config.task
+    files = arith.write_task(config.task, out, config.seed, config.test_size)
+    train, test = arith.split(config.task, config.seed, config.test_size)
+    note = (
+        f"arith task {config.task} ({arith.TASKS[config.task].help}), seed {config.seed}: "
+        f"{len(train)} training and {len(test)} held-out problems, answers read as the last number"
+    )
+    return PrepareResult(
+        "arith", files, len(train) + len(test), len(train) + len(test), notes=[note]
     )
 
 

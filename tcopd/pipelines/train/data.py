@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcopd.errors import DataError
-from tcopd.runtime.data.datasets import load_prepared
+from tcopd.runtime.data.datasets import answer_format_of, load_prepared
 from tcopd.runtime.data.prompts import render_prompt
 from tcopd.runtime.generation.rollout import batch_seed
 
@@ -37,6 +37,7 @@ class Prompts:
     golds: list[str]
     domains: list[str | None]
     messages: list[list[dict[str, Any]]]  # each prompt's chat messages (context teachers)
+    answer_format: str = "boxed"  # how a response's answer is read (reward_model.answer_format)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -45,7 +46,9 @@ class Prompts:
 def load_prompts(path: str, tokenizer: Any, template: str, max_prompt_tokens: int) -> Prompts:
     """Token ids, gold answers and domains of a prepared data file; over-long prompts skipped."""
     ids, golds, domains, messages, skipped = [], [], [], [], 0
-    for row in load_prepared(path):
+    rows = load_prepared(path)
+    answer_format = answer_format_of(rows, path)
+    for row in rows:
         text = render_prompt(row["prompt"], tokenizer, template)
         toks = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(toks) > max_prompt_tokens:
@@ -59,7 +62,7 @@ def load_prompts(path: str, tokenizer: Any, template: str, max_prompt_tokens: in
         raise DataError(
             f"{path}: no prompt fits max_prompt_tokens={max_prompt_tokens} ({skipped} skipped)"
         )
-    return Prompts(ids, golds, domains, messages)
+    return Prompts(ids, golds, domains, messages, answer_format)
 
 
 def data_order(n: int, seed: int, epoch: int) -> list[int]:

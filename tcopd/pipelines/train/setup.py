@@ -205,7 +205,11 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         rollout=rollout_engine(
             cfg, dist, tokenizer, rollout_copy if separate else policy, separate, dtype
         ),
-        grader=Grader(cfg.grader_workers, timeout_s=cfg.grade_timeout_s) if grade else None,
+        grader=(
+            Grader(cfg.grader_workers, cfg.grade_timeout_s, answer_format=data.answer_format)
+            if grade
+            else None
+        ),
         data=data,
         eval_data=eval_data,
         loss_fn=PPOLoss(cfg.clip_eps, cfg.clip_eps_high, cfg.dual_clip, cfg.aggregation),
@@ -246,7 +250,13 @@ def _prompts(cfg: TrainConfig, tokenizer: Any) -> tuple[Prompts, Prompts | None]
     data = load_prompts(cfg.data, tokenizer, cfg.template, cfg.max_prompt_tokens)
     if not cfg.eval_data:
         return data, None
-    return data, load_prompts(cfg.eval_data, tokenizer, cfg.template, cfg.max_prompt_tokens)
+    held_out = load_prompts(cfg.eval_data, tokenizer, cfg.template, cfg.max_prompt_tokens)
+    if held_out.answer_format != data.answer_format:
+        raise ConfigError(
+            f"--eval-data {cfg.eval_data} reads answers as {held_out.answer_format}, --data "
+            f"{cfg.data} as {data.answer_format} (reward_model.answer_format): use one format"
+        )
+    return data, held_out
 
 
 def _student(

@@ -48,7 +48,7 @@ from typing import Any
 from tcopd.errors import DataError
 from tcopd.runtime.data.io import read_rows
 from tcopd.runtime.data.prompts import DEFAULT_INSTRUCTION
-from tcopd.runtime.data.rows import make_row
+from tcopd.runtime.data.rows import ANSWER_FORMATS, make_row
 
 REQUIRED_FIELDS = ("data_source", "prompt", "ability", "reward_model", "extra_info", "domain")
 SOURCES = ("deepmath", "gopd-math", "aime24", "aime25", "math500")
@@ -449,11 +449,28 @@ def validate_row(row: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise DataError(
             f"{where}: 'extra_info' must be a mapping, got {type(row['extra_info']).__name__}"
         )
+    fmt = rm.get("answer_format") or "boxed"
+    if fmt not in ANSWER_FORMATS:
+        raise DataError(
+            f"{where}: reward_model.answer_format {fmt!r} is not one of {', '.join(ANSWER_FORMATS)}"
+        )
     out = dict(row)
     out["prompt"] = _messages(row["prompt"], where)
     out["reward_model"] = {**dict(rm), "ground_truth": answer_text(rm["ground_truth"], where)}
     out["extra_info"] = dict(row["extra_info"])
     return out
+
+
+def answer_format_of(rows: Sequence[Mapping[str, Any]], source: str) -> str:
+    """The one answer format of validated ``rows`` (``reward_model.answer_format``); a file
+    whose rows mix formats is refused (its run would grade with one reader)."""
+    formats = {r["reward_model"].get("answer_format") or "boxed" for r in rows}
+    if len(formats) > 1:
+        raise DataError(
+            f"{source}: rows mix answer formats ({', '.join(sorted(formats))}); "
+            "keep one format per data file"
+        )
+    return formats.pop() if formats else "boxed"
 
 
 def load_prepared(path: str | Path) -> list[dict[str, Any]]:

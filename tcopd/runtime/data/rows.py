@@ -12,6 +12,10 @@ from typing import Any
 
 from tcopd.runtime.data.prompts import DEFAULT_INSTRUCTION
 
+# How a response's answer is read (``reward_model.answer_format``; absent: boxed): the last
+# ``\\boxed{...}`` (G-OPD's rule), or the last number written (tcopd.runtime.evaluation.grading).
+ANSWER_FORMATS = ("boxed", "last_number")
+
 
 def make_row(
     question: str,
@@ -24,13 +28,17 @@ def make_row(
     instruction: str = DEFAULT_INSTRUCTION,
     ability: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    answer_format: str = "boxed",
 ) -> dict[str, Any]:
     """One prepared row: the user turn is ``question + instruction``."""
+    reward = {"style": "rule", "ground_truth": answer}
+    if answer_format != "boxed":
+        reward["answer_format"] = answer_format
     return {
         "data_source": data_source,
         "prompt": [{"role": "user", "content": question + instruction}],
         "ability": ability or domain,
-        "reward_model": {"style": "rule", "ground_truth": answer},
+        "reward_model": reward,
         "extra_info": {"split": split, "index": index, "question": question, **(extra or {})},
         "domain": domain,
     }

@@ -5,6 +5,11 @@ and check ``verify(parse("\\boxed{" + gold + "}"), parse("\\boxed{" + pred + "}"
 first, the call is asymmetric. A plain ``parse`` of the whole response would credit unboxed
 numbers in truncated outputs.
 
+A data file may name another answer format in its rows (``reward_model.answer_format``,
+:data:`ANSWER_FORMATS`): ``last_number`` takes the response's last number instead of its last box
+(for tasks whose models answer in words, e.g. the ``arith`` tasks of ``tcopd prepare``); the
+check is the same.
+
 Why processes: math-verify's own timeouts use ``signal.alarm``, which only works on a main
 thread and cannot interrupt a sympy computation that is stuck in C. So each worker is a separate
 process, math-verify's internal timeouts are switched off, and the *parent* enforces one
@@ -29,9 +34,14 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tcopd.runtime.data.rows import ANSWER_FORMATS
+
 VerifyFn = Callable[[str, str], bool]
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
+# A number as people write it: optional sign, digits with optional thousands commas, optional
+# decimals. "1,234.5" → 1234.5; the sign only when it is not a binary minus ("9-4" → 4).
+_NUMBER_RE = re.compile(r"(?<![\w.])(-?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\d,]*\d)")
 
 
 # ----------------------------------------------------------------------------------- extraction
@@ -79,6 +89,31 @@ def extract_boxed(text: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------ verifying
+
+
+def extract_last_number(text: str) -> str | None:
+    """The last number written in ``text``, commas dropped; None if it has none.
+
+    ``"3 + 4 = 7."`` → ``"7"``; ``"about 1,200 people"`` → ``"1200"``; ``"-3"`` → ``"-3"``;
+    ``"9-4"`` → ``"4"`` (a minus after a digit is subtraction). A ``\\boxed{...}`` is not
+    special: its number counts like any other.
+    """
+    last = None
+    for m in _NUMBER_RE.finditer(text):
+        sign = m.group(1)
+        if sign and m.start() > 0 and text[m.start() - 1].isdigit():
+            sign = ""
+        last = sign + m.group(2).replace(",", "") + (m.group(3) or "")
+    return last
+
+
+def extract_answer(text: str, answer_format: str = "boxed") -> str | None:
+    """The answer of ``text`` under ``answer_format`` (:data:`ANSWER_FORMATS`)."""
+    if answer_format == "boxed":
+        return extract_boxed(text)
+    if answer_format == "last_number":
+        return extract_last_number(text)
+    raise ValueError(f"unknown answer format {answer_format!r} (one of {ANSWER_FORMATS})")
 
 
 def verify_answer(gold: str, pred: str) -> bool:
@@ -178,7 +213,8 @@ class Grader:
     :meth:`close`) so that the workers are stopped.
 
     ``verify_fn(gold, pred) -> bool`` replaces math-verify (a picklable top-level function; tests
-    use it to simulate graders that hang or crash).
+    use it to simulate graders that hang or crash). ``answer_format``: how a response's answer is
+    read (:func:`extract_answer`), unless a call names its own.
     """
 
     def __init__(
@@ -188,7 +224,11 @@ class Grader:
         *,
         verify_fn: VerifyFn | None = None,
         start_method: str = "forkserver",
+        answer_format: str = "boxed",
     ):
+        if answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"unknown answer format {answer_format!r} (one of {ANSWER_FORMATS})")
+        self.answer_format = answer_format
         if workers < 1:
             raise ValueError("workers must be >= 1")
         if timeout_s <= 0:
@@ -210,12 +250,20 @@ class Grader:
     # -- public API ----------------------------------------------------------------------------
 
     def submit(
-        self, key: Hashable, gold: str, response: str | None = None, *, pred: str | None = None
+        self,
+        key: Hashable,
+        gold: str,
+        response: str | None = None,
+        *,
+        pred: str | None = None,
+        answer_format: str | None = None,
     ) -> None:
-        """Queue one sample. Give the response text (its last box is extracted) or ``pred``."""
+        """Queue one sample. Give the response text (its answer is extracted under
+        ``answer_format``, default the grader's) or ``pred``."""
         if self._closed:
             raise RuntimeError("Grader is closed")
-        answer = pred if response is None else extract_boxed(response)
+        fmt = answer_format or self.answer_format
+        answer = pred if response is None else extract_answer(response, fmt)
         verdict = fast_verdict(str(gold), answer)
         with self._cond:
             self.stats.submitted += 1
