@@ -91,7 +91,7 @@ def main() -> None:
             10 <= student <= 60 and expert >= 15 and row["anti-expert - student"][0] < 0
         )
         results[task] = row
-        cells = "  ".join(f"{r} {m:.1f} ± {se:.1f}" for r, (m, se) in row.items() if r != "meets")
+        cells = "  ".join(f"{r} {v[0]:.1f} ± {v[1]:.1f}" for r, v in row.items() if r != "meets")
         print(f"{task}: {cells}  meets: {row['meets']}", flush=True)
     (args.out / f"search-n{args.n}-l{args.limit}.json").write_text(json.dumps(results, indent=1))
     for task, row in results.items():
