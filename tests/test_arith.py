@@ -171,3 +171,15 @@ def test_problems_per_call_groups_are_fixed_and_exact_on_resume(world, tmp_path)
         run(_eval(world, tmp_path / "k3", problems_per_call=2))  # another grouping, same dir
     with pytest.raises(ConfigError, match="--problems-per-call must be at least 1"):
         _eval(world, tmp_path / "z", problems_per_call=0)
+
+
+def test_a_run_written_before_these_settings_existed_still_resumes(world, tmp_path):
+    out = tmp_path / "old"
+    run(_eval(world, out))
+    config = (out / "config.yaml").read_text().splitlines()
+    old = [x for x in config if not x.startswith(("problems_per_call:", "context:"))]
+    assert len(old) == len(config) - 2
+    (out / "config.yaml").write_text("\n".join(old) + "\n")
+    run(_eval(world, out))  # the defaults fill what the old file lacks: the same run
+    with pytest.raises(ConfigError, match="problems_per_call=1"):
+        run(_eval(world, out, problems_per_call=2))

@@ -220,7 +220,8 @@ def _check_same_run(out_dir: Path, config: EvalConfig, model: str) -> None:
     path = out_dir / "config.yaml"
     if not path.exists() or not (out_dir / "samples.jsonl").exists():
         return
-    old = read_yaml(path)
+    # a setting added after the run was written has its default there
+    old = {**to_dict(EvalConfig(from_samples="-")), **read_yaml(path)}
     new = {**{k: to_dict(config)[k] for k in IDENTITY_FIELDS}, "model": model}
     diff = [k for k, v in new.items() if old.get(k) != v]
     if diff:
