@@ -257,7 +257,7 @@ def test_toy_models_resolve_to_the_plain_template(small_world):
     """The toy models were trained on plain prompts: no chat template, so `--template auto` is plain."""
     from transformers import AutoTokenizer
 
-    from tcopd.pipelines.eval import _resolve_template
+    from tcopd.pipelines.eval_problems import resolve_template as _resolve_template
 
     world, _ = small_world
     for path in (world.student, world.expert, world.anti_expert):

@@ -61,8 +61,15 @@ from typing import Any
 
 from tcopd.config import read_yaml, to_dict, write_resolved
 from tcopd.errors import ConfigError, DataError
-from tcopd.pipelines.benchmarks import BENCHMARKS, load_benchmark
+from tcopd.pipelines.benchmarks import BENCHMARKS
 from tcopd.pipelines.eval_config import IDENTITY_FIELDS, EvalConfig
+from tcopd.pipelines.eval_problems import (
+    Problem,
+    context_of,
+    load_problems,
+    render,
+    resolve_template,
+)
 from tcopd.pipelines.eval_samples import (
     SAMPLE_FIELDS,
     grade_rows,
@@ -73,11 +80,9 @@ from tcopd.pipelines.eval_samples import (
 )
 from tcopd.progress import Progress, report
 from tcopd.runtime import toy
-from tcopd.runtime.data import datasets, io
-from tcopd.runtime.data.prompts import render_prompt
+from tcopd.runtime.data import io
 from tcopd.runtime.evaluation.grading import Grader, extract_answer
 from tcopd.runtime.models import loading as model_io
-from tcopd.runtime.scoring.contexts import Context, load_context_messages, plain_context
 
 __all__ = [
     "BENCHMARKS",
@@ -105,59 +110,6 @@ class ModelRun:
 class EvalResult:
     runs: list[ModelRun]
     comparison_path: Path | None = None
-
-
-@dataclass
-class Problem:
-    index: int  # position in the benchmark (seeds the sampler)
-    problem_id: str
-    messages: list[dict[str, Any]]
-    gold: str
-    domain: str | None = None
-    answer_format: str = "boxed"  # reward_model.answer_format
-
-
-# ------------------------------------------------------------------------------------- loading
-
-
-def _rows_to_problems(rows: Sequence[dict[str, Any]], source: str) -> list[Problem]:
-    ids: list[str] = []
-    for i, row in enumerate(rows):
-        extra = row.get("extra_info") or {}
-        ids.append(
-            str(extra.get("id", extra.get("index", i))) if isinstance(extra, dict) else str(i)
-        )
-    if len(set(ids)) != len(ids):
-        ids = [str(i) for i in range(len(rows))]
-    problems = []
-    for i, (pid, row) in enumerate(zip(ids, rows, strict=True)):
-        try:
-            messages = list(row["prompt"])
-            gold = row["reward_model"]["ground_truth"]
-        except (KeyError, TypeError):
-            raise DataError(
-                f"{source}: row {i + 1} lacks prompt or reward_model.ground_truth (prepared format)"
-            ) from None
-        fmt = row["reward_model"].get("answer_format") or "boxed"
-        problems.append(Problem(i, pid, messages, str(gold), row.get("domain"), fmt))
-    return problems
-
-
-def load_problems(config: EvalConfig) -> tuple[str, list[Problem]]:
-    """(benchmark label, problems) for a benchmark name or a prepared-format file."""
-    if config.benchmark is not None:  # with --data: a local copy of that benchmark
-        rows = load_benchmark(config.benchmark, from_path=config.data)
-        label, source = config.benchmark, config.data or config.benchmark
-    else:
-        rows = datasets.load_prepared(config.data)  # type: ignore[arg-type]
-        label, source = Path(config.data).stem, config.data  # type: ignore[arg-type]
-    datasets.answer_format_of(rows, str(source))  # one format per file
-    problems = _rows_to_problems(rows, str(source))
-    if config.limit is not None:
-        problems = problems[: config.limit]
-    if not problems:
-        raise DataError(f"{source}: no problems to evaluate")
-    return str(label), problems
 
 
 def _resolve_models(config: EvalConfig) -> list[str]:
@@ -232,27 +184,21 @@ def _check_same_run(out_dir: Path, config: EvalConfig, model: str) -> None:
         )
 
 
-def _resolve_template(template: str, tokenizer: Any) -> str:
-    if template != "auto":
-        return template
-    return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
-
-
 def _plan(config: EvalConfig, model: str, problems: list[Problem], out_dir: Path) -> _Plan:
     """Tokenized prompts and the samples already in the file (resume).
 
     Cheap, and done before a model is loaded: bad data or a too-long prompt fails fast.
     """
     tokenizer = model_io.load_tokenizer(config.tokenizer or model)
-    template = _resolve_template(config.template, tokenizer)
+    template = resolve_template(config.template, tokenizer)
     rows = io.read_jsonl_tolerant(out_dir / "samples.jsonl")
     done = {(str(r["problem_id"]), int(r["sample_index"])) for r in rows}
     context = model_io.max_positions(model_io.load_config(model))
     plan = _Plan(template, context, [], [], [], done, skipped=0, total=0, finished=0)
     plan.domains = {p.problem_id: p.domain for p in problems}
-    behind = _context(config)
+    behind = context_of(config)
     for prob in problems:
-        text = _render(prob.messages, tokenizer, template, behind)
+        text = render(prob.messages, tokenizer, template, behind)
         ids = tokenizer(text, add_special_tokens=(template == "plain"))["input_ids"]
         if context is not None and len(ids) >= context:
             if config.too_long == "fail":
@@ -269,24 +215,6 @@ def _plan(config: EvalConfig, model: str, problems: list[Problem], out_dir: Path
     plan.total = len(plan.kept) * config.n
     plan.finished = sum(1 for pid in plan.kept for s in range(config.n) if (pid, s) in done)
     return plan
-
-
-def _context(config: EvalConfig) -> Context | None:
-    """``--context FILE`` as a teacher context (its checks and one-line errors), or None."""
-    if config.context is None:
-        return None
-    return Context("eval", config.context, load_context_messages(config.context))
-
-
-def _render(
-    messages: list[dict[str, Any]], tokenizer: Any, template: str, context: Context | None
-) -> str:
-    """A problem's prompt text, behind ``context`` as a context teacher's prompt is rendered."""
-    if context is None:
-        return render_prompt(messages, tokenizer, template)
-    if template == "plain":
-        return plain_context(context) + render_prompt(messages, None, "plain")
-    return render_prompt(context.as_messages() + list(messages), tokenizer, "chat")
 
 
 def _sample_row(prob: Problem, prompt: str, completion: Any) -> dict[str, Any]:
