@@ -88,9 +88,6 @@ def extract_boxed(text: str) -> str | None:
     return span[len(head) : -1]
 
 
-# ------------------------------------------------------------------------------------ verifying
-
-
 def extract_last_number(text: str) -> str | None:
     """The last number written in ``text``, commas dropped; None if it has none.
 
@@ -114,6 +111,9 @@ def extract_answer(text: str, answer_format: str = "boxed") -> str | None:
     if answer_format == "last_number":
         return extract_last_number(text)
     raise ValueError(f"unknown answer format {answer_format!r} (one of {ANSWER_FORMATS})")
+
+
+# ------------------------------------------------------------------------------------ verifying
 
 
 def verify_answer(gold: str, pred: str) -> bool:
