@@ -183,3 +183,28 @@ def test_a_run_written_before_these_settings_existed_still_resumes(world, tmp_pa
     run(_eval(world, out))  # the defaults fill what the old file lacks: the same run
     with pytest.raises(ConfigError, match="problems_per_call=1"):
         run(_eval(world, out, problems_per_call=2))
+
+
+def test_training_reads_the_files_format_and_refuses_held_out_rows_in_another(tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from tcopd.pipelines.train.setup import _prompts
+
+    tok = AutoTokenizer.from_pretrained(make_tokenizer(tmp_path))
+    files = {}
+    for name, fmt in (("numbers", "last_number"), ("boxes", None)):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text(json.dumps(_row("what is 2 + 1 ?", "3", fmt)) + "\n")
+    cfg = SimpleNamespace(template="plain", max_prompt_tokens=64)
+    data, held_out = _prompts(
+        SimpleNamespace(**vars(cfg), data=str(files["numbers"]), eval_data=str(files["numbers"])),
+        tok,
+    )
+    assert data.answer_format == held_out.answer_format == "last_number"
+    with pytest.raises(ConfigError, match="reads answers as boxed"):
+        _prompts(
+            SimpleNamespace(**vars(cfg), data=str(files["numbers"]), eval_data=str(files["boxes"])),
+            tok,
+        )
