@@ -78,7 +78,7 @@ def share(method_SP, student_P, expert_P, rng) -> tuple[float, float, float]:
 def settings(sweep: Path) -> dict[str, list[Path]]:
     out = {}
     for setting in sorted(p for p in (sweep / "runs").iterdir() if p.is_dir()):
-        dirs = sorted(d.parent for d in setting.glob("seed*/eval/samples.jsonl"))
+        dirs = sorted(d.parent for d in setting.glob("seed*/eval/summary.json"))
         if dirs:
             out[setting.name] = dirs
     return out
