@@ -205,11 +205,7 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         rollout=rollout_engine(
             cfg, dist, tokenizer, rollout_copy if separate else policy, separate, dtype
         ),
-        grader=(
-            Grader(cfg.grader_workers, cfg.grade_timeout_s, answer_format=data.answer_format)
-            if grade
-            else None
-        ),
+        grader=_grader(cfg, data) if grade else None,
         data=data,
         eval_data=eval_data,
         loss_fn=PPOLoss(cfg.clip_eps, cfg.clip_eps_high, cfg.dual_clip, cfg.aggregation),
@@ -226,6 +222,11 @@ def build_trainer(cfg: TrainConfig, dist: DistInfo, emit: Emit) -> Trainer:
         vocab_size=vocab,
         head_rows=rows,
     )
+
+
+def _grader(cfg: TrainConfig, data: Prompts) -> Grader:
+    """The grading pool, reading answers as the training file's rows say."""
+    return Grader(cfg.grader_workers, cfg.grade_timeout_s, answer_format=data.answer_format)
 
 
 def _check_shared_copy(cfg: TrainConfig, separate: bool, shared_ref: bool) -> None:
